@@ -1,0 +1,205 @@
+"""Command bodies behind `invoke <task>`: parse nothing, decide nothing, print plainly.
+
+Each function loads what it needs, calls one pipeline step and reports.  Heavy
+modules (ansible, paramiko, jinja2) are imported inside the commands that need them so
+that `invoke --list` starts fast (SPEC §3, §10).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from .problems import Problem, Severity
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .registry import Fleet
+
+
+class CommandError(Exception):
+    """A failure the user caused or can fix; printed without a traceback, exit 1."""
+
+
+def console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def load(settings: Settings | None = None) -> tuple[Settings, Fleet]:
+    from .inventory import load_inventory
+    from .registry import load_fleet
+
+    settings = settings or Settings.from_env()
+    hosts, host_problems = load_inventory(settings.inventory)
+    return settings, load_fleet(settings.agents_dir, hosts, host_problems)
+
+
+def print_problems(problems: Sequence[Problem], out: Console) -> None:
+    for p in problems:
+        style = "red" if p.severity is Severity.ERROR else "yellow"
+        where = "; ".join(str(loc) for loc in p.locations)
+        out.print(f"[{style}]{p.severity.value}[/{style}] {where}", markup=True)
+        out.print(f"    {p.message}", markup=False)
+        out.print(f"    fix: {p.fix}", markup=False)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def add_agent(
+    name: str,
+    subnet: str | None = None,
+    host: str | None = None,
+    placement: str | None = None,
+    settings_kv: Mapping[str, str] | None = None,
+    share_llm: str | None = None,
+) -> int:
+    from rich.table import Table
+
+    from .inventory import load_inventory
+    from .registry import AddRequest, RegistryError
+    from .registry import add_agent as do_add
+
+    settings = Settings.from_env()
+    hosts, problems = load_inventory(settings.inventory)
+    out = console()
+    kv = dict(settings_kv or {})
+    if share_llm:
+        shared = _shared_llm_settings(settings, share_llm)
+        owner_host = shared.pop("AGENT_HOST")
+        if host is None:
+            host = owner_host
+        kv = {**shared, **kv}
+    if problems:
+        print_problems(problems, console(stderr=True))
+        raise CommandError(f"fix {settings.inventory} first")
+    try:
+        agent, values = do_add(
+            settings.agents_dir,
+            hosts,
+            AddRequest(name=name, subnet=subnet, host=host, placement=placement, settings=kv),
+        )
+    except RegistryError as exc:
+        raise CommandError(str(exc)) from None
+    out.print(f"added agent [bold]{agent.name}[/bold] → {agent.source}")
+    table = Table("key", "value", title="derived values written to the .env", title_justify="left")
+    for key, value in values.items():
+        table.add_row(key, value)
+    out.print(table)
+    return 0
+
+
+def _shared_llm_settings(settings: Settings, owner_name: str) -> dict[str, str]:
+    """Point the new agent at OWNER's LLM jail: same name and IP is sharing (SPEC §4)."""
+    from .models import DEFAULT_JAILS, LLM_ROLES, ROLE_KEYS
+
+    _, fleet = load(settings)
+    owner = next((a for a in fleet.agents if a.name == owner_name), None)
+    if owner is None:
+        raise CommandError(f"--share-llm {owner_name}: no such agent (fix: check the name with `invoke list`)")
+    jail = next((j for j in owner.jails if j.role in LLM_ROLES), None)
+    if jail is None:
+        raise CommandError(f"--share-llm {owner_name}: {owner.source} has no LLM jail in WARDEN_JAILS")
+    ip_key, name_key = ROLE_KEYS[jail.role]
+    roles = [r for r in DEFAULT_JAILS if r not in LLM_ROLES] + [jail.role]
+    return {ip_key: str(jail.ip), name_key: jail.name, "WARDEN_JAILS": " ".join(roles), "AGENT_HOST": owner.host}
+
+
+def remove_agent(name: str, yes: bool = False) -> int:
+    from .registry import RegistryError, env_path
+    from .registry import remove_agent as do_remove
+
+    settings = Settings.from_env()
+    path = env_path(settings.agents_dir, name)
+    if not path.exists():
+        raise CommandError(f"{path}: no agent {name!r} (fix: check the name with `invoke list`)")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise CommandError(
+                f"refusing to remove {name} without confirmation: not on a terminal (fix: pass --yes)"
+            )
+        answer = input(f"remove agent {name} ({path.parent})? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            console().print("nothing removed")
+            return 1
+    try:
+        removed = do_remove(settings.agents_dir, name)
+    except RegistryError as exc:
+        raise CommandError(str(exc)) from None
+    console().print(
+        f"removed agent {name} ({removed}); `invoke render` renumbers the warden0 aliases and drops its PF entry"
+    )
+    return 0
+
+
+def list_agents() -> int:
+    from rich.table import Table
+
+    _, fleet = load()
+    table = Table("agent", "host", "placement", "subnet", "gateway", "port", "jails")
+    for a in sorted(fleet.agents, key=lambda a: (a.host, a.name)):
+        jails = ", ".join(f"{j.name} {j.ip}" for j in a.jails)
+        where = f"bhyve ({a.vm_name} {a.vm_ip})" if a.placement == "bhyve" else "host"
+        table.add_row(a.name, a.host, where, str(a.subnet), str(a.gateway), str(a.api_port), jails)
+    out = console()
+    out.print(table)
+    if fleet.problems:
+        out.print(f"[yellow]{len(fleet.problems)} agent file(s) could not be read; run `invoke check`[/yellow]")
+    return 0
+
+
+def check() -> int:
+    from .checks import run_checks
+
+    settings, fleet = load()
+    problems = run_checks(fleet)
+    soul = _soul_problems(settings, fleet)
+    problems.extend(soul)
+    out = console()
+    print_problems(problems, out)
+    n_err = sum(p.is_error for p in problems)
+    n_warn = len(problems) - n_err
+    summary = f"{len(fleet.agents)} agent(s) on {len(fleet.hosts)} host(s): {n_err} error(s), {n_warn} warning(s)"
+    if n_err:
+        out.print(f"[red]{summary}[/red]")
+        return 1
+    out.print(f"[green]{summary}[/green]")
+    return 0
+
+
+def _soul_problems(settings: Settings, fleet: Fleet) -> list[Problem]:
+    if not any(a.soul_repo for a in fleet.agents):
+        return []
+    from .soul import check_agent_soul
+
+    out: list[Problem] = []
+    for a in fleet.agents:
+        if a.soul_repo:
+            out.extend(check_agent_soul(a.name, a.source, {**a.extra, **_owned_values(a)}, settings.cache_dir))
+    return out
+
+
+def _owned_values(agent: object) -> dict[str, str]:
+    from .models import Agent
+
+    assert isinstance(agent, Agent)
+    return {k: str(v) for k, v in agent.model_dump(by_alias=True).items() if v is not None}
+
+
+def run(fn: object, *args: object, **kwargs: object) -> None:
+    """Run a command; turn CommandError into a one-line message and exit status 1."""
+    assert callable(fn)
+    try:
+        code = fn(*args, **kwargs)
+    except CommandError as exc:
+        console(stderr=True).print(f"[red]error:[/red] {exc}", markup=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if code:
+        sys.exit(code)

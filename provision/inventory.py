@@ -1,0 +1,118 @@
+"""The Ansible YAML inventory, read without importing Ansible.
+
+The CLI must start fast (SPEC §3), so the plain YAML inventory format is walked here:
+groups with `hosts`, `vars` and `children`; group vars apply to member hosts, host
+vars win.  Only the `warden_*` variables are interpreted; the rest is passed through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .models import Host
+from .problems import Location, Problem
+
+WARDEN_VARS = {
+    "warden_ext_if": "ext_if",
+    "warden_bridge": "bridge",
+    "warden_pool": "pool",
+    "warden_host_networks": "host_networks",
+    "warden_release": "release",
+    "warden_vm_uplink": "vm_uplink",
+    "warden_agent_links": "agent_links",
+}
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that remembers the line of each mapping key, for error messages."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    mapping = loader.construct_mapping(node, deep=True)
+    lines = {}
+    for key_node, _ in node.value:
+        lines[loader.construct_object(key_node)] = key_node.start_mark.line + 1
+    mapping["__lines__"] = lines
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _walk(
+    group: Mapping[str, Any], inherited: dict[str, Any], out: dict[str, tuple[dict[str, Any], int | None]]
+) -> None:
+    gvars = dict(inherited)
+    gvars.update({k: v for k, v in (group.get("vars") or {}).items() if k != "__lines__"})
+    hosts = group.get("hosts") or {}
+    lines = hosts.get("__lines__", {}) if isinstance(hosts, dict) else {}
+    for hname, hvars in hosts.items():
+        if hname == "__lines__":
+            continue
+        merged, line = out.get(hname, ({}, lines.get(hname)))
+        merged = {**gvars, **merged}
+        merged.update({k: v for k, v in (hvars or {}).items() if k != "__lines__"})
+        out[hname] = (merged, line)
+    for child in (group.get("children") or {}).values():
+        if isinstance(child, Mapping):
+            _walk(child, gvars, out)
+
+
+def load_inventory(path: Path) -> tuple[list[Host], list[Problem]]:
+    """Hosts sorted by name, and a Problem for every warden_* value that does not parse."""
+    if not path.exists():
+        return [], [
+            Problem(
+                (Location(path),),
+                "inventory file not found",
+                "create it (see inventory/hosts.yml.example) or set PROVISION_INVENTORY",
+                rule="inventory-missing",
+            )
+        ]
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        return [], [
+            Problem(
+                (Location(path, mark.line + 1 if mark else None),),
+                f"not valid YAML: {getattr(exc, 'problem', exc)}",
+                "fix the YAML syntax",
+                rule="inventory-yaml",
+            )
+        ]
+    found: dict[str, tuple[dict[str, Any], int | None]] = {}
+    for group in (v for k, v in data.items() if k != "__lines__"):
+        if isinstance(group, Mapping):
+            _walk(group, {}, found)
+    hosts: list[Host] = []
+    problems: list[Problem] = []
+    for name in sorted(found):
+        hvars, line = found[name]
+        fields: dict[str, Any] = {"name": name, "source": path, "line": line}
+        for var, field in WARDEN_VARS.items():
+            if var in hvars and hvars[var] is not None:
+                fields[field] = hvars[var]
+        if isinstance(fields.get("agent_links"), list):
+            fields["agent_links"] = tuple(tuple(pair) for pair in fields["agent_links"])
+        fields["ansible_vars"] = {k: v for k, v in hvars.items() if not k.startswith("warden_")}
+        try:
+            hosts.append(Host.model_validate(fields))
+        except ValidationError as exc:
+            for err in exc.errors():
+                field = str(err["loc"][0]) if err.get("loc") else "?"
+                var = next((k for k, f in WARDEN_VARS.items() if f == field), field)
+                problems.append(
+                    Problem(
+                        (Location(path, line, f"{name}.{var}"),),
+                        f"{var}: {err['msg']}",
+                        f"set {var} on host {name} to a valid value",
+                        rule="inventory-value",
+                    )
+                )
+    return hosts, problems

@@ -1,0 +1,114 @@
+"""The manifest of one rendered host: what each file is for, who owns it, what we edit.
+
+`build/<host>/.warden/manifest.json` is the contract between the renderer, `plan`
+(which diffs it against the live host) and the Ansible roles (which apply it).  A copy
+is installed on the host as /var/db/warden/manifest.json so that the next plan knows
+what the previous apply put there — that is how removed agents' files are found.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+MANIFEST_RELPATH = ".warden/manifest.json"
+LIVE_MANIFEST_PATH = "/var/db/warden/manifest.json"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file we own outright: rendered in full, installed as is."""
+
+    path: str  # absolute path on the host, e.g. /usr/local/etc/rc.d/atlas
+    mode: str  # octal string, e.g. "0755"
+    owner: str = "root"
+    group: str = "wheel"
+    agent: str | None = None  # the agent that owns it; None for host-level files
+    purpose: str = ""
+    secret: bool = False  # contents never printed (the agent's .env)
+
+
+@dataclass(frozen=True)
+class RcEdit:
+    """One sysrc(8)-style edit of /etc/rc.conf (FREEBSD.md §2.3)."""
+
+    op: Literal["set", "append", "remove", "delete"]
+    name: str
+    value: str = ""
+
+
+@dataclass(frozen=True)
+class JailSpec:
+    name: str
+    role: str
+    ip: str
+    gateway: str
+    bridge: str
+    mac: str
+    release: str
+    hostname: str
+    create_args: list[str]  # argv after `bastille`: ["create", "-B", ...]
+    template: str  # Bastille template, e.g. "warden/ollama"
+    agents: list[str]  # every agent using it (several for a shared LLM jail)
+    thick: bool = False
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """A vm-bhyve guest on this host carrying one agent (SPEC §5 bhyve placement)."""
+
+    name: str
+    agent: str
+    uplink_ip: str
+    switch: str
+    template: str
+    memory: str
+    cpus: int
+    disk: str
+
+
+@dataclass
+class Manifest:
+    host: str
+    bridge: str
+    agents: list[str] = field(default_factory=list)
+    files: list[FileEntry] = field(default_factory=list)
+    # Desired rc.conf state: the edits that bring any rc.conf to it, in order.
+    rc_conf: list[RcEdit] = field(default_factory=list)
+    # Variables we may have written before and must delete when no longer desired:
+    # exact names, plus these prefixes (e.g. "ifconfig_warden0_alias").
+    rc_conf_owned_prefixes: list[str] = field(default_factory=list)
+    pf_anchor: str = "warden"
+    pf_anchor_file: str = "/etc/pf.warden.conf"
+    jails: list[JailSpec] = field(default_factory=list)
+    guests: list[GuestSpec] = field(default_factory=list)
+    parent: str | None = None  # for a bhyve guest: the physical host it runs on
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        return cls(
+            host=data["host"],
+            bridge=data.get("bridge", "warden0"),
+            agents=list(data.get("agents", [])),
+            files=[FileEntry(**f) for f in data.get("files", [])],
+            rc_conf=[RcEdit(**e) for e in data.get("rc_conf", [])],
+            rc_conf_owned_prefixes=list(data.get("rc_conf_owned_prefixes", [])),
+            pf_anchor=data.get("pf_anchor", "warden"),
+            pf_anchor_file=data.get("pf_anchor_file", "/etc/pf.warden.conf"),
+            jails=[JailSpec(**j) for j in data.get("jails", [])],
+            guests=[GuestSpec(**g) for g in data.get("guests", [])],
+            parent=data.get("parent"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def load(cls, build_host_dir: Path) -> Manifest:
+        return cls.from_json((build_host_dir / MANIFEST_RELPATH).read_text(encoding="utf-8"))

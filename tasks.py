@@ -1,0 +1,86 @@
+"""invoke tasks: each one parses its options and makes one call into `provision`.
+
+Run `invoke --list` for the list, `invoke --help <task>` for a task's options.
+"""
+
+from __future__ import annotations
+
+from invoke import Context, task
+
+from provision import cli
+
+
+def _kv(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --set {pair!r}: expected KEY=VALUE (fix: e.g. --set SOUL_REF=main)")
+        out[key] = value
+    return out
+
+
+@task(
+    iterable=["set"],
+    help={
+        "name": "agent name: lowercase letters and digits, starting with a letter (rc.d name, user, jail prefix)",
+        "subnet": "first three octets of the agent's /24, e.g. 10.0.1 (default: next free /24 of warden_pool)",
+        "host": "inventory host to place the agent on (default: the only host)",
+        "placement": "'host' (jails on the host's warden0) or 'bhyve' (own VM)",
+        "locale": "BCP 47 tag for DISPLAY_LOCALE and ASSISTANT_LOCALE, e.g. sl-SI",
+        "system_locale": "POSIX UTF-8 locale for the service, e.g. sl_SI.UTF-8",
+        "soul_repo": "git URL (or path) of the agent's soul repo",
+        "soul_ref": "branch, tag or commit of the soul repo",
+        "jails": "service jail roles, e.g. 'git cms ollama db' or 'git cms llamacpp'",
+        "share_llm": "use this other agent's LLM jail (same name and IP) instead of an own one",
+        "port": "CONTROLPLANE_API_PORT (default: 3100, then the next free port on the host)",
+        "set": "any other KEY=VALUE for the .env, e.g. --set CMS_JAIL_NAME=atlasweb (repeatable)",
+    },
+)
+def add_agent(
+    c: Context,
+    name: str,
+    subnet: str | None = None,
+    host: str | None = None,
+    placement: str | None = None,
+    locale: str | None = None,
+    system_locale: str | None = None,
+    soul_repo: str | None = None,
+    soul_ref: str | None = None,
+    jails: str | None = None,
+    share_llm: str | None = None,
+    port: int | None = None,
+    set: list[str] | None = None,  # noqa: A002 - the option is called --set
+) -> None:
+    """Write agents/<name>/.env with every derived value; refuse collisions."""
+    kv = _kv(set or [])
+    for key, value in (
+        ("DISPLAY_LOCALE", locale),
+        ("ASSISTANT_LOCALE", locale),
+        ("SYSTEM_LOCALE", system_locale),
+        ("SOUL_REPO", soul_repo),
+        ("SOUL_REF", soul_ref),
+        ("WARDEN_JAILS", jails),
+        ("CONTROLPLANE_API_PORT", str(port) if port else None),
+    ):
+        if value:
+            kv.setdefault(key, value)
+    cli.run(cli.add_agent, name, subnet=subnet, host=host, placement=placement, settings_kv=kv, share_llm=share_llm)
+
+
+@task(help={"name": "the agent to remove", "yes": "do not ask for confirmation"})
+def remove_agent(c: Context, name: str, yes: bool = False) -> None:
+    """Delete agents/<name>/; the next render renumbers aliases and drops its PF entry."""
+    cli.run(cli.remove_agent, name, yes=yes)
+
+
+@task(name="list")
+def list_(c: Context) -> None:
+    """Table of agents: host, placement, subnet, gateway, port, jails."""
+    cli.run(cli.list_agents)
+
+
+@task
+def check(c: Context) -> None:
+    """Validate every agent and the fleet; list every problem with file:line and the fix."""
+    cli.run(cli.check)
