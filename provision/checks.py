@@ -26,6 +26,8 @@ from .problems import Location, Problem, Severity
 from .registry import Fleet
 
 # RFC 1918: the only ranges an agent /24 may come from.
+# Special-purpose ranges that are not RFC 1918 but that Python may not call private.
+SPECIAL = (IPv4Network("100.64.0.0/10"), IPv4Network("198.18.0.0/15"), IPv4Network("192.0.0.0/24"))
 PRIVATE = (IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"), IPv4Network("192.168.0.0/16"))
 
 # rc.d scripts of the base system and of packages an agent host commonly runs: an agent
@@ -383,7 +385,7 @@ def _check_network(agent: Agent) -> list[Problem]:
     if not any(subnet.subnet_of(p) for p in PRIVATE):
         kind = (
             "reserved"
-            if subnet.is_private or subnet.is_reserved or subnet.is_loopback or subnet.is_link_local
+            if any(subnet.subnet_of(n) for n in SPECIAL) or subnet.is_private or subnet.is_reserved or subnet.is_loopback or subnet.is_link_local
             else "public"
         )
         out.append(
@@ -620,8 +622,8 @@ def check_fleet(fleet: Fleet) -> list[Problem]:
                     )
                 )
     for ip, users in ip_users.items():
-        if len(users) < 2:
-            continue
+        if len({id(u[0]) for u in users}) < 2:
+            continue  # within one agent: _check_network reports it with both keys
         jail_names = {u[2] for u in users}
         if (
             len(jail_names) == 1

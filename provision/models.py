@@ -294,7 +294,7 @@ def derive_defaults(values: Mapping[str, str], only_host: str | None) -> dict[st
     out.setdefault("AGENT_DIR", f"/home/{name}/clawdie")
     out.setdefault("AGENT_COMMAND", "node dist/index.js")
     out.setdefault("DISPLAY_LOCALE", "en-US")
-    out.setdefault("ASSISTANT_LOCALE", out["DISPLAY_LOCALE"])
+    out.setdefault("ASSISTANT_LOCALE", "en-US")
     out.setdefault("SYSTEM_LOCALE", "en_US.UTF-8")
     return out
 

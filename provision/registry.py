@@ -21,6 +21,7 @@ from .models import (
     AGENT_NAME_RE,
     DEFAULT_API_PORT,
     OWNED_KEYS,
+    ROLE_KEYS,
     Agent,
     Host,
     derive_defaults,
@@ -30,6 +31,7 @@ from .models import (
 from .problems import Location, Problem
 
 ENV_NAME = ".env"
+BASE_DERIVED = frozenset({"WARDEN_SUBNET", "WARDEN_GATEWAY", *(ip for ip, _ in ROLE_KEYS.values())})
 LOCK_NAME = ".registry.lock"
 
 
@@ -74,7 +76,11 @@ def build_agent(
         agent = Agent.model_validate({**derived, "source": path, "lines": dict(lines), "extra": extra})
     except ValidationError as exc:
         problems = []
-        for key, msg in pydantic_messages(exc):
+        messages = pydantic_messages(exc)
+        if any(key == "AGENT_SUBNET_BASE" for key, _ in messages):
+            # The addresses derive from the base: one error for the cause, not one per address.
+            messages = [(k, m) for k, m in messages if k in owned or k not in BASE_DERIVED]
+        for key, msg in messages:
             fix = _FIXES.get(key, f"set {key} to a valid value in {path}")
             if key == "AGENT_HOST":
                 names = ", ".join(h.name for h in hosts) or "none in the inventory"

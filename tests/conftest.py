@@ -1,0 +1,76 @@
+"""Shared fixtures: a throw-away registry + inventory, pointed to by the PROVISION_* variables."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from provision.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Registry:
+    root: Path
+    agents: Path
+    inventory: Path
+    build: Path
+
+    def settings(self) -> Settings:
+        return Settings(agents_dir=self.agents, inventory=self.inventory, build_dir=self.build,
+                        cache_dir=self.root / "cache")
+
+    def write_inventory(self, text: str) -> None:
+        self.inventory.write_text(textwrap.dedent(text), encoding="utf-8")
+
+    def write_env(self, dirname: str, text: str) -> Path:
+        path = self.agents / dirname / ".env"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return path
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PROVISION_AGENTS_DIR": str(self.agents),
+            "PROVISION_INVENTORY": str(self.inventory),
+            "PROVISION_BUILD_DIR": str(self.build),
+            "PROVISION_CACHE_DIR": str(self.root / "cache"),
+        }
+
+
+ONE_HOST = """\
+all:
+  hosts:
+    fbsd1:
+      warden_ext_if: vtnet0
+      warden_host_networks: [192.168.10.0/24]
+"""
+
+TWO_HOSTS = """\
+all:
+  children:
+    warden_hosts:
+      vars:
+        warden_ext_if: vtnet0
+      hosts:
+        fbsd1:
+          warden_host_networks: [192.168.10.0/24]
+        fbsd2:
+          warden_pool: 10.1.0.0/16
+"""
+
+
+@pytest.fixture
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Registry]:
+    reg = Registry(root=tmp_path, agents=tmp_path / "agents", inventory=tmp_path / "hosts.yml",
+                   build=tmp_path / "build")
+    reg.agents.mkdir()
+    reg.write_inventory(ONE_HOST)
+    for key, value in reg.env().items():
+        monkeypatch.setenv(key, value)
+    yield reg
