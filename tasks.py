@@ -50,7 +50,7 @@ def add_agent(
     jails: str | None = None,
     share_llm: str | None = None,
     port: int | None = None,
-    set: list[str] | None = None,  # noqa: A002 - the option is called --set
+    set: list[str] | None = None,
 ) -> None:
     """Write agents/<name>/.env with every derived value; refuse collisions."""
     kv = _kv(set or [])
@@ -84,3 +84,9 @@ def list_(c: Context) -> None:
 def check(c: Context) -> None:
     """Validate every agent and the fleet; list every problem with file:line and the fix."""
     cli.run(cli.check)
+
+
+@task
+def demo(c: Context) -> None:
+    """The built-in example: add three agents to build/demo/agents, check, list, render, plan."""
+    cli.run(cli.demo)

@@ -385,7 +385,11 @@ def _check_network(agent: Agent) -> list[Problem]:
     if not any(subnet.subnet_of(p) for p in PRIVATE):
         kind = (
             "reserved"
-            if any(subnet.subnet_of(n) for n in SPECIAL) or subnet.is_private or subnet.is_reserved or subnet.is_loopback or subnet.is_link_local
+            if any(subnet.subnet_of(n) for n in SPECIAL)
+            or subnet.is_private
+            or subnet.is_reserved
+            or subnet.is_loopback
+            or subnet.is_link_local
             else "public"
         )
         out.append(
@@ -665,8 +669,8 @@ def check_fleet(fleet: Fleet) -> list[Problem]:
         where = placement_host(a)
         per_host[(where, "CONTROLPLANE_API_PORT", a.api_port)].append((a, "CONTROLPLANE_API_PORT"))
         per_host[(where, "AGENT_DIR", a.directory)].append((a, "AGENT_DIR"))
-    for (where, key, value), users in per_host.items():
-        if len(users) > 1:
+    for (where, key, value), holders in per_host.items():
+        if len(holders) > 1:
             fix = (
                 "give each agent on the host its own port (3100, 3101, …)"
                 if key == "CONTROLPLANE_API_PORT"
@@ -674,8 +678,8 @@ def check_fleet(fleet: Fleet) -> list[Problem]:
             )
             out.append(
                 Problem(
-                    tuple(_loc(a, k) for a, k in users),
-                    f"{key}={value} is used by {len(users)} agents on {where}",
+                    tuple(_loc(a, k) for a, k in holders),
+                    f"{key}={value} is used by {len(holders)} agents on {where}",
                     fix,
                     rule=f"duplicate-{key.lower()}",
                 )
@@ -689,11 +693,11 @@ def check_fleet(fleet: Fleet) -> list[Problem]:
                 continue
             seen_jails.add((where, jail.name))
             macs[jail_mac(where, jail.name)].append((a, ROLE_KEYS[jail.role][1]))
-    for mac, users in macs.items():
-        if len(users) > 1:
+    for mac, claimants in macs.items():
+        if len(claimants) > 1:
             out.append(
                 Problem(
-                    tuple(_loc(a, k) for a, k in users),
+                    tuple(_loc(a, k) for a, k in claimants),
                     f"derived MAC {mac} collides",
                     "rename one of the jails",
                     rule="duplicate-mac",

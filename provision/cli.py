@@ -7,9 +7,10 @@ that `invoke --list` starts fast (SPEC §3, §10).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .problems import Problem, Severity
 from .settings import Settings
@@ -143,7 +144,7 @@ def list_agents() -> int:
     _, fleet = load()
     table = Table("agent", "host", "placement", "subnet", "gateway", "port", "jails")
     for a in sorted(fleet.agents, key=lambda a: (a.host, a.name)):
-        jails = ", ".join(f"{j.name} {j.ip}" for j in a.jails)
+        jails = "\n".join(f"{j.name} {j.ip}" for j in a.jails)
         where = f"bhyve ({a.vm_name} {a.vm_ip})" if a.placement == "bhyve" else "host"
         table.add_row(a.name, a.host, where, str(a.subnet), str(a.gateway), str(a.api_port), jails)
     out = console()
@@ -203,3 +204,37 @@ def run(fn: object, *args: object, **kwargs: object) -> None:
         sys.exit(130)
     if code:
         sys.exit(code)
+
+
+DEMO_AGENTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("atlas", {"subnet": "10.0.1"}),
+    ("hermes", {}),
+    ("iris", {"share_llm": "atlas", "settings_kv": {"DISPLAY_LOCALE": "sl-SI", "ASSISTANT_LOCALE": "sl-SI",
+                                                     "SYSTEM_LOCALE": "sl_SI.UTF-8"}}),
+)
+
+
+def demo() -> int:
+    """The README's first command: a fresh example registry, then every step on it.
+
+    The registry goes to build/demo/agents so the operator's own agents/ is never touched.
+    """
+    import shutil
+
+    base = Settings.from_env()
+    demo_dir = base.build_dir / "demo"
+    settings = Settings(agents_dir=demo_dir / "agents", inventory=base.inventory, build_dir=demo_dir / "build",
+                        cache_dir=base.cache_dir)
+    shutil.rmtree(demo_dir, ignore_errors=True)
+    os.environ["PROVISION_AGENTS_DIR"] = str(settings.agents_dir)
+    os.environ["PROVISION_BUILD_DIR"] = str(settings.build_dir)
+    out = console()
+    for name, options in DEMO_AGENTS:
+        out.rule(f"invoke add-agent {name} " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items()
+                                                          if isinstance(v, str)))
+        add_agent(name, **options)
+    out.rule("invoke check")
+    if check():
+        return 1
+    out.rule("invoke list")
+    return list_agents()
