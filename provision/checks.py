@@ -706,7 +706,77 @@ def check_fleet(fleet: Fleet) -> list[Problem]:
     return out
 
 
+def check_requires(agents: list[Agent]) -> list[Problem]:
+    """AGENT_REQUIRES names agents on the same machine, without a cycle.
+
+    rcorder(8) orders scripts on one machine only, and reports a loop at boot instead
+    of starting the services in it (FREEBSD.md §1.1) — refuse the loop here, naming it.
+    """
+    out: list[Problem] = []
+    by_place: dict[tuple[str, str], Agent] = {(placement_host(a), a.name): a for a in agents}
+    graph: dict[str, list[str]] = {}
+    for a in agents:
+        where = placement_host(a)
+        deps = []
+        for dep in a.requires:
+            if dep == a.name:
+                out.append(
+                    Problem(
+                        (_loc(a, "AGENT_REQUIRES"),),
+                        f"AGENT_REQUIRES lists {a.name} itself",
+                        f"remove {dep} from AGENT_REQUIRES",
+                        rule="requires-cycle",
+                    )
+                )
+            elif (where, dep) not in by_place:
+                out.append(
+                    Problem(
+                        (_loc(a, "AGENT_REQUIRES"),),
+                        f"AGENT_REQUIRES={dep}: no agent {dep} runs on {where}; rc.d ordering is per machine",
+                        f"remove {dep} or place both agents on {where}",
+                        rule="requires-unknown",
+                    )
+                )
+            else:
+                deps.append(f"{where}/{dep}")
+        graph[f"{where}/{a.name}"] = deps
+    # Iterative DFS with colours: each cycle is reported once, from its first node in sorted order.
+    state: dict[str, int] = {}
+    for start in sorted(graph):
+        if state.get(start):
+            continue
+        stack: list[tuple[str, int]] = [(start, 0)]
+        path: list[str] = []
+        while stack:
+            node, idx = stack.pop()
+            if idx == 0:
+                state[node] = 1
+                path.append(node)
+            children = graph.get(node, [])
+            if idx < len(children):
+                stack.append((node, idx + 1))
+                child = children[idx]
+                if state.get(child) == 1:
+                    cycle = [*path[path.index(child):], child]
+                    names = [c.split("/", 1)[1] for c in cycle]
+                    members = [by_place[tuple(c.split("/", 1))] for c in cycle[:-1]]  # type: ignore[index]
+                    out.append(
+                        Problem(
+                            tuple(_loc(m, "AGENT_REQUIRES") for m in members),
+                            "AGENT_REQUIRES forms a cycle: " + " → ".join(names),
+                            "remove one of these dependencies",
+                            rule="requires-cycle",
+                        )
+                    )
+                elif not state.get(child):
+                    stack.append((child, 0))
+            else:
+                state[node] = 2
+                path.pop()
+    return out
+
+
 def run_checks(fleet: Fleet) -> list[Problem]:
     """All problems: loading ones first, then rule violations, in file order."""
-    problems = list(fleet.problems) + check_fleet(fleet)
+    problems = list(fleet.problems) + check_fleet(fleet) + check_requires(fleet.agents)
     return sorted(problems, key=lambda p: (str(p.locations[0].file), p.locations[0].line or 0, p.rule))

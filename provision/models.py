@@ -74,6 +74,14 @@ OWNED_KEYS = (
     "SYSTEM_LOCALE",
     "SOUL_REPO",
     "SOUL_REF",
+    "AGENT_REQUIRES",
+    "AGENT_MEMORY_LIMIT",
+    "AGENT_MAXPROC",
+    "AGENT_PCPU",
+    "AGENT_OPENFILES",
+    "JAIL_MEMORY_LIMIT",
+    "JAIL_MAXPROC",
+    "JAIL_PCPU",
     "WARDEN_VM_IP",
     "WARDEN_VM_MEMORY",
     "WARDEN_VM_CPUS",
@@ -145,6 +153,15 @@ class Agent(BaseModel):
     system_locale: str = Field(alias="SYSTEM_LOCALE")
     soul_repo: str | None = Field(default=None, alias="SOUL_REPO")
     soul_ref: str | None = Field(default=None, alias="SOUL_REF")
+    requires: tuple[str, ...] = Field(default=(), alias="AGENT_REQUIRES")
+    # rctl(8) limits (FREEBSD.md §6): for the agent's user, and for each of its own jails.
+    memory_limit: str | None = Field(default=None, alias="AGENT_MEMORY_LIMIT")
+    maxproc: int | None = Field(default=None, alias="AGENT_MAXPROC", ge=1)
+    pcpu: int | None = Field(default=None, alias="AGENT_PCPU", ge=1, le=6400)
+    openfiles: int | None = Field(default=None, alias="AGENT_OPENFILES", ge=16)
+    jail_memory_limit: str | None = Field(default=None, alias="JAIL_MEMORY_LIMIT")
+    jail_maxproc: int | None = Field(default=None, alias="JAIL_MAXPROC", ge=1)
+    jail_pcpu: int | None = Field(default=None, alias="JAIL_PCPU", ge=1, le=6400)
     vm_ip: IPv4Address | None = Field(default=None, alias="WARDEN_VM_IP")
     vm_memory: str = Field(default="2G", alias="WARDEN_VM_MEMORY")
     vm_cpus: int = Field(default=2, alias="WARDEN_VM_CPUS", ge=1, le=64)
@@ -206,6 +223,23 @@ class Agent(BaseModel):
         if not v.startswith("/") or ".." in v.split("/") or not re.match(r"^[A-Za-z0-9_./-]+$", v):
             raise ValueError("must be an absolute path of letters, digits, '_', '.', '-', '/'")
         return v.rstrip("/") or "/"
+
+    @field_validator("requires", mode="before")
+    @classmethod
+    def _requires(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = tuple(part for part in re.split(r"[\s,]+", v) if part)
+        for name in v:
+            if not AGENT_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not an agent name (space-separated agent names expected)")
+        return tuple(v)
+
+    @field_validator("memory_limit", "jail_memory_limit")
+    @classmethod
+    def _rctl_size(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[0-9]+[kKmMgGtT]?$", v):
+            raise ValueError("must be an rctl amount such as 2G or 512m (FREEBSD.md §6)")
+        return v
 
     @field_validator("vm_memory", "vm_disk")
     @classmethod

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from provision import checks
 from provision.checks import run_checks
 from provision.inventory import load_inventory
-from provision.registry import load_fleet
 from provision.problems import Problem
+from provision.registry import load_fleet
 
 from .conftest import TWO_HOSTS, Registry
 
@@ -311,3 +311,30 @@ def test_overlap_sweep_agrees_with_a_pairwise_oracle(bases: list[tuple[int, int]
     nets = [(IPv4Network(f"10.{a}.{b}.0/24"), Location(Path(f"{i}")), f"n{i}", True) for i, (a, b) in enumerate(bases)]
     pairwise = any(n1[0].overlaps(n2[0]) for i, n1 in enumerate(nets) for n2 in nets[i + 1:])
     assert bool(checks._overlaps(nets)) == pairwise
+
+
+# -- start-up order and limits (issue 7) ------------------------------------------------
+
+
+def test_a_three_agent_requires_loop_is_refused_and_named(registry: Registry) -> None:
+    agent(registry, "atlas", "10.0.1", "AGENT_REQUIRES=iris\n")
+    agent(registry, "iris", "10.0.2", "AGENT_REQUIRES=nova\nCONTROLPLANE_API_PORT=3101\n")
+    agent(registry, "nova", "10.0.3", "AGENT_REQUIRES=atlas\nCONTROLPLANE_API_PORT=3102\n")
+    (p,) = [p for p in problems_of(registry) if p.rule == "requires-cycle"]
+    assert "atlas → iris → nova → atlas" in p.message
+    assert len(p.locations) == 3
+
+
+def test_requires_without_a_cycle_is_fine_and_unknown_names_are_refused(registry: Registry) -> None:
+    agent(registry, "atlas", "10.0.1")
+    agent(registry, "iris", "10.0.2", "AGENT_REQUIRES=atlas\nCONTROLPLANE_API_PORT=3101\n")
+    assert rules(registry) == []
+    agent(registry, "iris", "10.0.2", "AGENT_REQUIRES='atlas nova'\nCONTROLPLANE_API_PORT=3101\n")
+    assert rules(registry) == ["requires-unknown"]
+
+
+@pytest.mark.parametrize("line", ["AGENT_MEMORY_LIMIT=lots", "AGENT_MAXPROC=0", "JAIL_MEMORY_LIMIT=2GB"])
+def test_malformed_resource_limits_are_refused(registry: Registry, line: str) -> None:
+    agent(registry, "atlas", "10.0.1", line + "\n")
+    (p,) = problems_of(registry)
+    assert p.locations[0].key == line.split("=")[0]
