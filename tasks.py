@@ -90,3 +90,9 @@ def check(c: Context) -> None:
 def demo(c: Context) -> None:
     """The built-in example: add three agents to build/demo/agents, check, list, render, plan."""
     cli.run(cli.demo)
+
+
+@task(help={"output": "file to write, without extension (default: build/fleet)", "png": "also write a PNG"})
+def graph(c: Context, output: str | None = None, png: bool = False) -> None:
+    """Draw the fleet: hosts, warden0 bridges, agent /24s, jails, bhyve VMs, shared jails once."""
+    cli.run(cli.graph, output=output, png=png)

@@ -238,3 +238,17 @@ def demo() -> int:
         return 1
     out.rule("invoke list")
     return list_agents()
+
+
+def graph(output: str | None = None, png: bool = False) -> int:
+    """Write the fleet picture (SVG, and PNG when asked)."""
+    from pathlib import Path
+
+    from .graph import write_graph
+
+    settings, fleet = load()
+    target = Path(output) if output else settings.build_dir / "fleet"
+    written = write_graph(fleet.hosts, fleet.agents, target.with_suffix(""), ("svg", "png") if png else ("svg",))
+    for path in written:
+        console().print(f"wrote {path}")
+    return 0
