@@ -96,3 +96,9 @@ def demo(c: Context) -> None:
 def graph(c: Context, output: str | None = None, png: bool = False) -> None:
     """Draw the fleet: hosts, warden0 bridges, agent /24s, jails, bhyve VMs, shared jails once."""
     cli.run(cli.graph, output=output, png=png)
+
+
+@task(help={"host": "render only this host (default: every host and bhyve guest)"})
+def render(c: Context, host: str | None = None) -> None:
+    """Check, then render every artifact into build/<host>/, a tree mirroring the host."""
+    cli.run(cli.render, host=host)

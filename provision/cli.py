@@ -252,3 +252,31 @@ def graph(output: str | None = None, png: bool = False) -> int:
     for path in written:
         console().print(f"wrote {path}")
     return 0
+
+
+def render(host: str | None = None) -> int:
+    """Check, then render build/<host>/ for every machine (or one); print the tree written."""
+    from rich.tree import Tree
+
+    from .checks import run_checks
+    from .render import render_fleet
+
+    settings, fleet = load()
+    problems = run_checks(fleet)
+    if any(p.is_error for p in problems):
+        print_problems([p for p in problems if p.is_error], console(stderr=True))
+        raise CommandError("the registry has errors; nothing rendered (fix them, see `invoke check`)")
+    names = {h.name for h in fleet.hosts} | {a.vm_name for a in fleet.agents if a.placement == "bhyve"}
+    if host is not None and host not in names:
+        raise CommandError(f"no host {host!r} in {settings.inventory} (hosts: {', '.join(sorted(names))})")
+    rendered = render_fleet(fleet, settings.build_dir, only=[host] if host else None)
+    out = console()
+    for r in rendered:
+        tree = Tree(f"[bold]{r.directory}[/bold]  ({len(r.manifest.agents)} agent(s))")
+        for entry in r.manifest.files:
+            owner = f" [dim]{entry.agent}[/dim]" if entry.agent else ""
+            tree.add(f"{entry.path.lstrip('/')}  [dim]{entry.mode}[/dim]{owner}  {entry.purpose}")
+        tree.add(f".warden/manifest.json  [dim]rc.conf: {len(r.manifest.rc_conf)} settings, "
+                 f"jails: {len(r.manifest.jails)}, guests: {len(r.manifest.guests)}[/dim]")
+        out.print(tree)
+    return 0

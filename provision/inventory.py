@@ -20,6 +20,8 @@ from .problems import Location, Problem
 WARDEN_VARS = {
     "warden_ext_if": "ext_if",
     "warden_bridge": "bridge",
+    "warden_bridge_clone": "bridge_clone",
+    "warden_vm_dir": "vm_dir",
     "warden_pool": "pool",
     "warden_host_networks": "host_networks",
     "warden_release": "release",

@@ -85,6 +85,7 @@ class Manifest:
     jails: list[JailSpec] = field(default_factory=list)
     guests: list[GuestSpec] = field(default_factory=list)
     parent: str | None = None  # for a bhyve guest: the physical host it runs on
+    rctl_rules: list[str] = field(default_factory=list)  # our managed block of /etc/rctl.conf
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -103,6 +104,7 @@ class Manifest:
             jails=[JailSpec(**j) for j in data.get("jails", [])],
             guests=[GuestSpec(**g) for g in data.get("guests", [])],
             parent=data.get("parent"),
+            rctl_rules=list(data.get("rctl_rules", [])),
         )
 
     @classmethod

@@ -292,6 +292,8 @@ class Host(BaseModel):
     name: str
     ext_if: str | None = None
     bridge: str = DEFAULT_BRIDGE
+    bridge_clone: str = "bridge0"
+    vm_dir: str = "/vm"
     pool: IPv4Network = DEFAULT_POOL
     host_networks: tuple[IPv4Network, ...] = ()
     release: str = DEFAULT_RELEASE

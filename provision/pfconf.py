@@ -1,0 +1,134 @@
+"""Hooking warden's anchor into the operator's /etc/pf.conf, once, in section order.
+
+pfctl enforces options → ethernet → normalization → queueing → translation → filtering
+(FREEBSD.md §3.1).  A single include mixing nat and pass lines only fits at one exact
+boundary (§3.2), so instead we add three lines the operator can read (§3.5):
+
+    nat-anchor "warden"                                   # after the last translation rule
+    anchor "warden"                                       # after the last filter rule
+    load anchor "warden" from "/etc/pf.warden.conf"       # right after it
+
+The anchor file is parsed on its own and carries both its nat and its pass rules.  The
+filter hook goes AFTER the operator's filter rules: pf's last matching rule wins, so a
+default `block in all` earlier in the file does not cancel warden's passes, while the
+operator's own `quick` rules still take precedence.  The operator's lines are never
+changed; our lines carry a `# warden-provision` marker so they can be removed exactly.
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import re
+
+MARKER = "# warden-provision"
+
+_TRANSLATION = {"nat", "rdr", "binat", "nat-anchor", "rdr-anchor", "binat-anchor", "no"}
+_FILTER = {"pass", "block", "anchor", "antispoof", "match", "load"}
+_ORDER = ["options", "ethernet", "normalization", "queueing", "translation", "filtering"]
+_ORDER_ERROR = "Rules must be in order: options, ethernet, normalization, queueing, translation, filtering"
+
+
+def _statements(text: str) -> list[tuple[int, int, str]]:
+    """(first line index, last line index, joined text) of each statement, `\\`-continuations joined."""
+    lines = text.splitlines()
+    out: list[tuple[int, int, str]] = []
+    i = 0
+    while i < len(lines):
+        start, joined = i, lines[i]
+        while joined.rstrip().endswith("\\") and i + 1 < len(lines):
+            i += 1
+            joined = joined.rstrip()[:-1] + " " + lines[i]
+        body = joined.split("#", 1)[0].strip() if not joined.lstrip().startswith("#") else ""
+        if body:
+            out.append((start, i, body))
+        i += 1
+    return out
+
+
+def classify(statement: str) -> str | None:
+    """The pf.conf(5) section of STATEMENT, or None for macros, tables and includes (allowed anywhere)."""
+    words = statement.split()
+    first = words[0]
+    if re.match(r"^[A-Za-z][A-Za-z0-9_]*\s*=", statement) or first in ("table", "include"):
+        return None
+    if first == "set":
+        return "options"
+    if first == "ether":
+        return "ethernet"
+    if first == "scrub":
+        return "normalization"
+    if first in ("altq", "queue"):
+        return "queueing"
+    if first in _TRANSLATION:
+        return "translation"
+    if first in _FILTER:
+        return "filtering"
+    return None
+
+
+def section_order_errors(text: str) -> list[tuple[int, str]]:
+    """(1-based line, pfctl's message) for each statement out of §3.1 order."""
+    errors: list[tuple[int, str]] = []
+    reached = 0
+    for start, _, body in _statements(text):
+        section = classify(body)
+        if section is None:
+            continue
+        rank = _ORDER.index(section)
+        if rank < reached:
+            errors.append((start + 1, _ORDER_ERROR))
+        reached = max(reached, rank)
+    return errors
+
+
+def hook_lines(anchor: str, anchor_file: str) -> tuple[str, str, str]:
+    return (
+        f'nat-anchor "{anchor}"  {MARKER}',
+        f'anchor "{anchor}"  {MARKER}',
+        f'load anchor "{anchor}" from "{anchor_file}"  {MARKER}',
+    )
+
+
+def is_hooked(text: str, anchor: str = "warden") -> bool:
+    bodies = [body for _, _, body in _statements(text)]
+    return (
+        f'nat-anchor "{anchor}"' in bodies
+        and f'anchor "{anchor}"' in bodies
+        and any(b.startswith(f'load anchor "{anchor}" from') for b in bodies)
+    )
+
+
+def hook(text: str, anchor: str = "warden", anchor_file: str = "/etc/pf.warden.conf") -> str:
+    """TEXT with the three hook lines placed in section order; unchanged if already hooked."""
+    if is_hooked(text, anchor):
+        return text
+    nat_line, anchor_line, load_line = hook_lines(anchor, anchor_file)
+    lines = text.splitlines()
+    stmts = [(s, e, classify(b)) for s, e, b in _statements(text)]
+    last_translation = max((e for s, e, c in stmts if c == "translation"), default=None)
+    first_filter = min((s for s, e, c in stmts if c == "filtering"), default=None)
+    last_filter = max((e for s, e, c in stmts if c == "filtering"), default=None)
+    last_any = max((e for s, e, c in stmts if c is not None), default=len(lines) - 1)
+
+    if last_translation is not None:
+        nat_at = last_translation + 1
+    elif first_filter is not None:
+        nat_at = first_filter
+    else:
+        nat_at = last_any + 1
+    filter_at = (last_filter + 1) if last_filter is not None else len(lines)
+    inserts = {nat_at: [nat_line]}
+    inserts.setdefault(filter_at, []).extend([anchor_line, load_line])
+    out: list[str] = []
+    for i in range(len(lines) + 1):
+        out.extend(inserts.get(i, []))
+        if i < len(lines):
+            out.append(lines[i])
+    return "\n".join(out) + "\n"
+
+
+def unhook(text: str) -> str:
+    """TEXT without the lines hook() added (found by their marker)."""
+    kept = [line for line in text.splitlines(keepends=True) if not line.rstrip().endswith(MARKER)]
+    return "".join(kept)
