@@ -22,8 +22,9 @@ class Registry:
     build: Path
 
     def settings(self) -> Settings:
-        return Settings(agents_dir=self.agents, inventory=self.inventory, build_dir=self.build,
-                        cache_dir=self.root / "cache")
+        return Settings(
+            agents_dir=self.agents, inventory=self.inventory, build_dir=self.build, cache_dir=self.root / "cache"
+        )
 
     def write_inventory(self, text: str) -> None:
         self.inventory.write_text(textwrap.dedent(text), encoding="utf-8")
@@ -67,8 +68,9 @@ all:
 
 @pytest.fixture
 def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Registry]:
-    reg = Registry(root=tmp_path, agents=tmp_path / "agents", inventory=tmp_path / "hosts.yml",
-                   build=tmp_path / "build")
+    reg = Registry(
+        root=tmp_path, agents=tmp_path / "agents", inventory=tmp_path / "hosts.yml", build=tmp_path / "build"
+    )
     reg.agents.mkdir()
     reg.write_inventory(ONE_HOST)
     for key, value in reg.env().items():

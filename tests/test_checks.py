@@ -110,8 +110,9 @@ def test_same_jail_name_for_two_agents_is_a_collision(registry: Registry) -> Non
 
 def test_two_agents_sharing_one_ollama_jail_on_purpose_is_fine(registry: Registry) -> None:
     agent(registry, "atlas", "10.0.1", "OLLAMA_JAIL_NAME=ollama\n")
-    agent(registry, "iris", "10.0.2",
-          "OLLAMA_JAIL_NAME=ollama\nWARDEN_OLLAMA_IP=10.0.1.4\nCONTROLPLANE_API_PORT=3101\n")
+    agent(
+        registry, "iris", "10.0.2", "OLLAMA_JAIL_NAME=ollama\nWARDEN_OLLAMA_IP=10.0.1.4\nCONTROLPLANE_API_PORT=3101\n"
+    )
     assert rules(registry) == []
 
 
@@ -180,8 +181,9 @@ def test_overlap_sweep_finds_a_small_net_inside_an_earlier_wide_one(registry: Re
     assert rules(registry).count("subnet-overlap") == 1
 
 
-@pytest.mark.parametrize("base,kind", [("8.8.8", "public"), ("169.254.1", "reserved"), ("127.0.0", "reserved"),
-                                        ("100.64.0", "reserved")])
+@pytest.mark.parametrize(
+    "base,kind", [("8.8.8", "public"), ("169.254.1", "reserved"), ("127.0.0", "reserved"), ("100.64.0", "reserved")]
+)
 def test_non_private_subnets_are_refused(registry: Registry, base: str, kind: str) -> None:
     agent(registry, "atlas", base)
     (p,) = [p for p in problems_of(registry) if p.rule == "subnet-private"]
@@ -211,8 +213,12 @@ def test_two_services_on_one_address_within_an_agent_collide(registry: Registry)
 
 
 def test_older_clawdie_slot_map_is_recognised_as_a_warning(registry: Registry) -> None:
-    agent(registry, "atlas", "10.0.1",
-          "WARDEN_DB_IP=10.0.1.3\nWARDEN_CMS_IP=10.0.1.4\nWARDEN_OLLAMA_IP=10.0.1.5\nWARDEN_GIT_IP=10.0.1.6\n")
+    agent(
+        registry,
+        "atlas",
+        "10.0.1",
+        "WARDEN_DB_IP=10.0.1.3\nWARDEN_CMS_IP=10.0.1.4\nWARDEN_OLLAMA_IP=10.0.1.5\nWARDEN_GIT_IP=10.0.1.6\n",
+    )
     assert rules(registry) == []
     assert warnings(registry) == ["old-slot-map"]
 
@@ -265,8 +271,9 @@ def test_several_hosts_and_no_agent_host_is_an_error_naming_the_hosts(registry: 
 # -- locales ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value,fix", [("sl_SI.utf8", "sl_SI.UTF-8"), ("en_US.ISO8859-1", "en_US.UTF-8"),
-                                       ("sl_SI", "sl_SI.UTF-8")])
+@pytest.mark.parametrize(
+    "value,fix", [("sl_SI.utf8", "sl_SI.UTF-8"), ("en_US.ISO8859-1", "en_US.UTF-8"), ("sl_SI", "sl_SI.UTF-8")]
+)
 def test_system_locale_must_be_a_freebsd_utf8_name(registry: Registry, value: str, fix: str) -> None:
     agent(registry, "atlas", "10.0.1", f"SYSTEM_LOCALE={value}\n")
     (p,) = problems_of(registry)
@@ -291,8 +298,14 @@ def test_every_problem_is_reported_in_one_run(registry: Registry) -> None:
     agent(registry, "iris", "10.0.1", "SYSTEM_LOCALE=en_US.ISO8859-1\n")
     registry.write_env("broken", "AGENT_NAME=broken\nnot an assignment\n")
     found = set(rules(registry))
-    assert {"reserved-service", "jail-name", "subnet-overlap", "locale", "syntax",
-            "duplicate-controlplane_api_port"} <= found
+    assert {
+        "reserved-service",
+        "jail-name",
+        "subnet-overlap",
+        "locale",
+        "syntax",
+        "duplicate-controlplane_api_port",
+    } <= found
 
 
 def test_unknown_keys_are_kept_and_do_not_fail_validation(registry: Registry) -> None:
@@ -309,7 +322,7 @@ def test_overlap_sweep_agrees_with_a_pairwise_oracle(bases: list[tuple[int, int]
     from provision.problems import Location
 
     nets = [(IPv4Network(f"10.{a}.{b}.0/24"), Location(Path(f"{i}")), f"n{i}", True) for i, (a, b) in enumerate(bases)]
-    pairwise = any(n1[0].overlaps(n2[0]) for i, n1 in enumerate(nets) for n2 in nets[i + 1:])
+    pairwise = any(n1[0].overlaps(n2[0]) for i, n1 in enumerate(nets) for n2 in nets[i + 1 :])
     assert bool(checks._overlaps(nets)) == pairwise
 
 

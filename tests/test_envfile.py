@@ -98,10 +98,14 @@ def test_atomic_write_sets_mode_and_leaves_no_temp_files(tmp_path: Path) -> None
 
 env_lines = st.one_of(
     st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40),
-    st.builds(lambda k, v: f"{k}={v}", st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True),
-              st.text(max_size=20)),
-    st.builds(lambda k, v: f"export {k}='{v}'", st.from_regex(r"[A-Z_]{1,6}", fullmatch=True),
-              st.text(alphabet=st.characters(blacklist_characters="'"), max_size=20)),
+    st.builds(
+        lambda k, v: f"{k}={v}", st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True), st.text(max_size=20)
+    ),
+    st.builds(
+        lambda k, v: f"export {k}='{v}'",
+        st.from_regex(r"[A-Z_]{1,6}", fullmatch=True),
+        st.text(alphabet=st.characters(blacklist_characters="'"), max_size=20),
+    ),
     st.just("# comment"),
     st.just(""),
 )
@@ -122,8 +126,10 @@ def test_fuzz_reader_never_crashes_and_round_trips(lines: list[str], crlf: bool,
 
 
 @settings(max_examples=1000, deadline=None)
-@given(key=st.from_regex(r"[A-Z][A-Z0-9_]{0,10}", fullmatch=True),
-       value=st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=30))
+@given(
+    key=st.from_regex(r"[A-Z][A-Z0-9_]{0,10}", fullmatch=True),
+    value=st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=30),
+)
 def test_fuzz_set_then_read_gives_the_value_back(key: str, value: str) -> None:
     env = EnvFile.parse(HAND_WRITTEN, Path("x.env"))
     env.set(key, value)

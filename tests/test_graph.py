@@ -15,14 +15,26 @@ SVG = "{http://www.w3.org/2000/svg}"
 def test_graph_draws_hosts_agents_jails_vms_and_shared_jails_once(registry: Registry) -> None:
     registry.write_inventory(TWO_HOSTS)
     registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nAGENT_HOST=fbsd1\nOLLAMA_JAIL_NAME=llm\n")
-    registry.write_env("iris", "AGENT_NAME=iris\nAGENT_SUBNET_BASE=10.0.2\nAGENT_HOST=fbsd1\nOLLAMA_JAIL_NAME=llm\n"
-                       "WARDEN_OLLAMA_IP=10.0.1.4\nCONTROLPLANE_API_PORT=3101\n")
-    registry.write_env("nova", "AGENT_NAME=nova\nAGENT_SUBNET_BASE=10.1.0\nAGENT_HOST=fbsd2\nAGENT_PLACEMENT=bhyve\n"
-                       "WARDEN_VM_IP=10.255.0.10\n")
+    registry.write_env(
+        "iris",
+        "AGENT_NAME=iris\nAGENT_SUBNET_BASE=10.0.2\nAGENT_HOST=fbsd1\nOLLAMA_JAIL_NAME=llm\n"
+        "WARDEN_OLLAMA_IP=10.0.1.4\nCONTROLPLANE_API_PORT=3101\n",
+    )
+    registry.write_env(
+        "nova",
+        "AGENT_NAME=nova\nAGENT_SUBNET_BASE=10.1.0\nAGENT_HOST=fbsd2\nAGENT_PLACEMENT=bhyve\n"
+        "WARDEN_VM_IP=10.255.0.10\n",
+    )
     out = registry.root / "pic" / "fleet"
     env = {**os.environ, **registry.env()}
-    result = subprocess.run([sys.executable, "-m", "invoke", "graph", "--png", "--output", str(out)], cwd=REPO,
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "graph", "--png", "--output", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     root = ET.parse(out.with_suffix(".svg")).getroot()

@@ -19,8 +19,11 @@ def fleet(reg: Registry):  # type: ignore[no-untyped-def]
 
 
 def test_limits_become_rules_for_the_user_and_each_own_jail(registry: Registry) -> None:
-    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nWARDEN_JAILS='git db'\n"
-                       "AGENT_MEMORY_LIMIT=4G\nAGENT_MAXPROC=256\nAGENT_PCPU=150\nJAIL_MEMORY_LIMIT=1G\n")
+    registry.write_env(
+        "atlas",
+        "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nWARDEN_JAILS='git db'\n"
+        "AGENT_MEMORY_LIMIT=4G\nAGENT_MAXPROC=256\nAGENT_PCPU=150\nJAIL_MEMORY_LIMIT=1G\n",
+    )
     (atlas,) = fleet(registry).agents
     assert agent_rules(atlas) == [
         "user:atlas:memoryuse:deny=4G",
@@ -32,10 +35,15 @@ def test_limits_become_rules_for_the_user_and_each_own_jail(registry: Registry) 
 
 
 def test_a_shared_llm_jail_gets_only_its_owners_limits(registry: Registry) -> None:
-    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nWARDEN_JAILS=ollama\n"
-                       "OLLAMA_JAIL_NAME=llm\nJAIL_MEMORY_LIMIT=8G\n")
-    registry.write_env("iris", "AGENT_NAME=iris\nAGENT_SUBNET_BASE=10.0.2\nWARDEN_JAILS=ollama\nOLLAMA_JAIL_NAME=llm\n"
-                       "WARDEN_OLLAMA_IP=10.0.1.4\nJAIL_MEMORY_LIMIT=1G\nCONTROLPLANE_API_PORT=3101\n")
+    registry.write_env(
+        "atlas",
+        "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nWARDEN_JAILS=ollama\nOLLAMA_JAIL_NAME=llm\nJAIL_MEMORY_LIMIT=8G\n",
+    )
+    registry.write_env(
+        "iris",
+        "AGENT_NAME=iris\nAGENT_SUBNET_BASE=10.0.2\nWARDEN_JAILS=ollama\nOLLAMA_JAIL_NAME=llm\n"
+        "WARDEN_OLLAMA_IP=10.0.1.4\nJAIL_MEMORY_LIMIT=1G\nCONTROLPLANE_API_PORT=3101\n",
+    )
     assert host_rules(fleet(registry).agents) == ["jail:llm:memoryuse:deny=8G"]
 
 

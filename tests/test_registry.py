@@ -21,8 +21,15 @@ from .conftest import REPO, TWO_HOSTS, Registry
 
 def invoke(reg: Registry, *args: str, stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **reg.env(), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, stdin=stdin, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=stdin,
+        timeout=120,
+    )
 
 
 def add(reg: Registry, name: str, **kw: object) -> Path:
@@ -41,15 +48,21 @@ def test_add_agent_writes_every_key_explicitly_with_mode_0600(registry: Registry
     assert values["CMS_JAIL_NAME"] == "atlascms"
     assert values["CONTROLPLANE_API_PORT"] == "3100"
     assert values["AGENT_HOST"] == "fbsd1"
-    assert [k for k in OWNED_KEYS if k in values][:5] == ["AGENT_NAME", "ASSISTANT_NAME", "AGENT_HOST",
-                                                          "AGENT_PLACEMENT", "AGENT_SUBNET_BASE"]
+    assert [k for k in OWNED_KEYS if k in values][:5] == [
+        "AGENT_NAME",
+        "ASSISTANT_NAME",
+        "AGENT_HOST",
+        "AGENT_PLACEMENT",
+        "AGENT_SUBNET_BASE",
+    ]
     assert path.stat().st_mode & 0o777 == 0o600
     assert "WARDEN_GATEWAY" in result.stdout and "10.0.1.1" in result.stdout
 
 
 def test_add_agent_without_subnet_takes_the_next_free_24_avoiding_host_networks(registry: Registry) -> None:
-    registry.write_inventory("all:\n  hosts:\n    fbsd1:\n      warden_pool: 192.168.0.0/22\n"
-                             "      warden_host_networks: [192.168.0.0/24]\n")
+    registry.write_inventory(
+        "all:\n  hosts:\n    fbsd1:\n      warden_pool: 192.168.0.0/22\n      warden_host_networks: [192.168.0.0/24]\n"
+    )
     add(registry, "atlas", subnet="192.168.1")
     second = add(registry, "iris")
     assert EnvFile.load(second).values()["AGENT_SUBNET_BASE"] == "192.168.2"
@@ -83,9 +96,29 @@ def test_add_agent_refuses_bad_names_and_writes_nothing(registry: Registry, name
 
 def test_add_agent_options_for_locale_host_placement_soul_and_jails(registry: Registry) -> None:
     registry.write_inventory(TWO_HOSTS)
-    result = invoke(registry, "add-agent", "atlas", "--host", "fbsd2", "--placement", "bhyve", "--locale", "sl-SI",
-                    "--system-locale", "sl_SI.UTF-8", "--soul-repo", "/srv/souls/atlas.git", "--soul-ref", "main",
-                    "--jails", "git cms llamacpp", "--set", "LLAMA_CPP_JAIL_NAME=atlasllm", "--set", "MY_APP=1")
+    result = invoke(
+        registry,
+        "add-agent",
+        "atlas",
+        "--host",
+        "fbsd2",
+        "--placement",
+        "bhyve",
+        "--locale",
+        "sl-SI",
+        "--system-locale",
+        "sl_SI.UTF-8",
+        "--soul-repo",
+        "/srv/souls/atlas.git",
+        "--soul-ref",
+        "main",
+        "--jails",
+        "git cms llamacpp",
+        "--set",
+        "LLAMA_CPP_JAIL_NAME=atlasllm",
+        "--set",
+        "MY_APP=1",
+    )
     assert result.returncode == 0, result.stderr
     values = EnvFile.load(registry.agents / "atlas" / ".env").values()
     assert values["AGENT_HOST"] == "fbsd2" and values["AGENT_PLACEMENT"] == "bhyve"
@@ -164,8 +197,9 @@ def test_check_exits_nonzero_and_names_file_line_key_and_fix(registry: Registry)
 
 
 def test_check_never_prints_secret_values(registry: Registry) -> None:
-    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nANTHROPIC_API_KEY=sk-live-SECRET123\n"
-                       "CMS_JAIL_NAME=a-b\n")
+    registry.write_env(
+        "atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nANTHROPIC_API_KEY=sk-live-SECRET123\nCMS_JAIL_NAME=a-b\n"
+    )
     result = invoke(registry, "check")
     assert "sk-live-SECRET123" not in result.stdout + result.stderr
 
@@ -185,8 +219,10 @@ def test_next_free_subnet_skips_overlaps_of_any_size() -> None:
 
 
 def test_importing_the_cli_does_not_import_heavy_modules() -> None:
-    code = ("import sys, tasks, provision.cli, provision.checks, provision.registry; "
-            "heavy = [m for m in ('ansible', 'paramiko', 'jinja2') if m in sys.modules]; "
-            "print(heavy); sys.exit(1 if heavy else 0)")
+    code = (
+        "import sys, tasks, provision.cli, provision.checks, provision.registry; "
+        "heavy = [m for m in ('ansible', 'paramiko', 'jinja2') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
