@@ -102,3 +102,9 @@ def graph(c: Context, output: str | None = None, png: bool = False) -> None:
 def render(c: Context, host: str | None = None) -> None:
     """Check, then render every artifact into build/<host>/, a tree mirroring the host."""
     cli.run(cli.render, host=host)
+
+
+@task(help={"host": "plan only this inventory host (default: every host)"})
+def plan(c: Context, host: str | None = None) -> None:
+    """Dry run: unified diff of every file an apply would change. Exit 0 none, 2 pending, 1 error."""
+    cli.run(cli.plan, host=host)

@@ -27,6 +27,7 @@ WARDEN_VARS = {
     "warden_release": "release",
     "warden_vm_uplink": "vm_uplink",
     "warden_agent_links": "agent_links",
+    "warden_sample_root": "sample_root",
 }
 
 

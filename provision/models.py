@@ -299,6 +299,7 @@ class Host(BaseModel):
     release: str = DEFAULT_RELEASE
     vm_uplink: IPv4Network = DEFAULT_VM_UPLINK
     agent_links: tuple[tuple[str, str], ...] = ()
+    sample_root: str | None = None  # read this directory instead of SSH (the bundled example)
     source: Path = Path("inventory/hosts.yml")
     line: int | None = None
     ansible_vars: Mapping[str, Any] = Field(default_factory=dict)
