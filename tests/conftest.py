@@ -76,3 +76,6 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Regist
     for key, value in reg.env().items():
         monkeypatch.setenv(key, value)
     yield reg
+
+
+from tests.hostkit.fixtures import testhost, testhost_factory  # noqa: E402,F401  (pytest fixtures)

@@ -1,0 +1,192 @@
+"""An SSH test host: a real OpenSSH server on 127.0.0.1, chrooted in a Debian tree.
+
+Each test gets a writable overlay of the cached root tree (rootfs.py), the FreeBSD
+command doubles installed at their FreeBSD paths, a throw-away host key and client
+key, and `sshd -D` listening on a free loopback port.  Paramiko and Ansible talk to it
+as they would to a FreeBSD host; `/` on the other side is the overlay.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from .rootfs import ensure_rootfs
+
+DOUBLES = Path(__file__).resolve().parent.parent / "doubles" / "freebsd.py"
+AUTHKEYS = """#!/bin/sh
+# New connections are refused while the pfctl double says a loaded ruleset cut SSH;
+# open ones go on, as PF's kept states would let them (tests/doubles/freebsd.py).
+[ -e /var/db/warden-doubles/ssh-cut ] && exit 0
+cat /etc/ssh/warden_authorized_key
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TestHost:
+    """One running test host; call stop() (the fixture does) to tear it down."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.root = workdir / "root"
+        self.port = free_port()
+        self.client_key = workdir / "id_ed25519"
+        self.log = workdir / "sshd.log"
+        self._mounts: list[Path] = []
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._start()
+
+    # -- setup -------------------------------------------------------------------------
+    def _start(self) -> None:
+        lower = ensure_rootfs()
+        for d in ("upper", "work", "root"):
+            (self.workdir / d).mkdir(parents=True, exist_ok=True)
+        try:
+            self._mount(["-t", "overlay", "overlay", "-o",
+                         f"lowerdir={lower},upperdir={self.workdir / 'upper'},workdir={self.workdir / 'work'}"],
+                        self.root)
+        except subprocess.CalledProcessError:
+            shutil.rmtree(self.root)
+            subprocess.run(["cp", "-a", "--reflink=auto", str(lower), str(self.root)], check=True)
+        self._mount(["--bind", "/dev"], self.root / "dev")
+        self._mount(["-t", "proc", "proc"], self.root / "proc")
+        self._install_doubles()
+        self._install_sshd()
+
+    def _mount(self, args: list[str], target: Path) -> None:
+        subprocess.run(["mount", *args, str(target)], check=True, capture_output=True)
+        self._mounts.append(target)
+
+    def _install_doubles(self) -> None:
+        from tests.doubles.freebsd import PATHS
+
+        lib = self.root / "usr/local/lib/warden-doubles"
+        lib.mkdir(parents=True, exist_ok=True)
+        shutil.copy(DOUBLES, lib / "freebsd.py")
+        for cmd, path in PATHS.items():
+            target = self.root / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.unlink(missing_ok=True)
+            target.write_text("#!/usr/bin/python3\nimport sys\nsys.path.insert(0, '/usr/local/lib/warden-doubles')\n"
+                              f"import freebsd\nfreebsd.main({cmd!r})\n")
+            target.chmod(0o755)
+        for d in ("etc", "usr/local/etc/rc.d", "var/db/warden-doubles", "var/log"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        rc = self.root / "etc/rc.conf"
+        if not rc.exists():
+            rc.write_text('hostname="testhost.home.arpa"\nifconfig_vtnet0="DHCP"\nsshd_enable="YES"\n')
+        pf = self.root / "etc/pf.conf"
+        if not pf.exists():
+            pf.write_text('ext_if = "vtnet0"\nset skip on lo0\nblock in all\npass out all keep state\n'
+                          "pass in on $ext_if proto tcp to port ssh keep state\n")
+        (self.root / "usr/local/bastille/releases/15.0-RELEASE").mkdir(parents=True, exist_ok=True)
+
+    def _install_sshd(self) -> None:
+        ssh = self.root / "etc/ssh"
+        for f in ssh.glob("warden_host_key*"):
+            f.unlink()
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh / "warden_host_key")], check=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.client_key)], check=True)
+        (ssh / "warden_authorized_key").write_text(self.client_key.with_suffix(".pub").read_text())
+        authkeys = self.root / "usr/local/libexec/warden-authkeys"
+        authkeys.parent.mkdir(parents=True, exist_ok=True)
+        authkeys.write_text(AUTHKEYS)
+        authkeys.chmod(0o755)
+        (ssh / "sshd_config_warden").write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey /etc/ssh/warden_host_key\n"
+            "PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            "UsePAM no\nAuthorizedKeysFile none\nAuthorizedKeysCommand /usr/local/libexec/warden-authkeys\n"
+            "AuthorizedKeysCommandUser nobody\nStrictModes no\nLogLevel VERBOSE\nMaxStartups 100\n"
+            "MaxSessions 100\nSubsystem sftp internal-sftp\nPidFile /run/sshd-warden.pid\n"
+            "SetEnv PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+        )
+        (self.root / "run/sshd").mkdir(parents=True, exist_ok=True)
+        self.host_key_line = "[127.0.0.1]:{} {}".format(
+            self.port, " ".join((ssh / "warden_host_key.pub").read_text().split()[:2]))
+        self.known_hosts = self.workdir / "known_hosts"
+        self.known_hosts.write_text(self.host_key_line + "\n")
+        log = self.log.open("wb")
+        self._proc = subprocess.Popen(
+            ["chroot", str(self.root), "/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/sshd_config_warden"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {self.log.read_text()}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"sshd did not listen on {self.port}: {self.log.read_text()}")
+
+    # -- what tests use ----------------------------------------------------------------
+    def write_ssh_config(self, path: Path, alias: str) -> None:
+        with path.open("a") as fh:
+            fh.write(f"Host {alias}\n  HostName 127.0.0.1\n  Port {self.port}\n  User root\n"
+                     f"  IdentityFile {self.client_key}\n  IdentitiesOnly yes\n"
+                     f"  UserKnownHostsFile {self.known_hosts}\n  StrictHostKeyChecking yes\n")
+
+    def ansible_vars(self) -> dict[str, Any]:
+        return {
+            "ansible_host": "127.0.0.1",
+            "ansible_port": self.port,
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(self.client_key),
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "ansible_ssh_common_args": f"-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes "
+                                       "-o IdentitiesOnly=yes -o ControlMaster=no -o ControlPath=none",
+        }
+
+    def calls(self) -> list[dict[str, Any]]:
+        log = self.root / "var/log/warden-doubles.jsonl"
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    def state(self) -> dict[str, Any]:
+        path = self.root / "var/db/warden-doubles/state.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def connection_count(self) -> int:
+        return self.log.read_text(errors="replace").count("Accepted publickey")
+
+    def cut_ssh_on_next_pf_load(self) -> None:
+        (self.root / "var/db/warden-doubles/force-ssh-cut").write_text("1\n")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self._kill_chrooted()
+        for target in reversed(self._mounts):
+            subprocess.run(["umount", "-l", str(target)], capture_output=True)
+        self._mounts.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+    def _kill_chrooted(self) -> None:
+        """sshd's per-connection children (and anything they started) live on in the chroot."""
+        root = str(self.root.resolve())
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                if os.readlink(proc / "root") == root:
+                    os.kill(int(proc.name), 9)
+            except (OSError, ValueError):
+                continue
