@@ -17,8 +17,15 @@ def connect(host: TestHost) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
     client.load_host_keys(str(host.known_hosts))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect("127.0.0.1", port=host.port, username="root", key_filename=str(host.client_key),
-                   look_for_keys=False, allow_agent=False, timeout=10)
+    client.connect(
+        "127.0.0.1",
+        port=host.port,
+        username="root",
+        key_filename=str(host.client_key),
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=10,
+    )
     return client
 
 
@@ -48,8 +55,15 @@ def test_a_wrong_host_key_is_refused(testhost: TestHost, tmp_path: Path) -> None
     client.load_host_keys(str(other))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     with pytest.raises(paramiko.BadHostKeyException):
-        client.connect("127.0.0.1", port=testhost.port, username="root", key_filename=str(testhost.client_key),
-                       look_for_keys=False, allow_agent=False, timeout=10)
+        client.connect(
+            "127.0.0.1",
+            port=testhost.port,
+            username="root",
+            key_filename=str(testhost.client_key),
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=10,
+        )
 
 
 def test_sysrc_replaces_the_last_assignment_and_appends_idempotently(testhost: TestHost) -> None:
@@ -125,7 +139,9 @@ def test_bastille_refuses_hyphenated_vnet_names_and_needs_a_bridge(testhost: Tes
         client.close()
     conf = (testhost.root / "usr/local/bastille/jails/atlascms/jail.conf").read_text()
     assert "vnet.interface = e0b_atlascms;" in conf and "ifconfig warden0 addm e0a_atlascms" in conf
-    assert 'defaultrouter="10.0.1.1"' in (testhost.root / "usr/local/bastille/jails/atlascms/root/etc/rc.conf").read_text()
+    assert (
+        'defaultrouter="10.0.1.1"' in (testhost.root / "usr/local/bastille/jails/atlascms/root/etc/rc.conf").read_text()
+    )
 
 
 def test_a_ruleset_that_blocks_ssh_refuses_new_connections_but_keeps_open_ones(testhost: TestHost) -> None:

@@ -31,6 +31,7 @@ RC_CONF = Path("/etc/rc.conf")
 
 # -- state -------------------------------------------------------------------------------
 
+
 class State:
     """state.json under an exclusive lock for the whole command (calls may run in parallel)."""
 
@@ -40,18 +41,28 @@ class State:
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         path = STATE_DIR / "state.json"
         self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-        self.data.setdefault("interfaces", {
-            "vtnet0": {"inet": ["192.0.2.10/24"], "up": True, "members": [], "bridge": False},
-            "lo0": {"inet": ["127.0.0.1/8"], "up": True, "members": [], "bridge": False},
-        })
+        self.data.setdefault(
+            "interfaces",
+            {
+                "vtnet0": {"inet": ["192.0.2.10/24"], "up": True, "members": [], "bridge": False},
+                "lo0": {"inet": ["127.0.0.1/8"], "up": True, "members": [], "bridge": False},
+            },
+        )
         self.data.setdefault("pf", {"enabled": False, "main": None, "anchors": {}, "loads": 0})
         self.data.setdefault("services", {})
         self.data.setdefault("jails", {})
         self.data.setdefault("vms", {})
         self.data.setdefault("switches", {})
         self.data.setdefault("packages", ["bastille", "vm-bhyve", "python311", "git", "tmux"])
-        self.data.setdefault("sysctl", {"net.inet.ip.forwarding": "0", "kern.racct.enable": "1",
-                                        "kern.features.vimage": "1", "kern.osrelease": "14.3-RELEASE"})
+        self.data.setdefault(
+            "sysctl",
+            {
+                "net.inet.ip.forwarding": "0",
+                "kern.racct.enable": "1",
+                "kern.features.vimage": "1",
+                "kern.osrelease": "14.3-RELEASE",
+            },
+        )
         self.data.setdefault("modules", ["pf", "if_bridge", "vmm"])
         self.data.setdefault("rctl", [])
         return self.data
@@ -100,6 +111,7 @@ def rc_vars(path: Path = RC_CONF) -> dict[str, str]:
 
 # -- sysrc (FREEBSD.md §2.3) -------------------------------------------------------------
 
+
 def sysrc(argv: list[str]) -> int:
     files: list[Path] = []
     check = delete = value_only = ignore = False
@@ -142,7 +154,11 @@ def sysrc(argv: list[str]) -> int:
                 continue
             for f in target_files:
                 if f.exists():
-                    lines = [ln for ln in f.read_text().splitlines(True) if not ((m := _ASSIGN.match(ln)) and m.group(1) == name)]
+                    lines = [
+                        ln
+                        for ln in f.read_text().splitlines(True)
+                        if not ((m := _ASSIGN.match(ln)) and m.group(1) == name)
+                    ]
                     f.write_text("".join(lines))
             continue
         if not sep:
@@ -217,11 +233,26 @@ def _section(body: str) -> str | None:
     first = body.split()[0]
     if re.match(r"^[A-Za-z][A-Za-z0-9_]*\s*=", body) or first == "table":
         return None
-    return {"set": "options", "ether": "ethernet", "scrub": "normalization", "altq": "queueing",
-            "queue": "queueing", "nat": "translation", "rdr": "translation", "binat": "translation",
-            "nat-anchor": "translation", "rdr-anchor": "translation", "binat-anchor": "translation",
-            "no": "translation", "pass": "filtering", "block": "filtering", "anchor": "filtering",
-            "antispoof": "filtering", "match": "filtering", "load": None}.get(first, "unknown")
+    return {
+        "set": "options",
+        "ether": "ethernet",
+        "scrub": "normalization",
+        "altq": "queueing",
+        "queue": "queueing",
+        "nat": "translation",
+        "rdr": "translation",
+        "binat": "translation",
+        "nat-anchor": "translation",
+        "rdr-anchor": "translation",
+        "binat-anchor": "translation",
+        "no": "translation",
+        "pass": "filtering",
+        "block": "filtering",
+        "anchor": "filtering",
+        "antispoof": "filtering",
+        "match": "filtering",
+        "load": None,
+    }.get(first, "unknown")
 
 
 def pf_check(path: Path, macros: dict[str, str] | None = None) -> list[str]:
@@ -266,8 +297,9 @@ def pf_check(path: Path, macros: dict[str, str] | None = None) -> list[str]:
 def _blocks_ssh(text: str) -> bool:
     """Emulated effect on NEW ssh connections: a default block and no pass for port 22/ssh."""
     bodies = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
-    default_block = any(re.match(r"^block\b.*\ball\b", b) or re.match(r"^block( drop| return)?( log)? in\s*$", b)
-                         for b in bodies)
+    default_block = any(
+        re.match(r"^block\b.*\ball\b", b) or re.match(r"^block( drop| return)?( log)? in\s*$", b) for b in bodies
+    )
     ssh_pass = any(b.startswith("pass") and re.search(r"\bport\s*(=\s*)?(22|ssh)\b", b) for b in bodies)
     return default_block and not ssh_pass
 
@@ -389,6 +421,7 @@ def pfctl(argv: list[str]) -> int:
 
 # -- ifconfig (FREEBSD.md §2.2, §2.4) ------------------------------------------------------
 
+
 def _mask(prefix: int) -> str:
     return f"0x{(0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF:08x}"
 
@@ -448,10 +481,10 @@ def ifconfig(argv: list[str]) -> int:
                     ifs[name]["inet"] = [a for a in ifs[name]["inet"] if a.split("/")[0] != addr.split("/")[0]]
                 elif flag == "alias":
                     if addr.split("/")[0] in [a.split("/")[0] for a in ifs[name]["inet"]]:
-                        die(f"ifconfig: ioctl (SIOCAIFADDR): File exists", 1)
+                        die("ifconfig: ioctl (SIOCAIFADDR): File exists", 1)
                     ifs[name]["inet"].append(addr)
                 else:
-                    ifs[name]["inet"] = [addr] + ifs[name]["inet"][1:]
+                    ifs[name]["inet"] = [addr, *ifs[name]["inet"][1:]]
             elif word == "ether":
                 ifs[name]["ether"] = rest.pop(0)
             else:
@@ -461,7 +494,7 @@ def ifconfig(argv: list[str]) -> int:
 
 def _rename(ifs: dict[str, Any], old: str, new: str) -> int:
     if len(new) > 15:
-        die(f"ifconfig: ioctl SIOCSIFNAME (set name): Invalid argument", 1)  # IFNAMSIZ, §2.2
+        die("ifconfig: ioctl SIOCSIFNAME (set name): Invalid argument", 1)  # IFNAMSIZ, §2.2
     if new in ifs:
         die("ifconfig: ioctl SIOCSIFNAME (set name): File exists", 1)
     ifs[new] = ifs.pop(old)
@@ -480,6 +513,7 @@ def _show(name: str, i: dict[str, Any]) -> None:
 
 
 # -- service (FREEBSD.md §1.4, §3.6) -------------------------------------------------------
+
 
 def service(argv: list[str]) -> int:
     if argv[:1] == ["-e"]:
@@ -527,8 +561,11 @@ def service(argv: list[str]) -> int:
             return 1
         elif base in ("start", "restart", "stop"):
             if base != "stop" and not enabled and not forced:
-                print(f"Cannot '{base}' {name}. Set {name}_enable to YES in /etc/rc.conf or use 'one{base}' "
-                      f"instead of '{base}'.", file=sys.stderr)
+                print(
+                    f"Cannot '{base}' {name}. Set {name}_enable to YES in /etc/rc.conf or use 'one{base}' "
+                    f"instead of '{base}'.",
+                    file=sys.stderr,
+                )
                 return 1
             if base == "start" and svc["running"]:
                 print(f"{name} already running? (pid={svc['pid']}).", file=sys.stderr)
@@ -617,7 +654,7 @@ def _bastille_create(st: dict[str, Any], args: list[str]) -> int:
         elif a in ("-g", "--gateway", "--defaultrouter"):
             opts["gateway"] = args.pop(0)
         else:
-            die(f"Unknown option: \"{a}\"", 1)
+            die(f'Unknown option: "{a}"', 1)
     if len(args) < 3:
         die("Usage: bastille create [option(s)] NAME RELEASE IP [INTERFACE]", 1)
     name, release, ip = args[0], args[1], args[2]
@@ -630,15 +667,22 @@ def _bastille_create(st: dict[str, Any], args: list[str]) -> int:
     if name in st["jails"]:
         die(f"Jail already exists: {name}", 1)
     if not (BASTILLE / "releases" / release).is_dir():
-        die(f"Release must be bootstrapped first. See 'bastille bootstrap'.", 1)
-    if opts["bridge"]:
-        if iface is None or not st["interfaces"].get(iface, {}).get("bridge"):
-            die(f"Interface is not a bridge: {iface}", 1)
+        die("Release must be bootstrapped first. See 'bastille bootstrap'.", 1)
+    if opts["bridge"] and (iface is None or not st["interfaces"].get(iface, {}).get("bridge")):
+        die(f"Interface is not a bridge: {iface}", 1)
     jdir = BASTILLE / "jails" / name
     (jdir / "root/etc").mkdir(parents=True, exist_ok=True)
     epair = f"e0a_{name}" if len(f"e0a_{name}") < 16 else "e0a_bastille0"  # §4.2
-    lines = [f"{name} {{", "  vnet;", f"  vnet.interface = {epair.replace('e0a', 'e0b')};", "  devfs_ruleset = 13;",
-             "  securelevel = 2;", "  enforce_statfs = 2;", "  exec.start = '/bin/sh /etc/rc';", "  mount.devfs;"]
+    lines = [
+        f"{name} {{",
+        "  vnet;",
+        f"  vnet.interface = {epair.replace('e0a', 'e0b')};",
+        "  devfs_ruleset = 13;",
+        "  securelevel = 2;",
+        "  enforce_statfs = 2;",
+        "  exec.start = '/bin/sh /etc/rc';",
+        "  mount.devfs;",
+    ]
     if opts["bridge"]:
         lines.append(f'  exec.prestart += "ifconfig {iface} addm {epair}";')
         lines.append(f'  exec.poststop += "ifconfig {epair} destroy";')
@@ -648,9 +692,14 @@ def _bastille_create(st: dict[str, Any], args: list[str]) -> int:
     if opts["gateway"]:
         rc.append(f'defaultrouter="{opts["gateway"]}"')
     (jdir / "root/etc/rc.conf").write_text("\n".join(rc) + "\n")
-    st["jails"][name] = {"release": release, "ip": ip, "interface": iface, "running": True,
-                         "options": {k: v for k, v in opts.items() if v}}
-    print(f"Creating a thinjail..." if not opts["thick"] else "Creating a thickjail...")
+    st["jails"][name] = {
+        "release": release,
+        "ip": ip,
+        "interface": iface,
+        "running": True,
+        "options": {k: v for k, v in opts.items() if v},
+    }
+    print("Creating a thinjail..." if not opts["thick"] else "Creating a thickjail...")
     return 0
 
 
@@ -660,7 +709,7 @@ def jls(argv: list[str]) -> int:
         if "-j" in argv:
             name = argv[argv.index("-j") + 1]
             if name not in running:
-                die(f"jls: jail \"{name}\" not found", 1)
+                die(f'jls: jail "{name}" not found', 1)
             running = [name]
         if "name" in argv:
             print("\n".join(running))
@@ -672,6 +721,7 @@ def jls(argv: list[str]) -> int:
 
 
 # -- vm-bhyve (FREEBSD.md §5) -------------------------------------------------------------
+
 
 def vm(argv: list[str]) -> int:
     vs = rc_vars()
@@ -746,6 +796,7 @@ def vm(argv: list[str]) -> int:
 
 # -- small ones -------------------------------------------------------------------------
 
+
 def pkg(argv: list[str]) -> int:
     with State() as st:
         if argv[:1] == ["-v"]:
@@ -813,14 +864,37 @@ def freebsd_version(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"sysrc": sysrc, "pfctl": pfctl, "ifconfig": ifconfig, "service": service, "bastille": bastille,
-            "jls": jls, "vm": vm, "pkg": pkg, "sysctl": sysctl, "kldstat": kldstat, "kldload": kldload,
-            "rctl": rctl, "freebsd-version": freebsd_version}
+COMMANDS = {
+    "sysrc": sysrc,
+    "pfctl": pfctl,
+    "ifconfig": ifconfig,
+    "service": service,
+    "bastille": bastille,
+    "jls": jls,
+    "vm": vm,
+    "pkg": pkg,
+    "sysctl": sysctl,
+    "kldstat": kldstat,
+    "kldload": kldload,
+    "rctl": rctl,
+    "freebsd-version": freebsd_version,
+}
 
-PATHS = {"sysrc": "/usr/sbin/sysrc", "pfctl": "/sbin/pfctl", "ifconfig": "/sbin/ifconfig",
-         "service": "/usr/sbin/service", "bastille": "/usr/local/bin/bastille", "jls": "/usr/sbin/jls",
-         "vm": "/usr/local/sbin/vm", "pkg": "/usr/sbin/pkg", "sysctl": "/sbin/sysctl", "kldstat": "/sbin/kldstat",
-         "kldload": "/sbin/kldload", "rctl": "/usr/bin/rctl", "freebsd-version": "/bin/freebsd-version"}
+PATHS = {
+    "sysrc": "/usr/sbin/sysrc",
+    "pfctl": "/sbin/pfctl",
+    "ifconfig": "/sbin/ifconfig",
+    "service": "/usr/sbin/service",
+    "bastille": "/usr/local/bin/bastille",
+    "jls": "/usr/sbin/jls",
+    "vm": "/usr/local/sbin/vm",
+    "pkg": "/usr/sbin/pkg",
+    "sysctl": "/sbin/sysctl",
+    "kldstat": "/sbin/kldstat",
+    "kldload": "/sbin/kldload",
+    "rctl": "/usr/bin/rctl",
+    "freebsd-version": "/bin/freebsd-version",
+}
 
 
 def main(cmd: str | None = None) -> None:

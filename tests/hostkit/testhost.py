@@ -55,9 +55,16 @@ class TestHost:
         for d in ("upper", "work", "root"):
             (self.workdir / d).mkdir(parents=True, exist_ok=True)
         try:
-            self._mount(["-t", "overlay", "overlay", "-o",
-                         f"lowerdir={lower},upperdir={self.workdir / 'upper'},workdir={self.workdir / 'work'}"],
-                        self.root)
+            self._mount(
+                [
+                    "-t",
+                    "overlay",
+                    "overlay",
+                    "-o",
+                    f"lowerdir={lower},upperdir={self.workdir / 'upper'},workdir={self.workdir / 'work'}",
+                ],
+                self.root,
+            )
         except subprocess.CalledProcessError:
             shutil.rmtree(self.root)
             subprocess.run(["cp", "-a", "--reflink=auto", str(lower), str(self.root)], check=True)
@@ -80,8 +87,10 @@ class TestHost:
             target = self.root / path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.unlink(missing_ok=True)
-            target.write_text("#!/usr/bin/python3\nimport sys\nsys.path.insert(0, '/usr/local/lib/warden-doubles')\n"
-                              f"import freebsd\nfreebsd.main({cmd!r})\n")
+            target.write_text(
+                "#!/usr/bin/python3\nimport sys\nsys.path.insert(0, '/usr/local/lib/warden-doubles')\n"
+                f"import freebsd\nfreebsd.main({cmd!r})\n"
+            )
             target.chmod(0o755)
         for d in ("etc", "usr/local/etc/rc.d", "var/db/warden-doubles", "var/log"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
@@ -90,8 +99,10 @@ class TestHost:
             rc.write_text('hostname="testhost.home.arpa"\nifconfig_vtnet0="DHCP"\nsshd_enable="YES"\n')
         pf = self.root / "etc/pf.conf"
         if not pf.exists():
-            pf.write_text('ext_if = "vtnet0"\nset skip on lo0\nblock in all\npass out all keep state\n'
-                          "pass in on $ext_if proto tcp to port ssh keep state\n")
+            pf.write_text(
+                'ext_if = "vtnet0"\nset skip on lo0\nblock in all\npass out all keep state\n'
+                "pass in on $ext_if proto tcp to port ssh keep state\n"
+            )
         (self.root / "usr/local/bastille/releases/15.0-RELEASE").mkdir(parents=True, exist_ok=True)
 
     def _install_sshd(self) -> None:
@@ -115,13 +126,15 @@ class TestHost:
         )
         (self.root / "run/sshd").mkdir(parents=True, exist_ok=True)
         self.host_key_line = "[127.0.0.1]:{} {}".format(
-            self.port, " ".join((ssh / "warden_host_key.pub").read_text().split()[:2]))
+            self.port, " ".join((ssh / "warden_host_key.pub").read_text().split()[:2])
+        )
         self.known_hosts = self.workdir / "known_hosts"
         self.known_hosts.write_text(self.host_key_line + "\n")
         log = self.log.open("wb")
         self._proc = subprocess.Popen(
             ["chroot", str(self.root), "/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/sshd_config_warden"],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -136,9 +149,11 @@ class TestHost:
     # -- what tests use ----------------------------------------------------------------
     def write_ssh_config(self, path: Path, alias: str) -> None:
         with path.open("a") as fh:
-            fh.write(f"Host {alias}\n  HostName 127.0.0.1\n  Port {self.port}\n  User root\n"
-                     f"  IdentityFile {self.client_key}\n  IdentitiesOnly yes\n"
-                     f"  UserKnownHostsFile {self.known_hosts}\n  StrictHostKeyChecking yes\n")
+            fh.write(
+                f"Host {alias}\n  HostName 127.0.0.1\n  Port {self.port}\n  User root\n"
+                f"  IdentityFile {self.client_key}\n  IdentitiesOnly yes\n"
+                f"  UserKnownHostsFile {self.known_hosts}\n  StrictHostKeyChecking yes\n"
+            )
 
     def ansible_vars(self) -> dict[str, Any]:
         return {
@@ -148,7 +163,7 @@ class TestHost:
             "ansible_ssh_private_key_file": str(self.client_key),
             "ansible_python_interpreter": "/usr/bin/python3",
             "ansible_ssh_common_args": f"-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes "
-                                       "-o IdentitiesOnly=yes -o ControlMaster=no -o ControlPath=none",
+            "-o IdentitiesOnly=yes -o ControlMaster=no -o ControlPath=none",
         }
 
     def calls(self) -> list[dict[str, Any]]:
@@ -177,7 +192,6 @@ class TestHost:
             subprocess.run(["umount", "-l", str(target)], capture_output=True)
         self._mounts.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
-
 
     def _kill_chrooted(self) -> None:
         """sshd's per-connection children (and anything they started) live on in the chroot."""
