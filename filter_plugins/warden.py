@@ -1,0 +1,201 @@
+"""Ansible filters that hand the roles what `provision` already decided.
+
+Roles never re-derive values (SPEC §3): these filters run on the controller, import
+the same `provision` code that `invoke plan` uses, and return plain data — so the
+apply writes exactly the lines the plan showed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from provision.hostfiles import pf_conf_result, rc_conf_result, rctl_conf_result_for
+from provision.limits import managed_rules, rctl_changes
+from provision.manifest import Manifest
+from provision.rcconf import read_vars
+from provision.remote import parse_frames, read_script
+
+
+def _manifest(build_host_dir: str) -> Manifest:
+    return Manifest.load(Path(build_host_dir))
+
+
+def _previous(live: dict[str, Any]) -> Manifest | None:
+    text = live.get("/var/db/warden/manifest.json")
+    return Manifest.from_json(text) if text else None
+
+
+def warden_read_command(paths: list[str]) -> str:
+    """The one-round read script `plan` uses, as a command line."""
+    import shlex
+
+    return "sh -c " + shlex.quote(read_script()) + " sh " + " ".join(shlex.quote(p) for p in paths)
+
+
+def warden_frames(stdout: str) -> dict[str, str | None]:
+    out = parse_frames(stdout.encode("utf-8", "surrogateescape") + (b"" if stdout.endswith("\n") else b"\n"))
+    return {k: (None if v is None else v.decode("utf-8", "replace")) for k, v in out.items()}
+
+
+def warden_owned_files(build_host_dir: str, agent: str = "", secret: bool | None = None) -> list[dict[str, Any]]:
+    """Every file the manifest owns, with its rendered content (optionally one agent's only)."""
+    m = _manifest(build_host_dir)
+    out = []
+    for e in m.files:
+        if agent and e.agent not in (agent, None):
+            continue
+        if secret is not None and e.secret != secret:
+            continue
+        content = (Path(build_host_dir) / e.path.lstrip("/")).read_text(encoding="utf-8")
+        out.append({"path": e.path, "content": content, "mode": e.mode, "owner": e.owner, "group": e.group,
+                    "secret": e.secret})
+    return out
+
+
+def warden_edited_files(build_host_dir: str, live: dict[str, Any]) -> list[dict[str, Any]]:
+    """/etc/rc.conf, /etc/pf.conf and /etc/rctl.conf as `plan` computes them (sysrc semantics, hook)."""
+    m = _manifest(build_host_dir)
+    previous = _previous(live)
+    out = []
+    for path, fn, mode in (
+        ("/etc/rc.conf", lambda t: rc_conf_result(m, t, previous), "0644"),
+        ("/etc/pf.conf", lambda t: pf_conf_result(m, t), "0600"),
+        ("/etc/rctl.conf", lambda t: rctl_conf_result_for(m, t), "0644"),
+    ):
+        old = live.get(path)
+        new = fn(old or "")
+        if old is None and new == "":
+            continue
+        out.append({"path": path, "content": new, "mode": mode, "owner": "root", "group": "wheel"})
+    return out
+
+
+def warden_agent_dirs(build_host_dir: str, agent: str = "") -> list[dict[str, Any]]:
+    """The agents' own directories (parents of files they own, and logs/), owned by them."""
+    m = _manifest(build_host_dir)
+    dirs: dict[str, dict[str, Any]] = {}
+    for e in m.files:
+        if e.owner == "root" or (agent and e.agent != agent):
+            continue
+        parent = str(Path(e.path).parent)
+        for path in (parent, f"{parent}/logs"):
+            dirs[path] = {"path": path, "owner": e.owner, "group": e.group, "mode": "0750"}
+    return [dirs[k] for k in sorted(dirs)]
+
+
+def warden_changed_agents(changed_paths: list[str]) -> list[str]:
+    """Agents whose rc.d script or run wrapper was just rewritten (they need a restart)."""
+    out = set()
+    for p in changed_paths:
+        if m := re.match(r"^/usr/local/etc/rc\.d/([a-z][a-z0-9]*)$", p):
+            out.add(m.group(1))
+        elif m := re.match(r"^.*/run-([a-z][a-z0-9]*)\.sh$", p):
+            out.add(m.group(1))
+    return sorted(out)
+
+
+def warden_records(build_host_dir: str) -> list[dict[str, Any]]:
+    """What the next plan reads to know what this apply put on the host."""
+    m = _manifest(build_host_dir)
+    files = "".join(f"{e.path}\n" for e in m.files)
+    return [
+        {"path": "/var/db/warden/manifest.json", "content": m.to_json(), "mode": "0644", "owner": "root", "group": "wheel"},
+        {"path": "/var/db/warden/files", "content": files, "mode": "0644", "owner": "root", "group": "wheel"},
+    ]
+
+
+def warden_removed_files(build_host_dir: str, live: dict[str, Any]) -> list[str]:
+    m = _manifest(build_host_dir)
+    previous = _previous(live)
+    if previous is None:
+        return []
+    current = {e.path for e in m.files}
+    return sorted(e.path for e in previous.files if e.path not in current)
+
+
+def warden_removed_agents(build_host_dir: str, live: dict[str, Any]) -> list[str]:
+    previous = _previous(live)
+    return sorted(set(previous.agents) - set(_manifest(build_host_dir).agents)) if previous else []
+
+
+def warden_probe(stdout: str) -> dict[str, Any]:
+    """Parse the probe script's sections (=== name ===) into live facts."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in stdout.splitlines():
+        m = re.match(r"^=== (\S+) ===$", line)
+        if m:
+            current = m.group(1)
+            sections[current] = []
+        elif current:
+            sections[current].append(line)
+    inet = [m.group(1) for ln in sections.get("bridge", []) if (m := re.match(r"^\s*inet (\S+) netmask", ln))]
+    running = [ln.split()[0] for ln in sections.get("services", []) if ln.endswith(" running")]
+    return {
+        "interfaces": " ".join(sections.get("interfaces", [])).split(),
+        "bridge_addresses": inet,
+        "jails": [ln.strip() for ln in sections.get("jails", []) if ln.strip()],
+        "running_jails": [ln.strip() for ln in sections.get("jls", []) if ln.strip()],
+        "pf_enabled": any("Status: Enabled" in ln for ln in sections.get("pf", [])),
+        "forwarding": "".join(sections.get("forwarding", [])).strip(),
+        "running_services": running,
+        "users": [ln.split(":")[0] for ln in sections.get("users", [])],
+        "vm_init": any(ln.strip() == "yes" for ln in sections.get("vminit", [])),
+        "switches": [ln.split()[0] for ln in sections.get("switches", [])[1:] if ln.split()],
+        "vms": {ln.split()[0]: ln.split()[-1] for ln in sections.get("vms", [])[1:] if ln.split()},
+        "rctl": [ln.strip() for ln in sections.get("rctl", []) if ln.strip()],
+    }
+
+
+def warden_alias_changes(build_host_dir: str, probe: dict[str, Any]) -> dict[str, list[str]]:
+    """Gateway addresses to add to / remove from the live bridge (FREEBSD.md §2.4)."""
+    m = _manifest(build_host_dir)
+    wanted: list[str] = []
+    for e in m.rc_conf:
+        if e.op == "set" and (e.name == f"ifconfig_{m.bridge}" or e.name.startswith(f"ifconfig_{m.bridge}_alias")):
+            mm = re.search(r"inet (\S+)", e.value)
+            if mm:
+                wanted.append(mm.group(1))
+    live = set(probe.get("bridge_addresses", []))
+    wanted_ips = {w.split("/")[0] for w in wanted}
+    return {"add": [w for w in wanted if w.split("/")[0] not in live], "remove": sorted(live - wanted_ips)}
+
+
+def warden_rctl_changes(build_host_dir: str, probe: dict[str, Any], live: dict[str, Any]) -> dict[str, list[str]]:
+    m = _manifest(build_host_dir)
+    before = managed_rules(live.get("/etc/rctl.conf") or "")
+    added, removed = rctl_changes(before, m.rctl_rules)
+    live_rules = set(probe.get("rctl", []))
+    added += [r for r in m.rctl_rules if r not in live_rules and r not in added]
+    return {"add": added, "remove": removed}
+
+
+def warden_manifest(build_host_dir: str) -> dict[str, Any]:
+    return json.loads((Path(build_host_dir) / ".warden/manifest.json").read_text(encoding="utf-8"))
+
+
+def warden_rc_vars(text: str | None) -> dict[str, str]:
+    return read_vars(text or "")
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {
+            "warden_read_command": warden_read_command,
+            "warden_frames": warden_frames,
+            "warden_owned_files": warden_owned_files,
+            "warden_edited_files": warden_edited_files,
+            "warden_records": warden_records,
+            "warden_agent_dirs": warden_agent_dirs,
+            "warden_changed_agents": warden_changed_agents,
+            "warden_removed_files": warden_removed_files,
+            "warden_removed_agents": warden_removed_agents,
+            "warden_probe": warden_probe,
+            "warden_alias_changes": warden_alias_changes,
+            "warden_rctl_changes": warden_rctl_changes,
+            "warden_manifest": warden_manifest,
+            "warden_rc_vars": warden_rc_vars,
+        }

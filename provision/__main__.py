@@ -1,0 +1,17 @@
+"""`python -m provision check|render`: what site.yml runs before it touches a host."""
+
+from __future__ import annotations
+
+import sys
+
+from . import cli
+
+
+def main(argv: list[str]) -> None:
+    commands = {"check": cli.check, "render": cli.render}
+    if len(argv) != 1 or argv[0] not in commands:
+        sys.exit(f"usage: python -m provision {{{'|'.join(commands)}}}")
+    cli.run(commands[argv[0]])
+
+
+main(sys.argv[1:])

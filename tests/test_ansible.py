@@ -1,0 +1,207 @@
+"""`ansible-playbook site.yml` against the SSH test host: converge, idempotence, check/diff,
+removal, PF confirm-or-rollback, tags and one-agent runs — real Ansible over real SSH."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from provision.rcconf import read_vars
+from tests.hostkit.testhost import TestHost
+
+from .conftest import REPO, Registry
+
+pytestmark = pytest.mark.e2e
+
+
+def setup(reg: Registry, host: TestHost, names: tuple[str, ...] = ("atlas", "iris")) -> None:
+    inventory = {"all": {"hosts": {"fbsd1": {"warden_ext_if": "vtnet0", **host.ansible_vars()}}}}
+    reg.inventory.write_text(yaml.safe_dump(inventory))
+    for i, name in enumerate(names, start=1):
+        add(reg, name, i)
+
+
+def add(reg: Registry, name: str, i: int) -> None:
+    reg.write_env(name, f"AGENT_NAME={name}\nAGENT_SUBNET_BASE=10.0.{i}\nCONTROLPLANE_API_PORT={3099 + i}\n"
+                        f"API_TOKEN=tok-SECRET-{name}-0123456789\n")
+
+
+def playbook(reg: Registry, *args: str) -> subprocess.CompletedProcess[str]:
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, **reg.env(), "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1",
+           "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run([shutil.which("ansible-playbook", path=env["PATH"]) or "ansible-playbook",
+                           "-i", str(reg.inventory), "site.yml", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def recap(result: subprocess.CompletedProcess[str], host: str = "fbsd1") -> dict[str, int]:
+    m = re.search(rf"^{host}\s+:\s+(.*)$", result.stdout, re.M)
+    assert m, result.stdout[-3000:] + result.stderr[-3000:]
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
+
+
+def tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for rel in ("etc", "usr/local", "home", "var/db/warden"):
+        base = root / rel
+        for p in sorted(base.rglob("*")) if base.exists() else []:
+            if p.is_file() and "warden-doubles" not in str(p):
+                h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def mutating(calls: list[dict[str, object]]) -> list[tuple[object, object]]:
+    """Calls that change state: anything but the read-only probes."""
+    probes = {("ifconfig", ("-l",)), ("jls", ("name",)), ("pfctl", ("-s", "info")), ("vm", ("list",)),
+              ("vm", ("switch", "list")), ("rctl", ()), ("sysctl", ("-n", "net.inet.ip.forwarding"))}
+    out = []
+    for c in calls:
+        argv = tuple(c["argv"])  # type: ignore[arg-type]
+        if (c["cmd"], argv) in probes or (c["cmd"] == "ifconfig" and len(argv) == 1) or argv[-1:] == ("status",):
+            continue
+        out.append((c["cmd"], argv))
+    return out
+
+
+def test_converge_then_idempotent_then_check_diff_changes_nothing(registry: Registry, testhost: TestHost) -> None:
+    setup(registry, testhost)
+    first = playbook(registry)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
+    assert recap(first)["changed"] > 0
+    root = testhost.root
+
+    # files, modes, owners
+    rc_d = root / "usr/local/etc/rc.d/atlas"
+    assert rc_d.read_bytes() == (registry.build / "fbsd1/usr/local/etc/rc.d/atlas").read_bytes()
+    assert rc_d.stat().st_mode & 0o777 == 0o755
+    env = root / "home/atlas/clawdie/.env"
+    import pwd
+
+    atlas_uid = int((root / "etc/passwd").read_text().split("\natlas:")[1].split(":")[1])
+    assert env.stat().st_mode & 0o777 == 0o600 and env.stat().st_uid == atlas_uid
+    assert (root / "home/atlas/clawdie").stat().st_uid == atlas_uid
+    assert pwd  # (the host's own passwd database is not the test host's)
+    values = read_vars((root / "etc/rc.conf").read_text())
+    assert values["hostname"] == "testhost.home.arpa"  # the operator's line kept
+    assert values["cloned_interfaces"] == "bridge0" and values["ifconfig_bridge0_name"] == "warden0"
+    assert values["ifconfig_warden0"] == "inet 10.0.1.1/24 up" and values["ifconfig_warden0_alias0"] == "inet 10.0.2.1/24"
+    assert values["atlas_enable"] == values["iris_enable"] == "YES"
+    assert 'load anchor "warden" from "/etc/pf.warden.conf"' in (root / "etc/pf.conf").read_text()
+    assert "tok-SECRET" not in first.stdout + first.stderr
+
+    # the logged command sequence
+    calls = [(c["cmd"], c["argv"]) for c in testhost.calls()]
+    check = calls.index(("pfctl", ["-n", "-f", "/etc/pf.conf"]))
+    first_load = next(i for i, c in enumerate(calls) if c[0] == "service" and c[1][:1] == ["pf"])
+    assert check < first_load
+    creates = [c[1] for c in calls if c[0] == "bastille" and c[1][0] == "create"]
+    assert ["create", "-B", "-M", "-g", "10.0.1.1", "atlascms", "15.0-RELEASE", "10.0.1.3/24", "warden0"] in creates
+    assert ["create", "-B", "-T", "-M", "-g", "10.0.2.1", "irisdb", "15.0-RELEASE", "10.0.2.5/24", "warden0"] in creates
+    assert calls.index(("ifconfig", ["bridge", "create", "name", "warden0"])) < calls.index(("bastille", creates[0]))
+    state = testhost.state()
+    assert state["interfaces"]["warden0"]["inet"] == ["10.0.1.1/24", "10.0.2.1/24"]
+    assert state["services"]["atlas"]["running"] and state["pf"]["enabled"]
+
+    # second run: nothing to do
+    before = len(testhost.calls())
+    second = playbook(registry)
+    assert second.returncode == 0 and recap(second)["changed"] == 0, second.stdout[-3000:]
+    assert mutating(testhost.calls()[before:]) == []
+
+    # a registry change, then --check --diff: shown, not done
+    add(registry, "nova", 3)
+    digest = tree_digest(root)
+    before = len(testhost.calls())
+    dry = playbook(registry, "--check", "--diff")
+    assert dry.returncode == 0, dry.stdout[-3000:]
+    assert tree_digest(root) == digest
+    assert mutating(testhost.calls()[before:]) == []
+    assert '+ifconfig_warden0_alias1="inet 10.0.3.1/24"' in dry.stdout and '+nova_enable="YES"' in dry.stdout
+    # the same rc.conf lines as `invoke plan`
+    env_vars = {**os.environ, **registry.env(), "COLUMNS": "200"}
+    ssh_config = registry.root / "ssh_config"
+    testhost.write_ssh_config(ssh_config, "fbsd1")
+    plan = subprocess.run([sys.executable, "-m", "invoke", "plan"], cwd=REPO, capture_output=True, text=True,
+                          env={**env_vars, "PROVISION_SSH_CONFIG": str(ssh_config)})
+    assert plan.returncode == 2
+    rc_plus = [ln for ln in plan.stdout.split("changed: /etc/rc.conf")[1].splitlines() if ln.startswith("+") and "+++" not in ln]
+    assert rc_plus and all(ln in dry.stdout for ln in rc_plus)
+
+
+def test_removing_an_agent_removes_what_the_tool_put_there(registry: Registry, testhost: TestHost) -> None:
+    setup(registry, testhost, names=("atlas", "iris", "nova"))
+    assert playbook(registry).returncode == 0
+    shutil.rmtree(registry.agents / "iris")
+    result = playbook(registry)
+    assert result.returncode == 0, result.stdout[-4000:]
+    root = testhost.root
+    assert not (root / "usr/local/etc/rc.d/iris").exists() and not (root / "home/iris/clawdie/.env").exists()
+    values = read_vars((root / "etc/rc.conf").read_text())
+    assert "iris_enable" not in values
+    assert values["ifconfig_warden0_alias0"] == "inet 10.0.3.1/24" and "ifconfig_warden0_alias1" not in values
+    assert "10.0.2.0/24" not in (root / "etc/pf.warden.conf").read_text()
+    state = testhost.state()
+    assert state["interfaces"]["warden0"]["inet"] == ["10.0.1.1/24", "10.0.3.1/24"]
+    assert not state["services"]["iris"]["running"]
+    assert state["jails"]["iriscms"]["running"] is False  # stopped, kept
+    result = playbook(registry, "-e", "destroy_jails=true")
+    assert "iriscms" not in testhost.state()["jails"]
+    assert recap(playbook(registry))["changed"] == 0
+
+
+def test_a_pf_load_that_cuts_ssh_is_rolled_back_and_the_play_says_so(registry: Registry, testhost: TestHost) -> None:
+    setup(registry, testhost, names=("atlas",))
+    assert playbook(registry).returncode == 0
+    add(registry, "iris", 2)
+    testhost.cut_ssh_on_next_pf_load()
+    result = playbook(registry, "-e", "warden_pf_rollback_seconds=3")
+    assert result.returncode != 0
+    assert "cut new SSH connections" in result.stdout and "rollback ran and restored" in result.stdout
+    loads = [c["argv"] for c in testhost.calls() if c["cmd"] == "pfctl" and c["argv"] == ["-f", "/etc/pf.conf"]]
+    assert len(loads) >= 2  # the reload, then the rollback's load
+    assert "10.0.2.0/24" not in testhost.state()["pf"]["anchors"]["warden"]  # the previous anchor is live again
+    assert (testhost.root / "var/db/warden/pf-rollback.ran").exists()
+
+
+def test_tags_and_one_agent_runs(registry: Registry, testhost: TestHost) -> None:
+    setup(registry, testhost)
+    only_pf = playbook(registry, "--tags", "pf")
+    assert only_pf.returncode == 0, only_pf.stdout[-3000:]
+    assert (testhost.root / "etc/pf.warden.conf").exists()
+    assert not (testhost.root / "usr/local/etc/rc.d/atlas").exists()
+    assert not any(c["cmd"] == "bastille" for c in testhost.calls())
+    one = playbook(registry, "--tags", "agents", "-e", "agent=atlas")
+    assert one.returncode == 0, one.stdout[-3000:]
+    assert (testhost.root / "usr/local/etc/rc.d/atlas").exists()
+    assert not (testhost.root / "usr/local/etc/rc.d/iris").exists()
+    limited = playbook(registry, "--limit", "nosuchhost")
+    assert "no hosts matched" in limited.stdout or limited.returncode != 0
+
+
+def test_a_registry_with_errors_stops_before_any_host_is_touched(registry: Registry, testhost: TestHost) -> None:
+    setup(registry, testhost)
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nCMS_JAIL_NAME=atlas-cms\n")
+    result = playbook(registry)
+    assert result.returncode != 0
+    assert "CMS_JAIL_NAME=atlascms" in result.stdout
+    assert testhost.calls() == [] and testhost.connection_count() == 0
+
+
+def test_every_playbook_passes_syntax_check_and_ansible_lint_production() -> None:
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    syntax = subprocess.run(["ansible-playbook", "--syntax-check", "site.yml"], cwd=REPO, env=env,
+                            capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+    lint = subprocess.run(["ansible-lint", "--offline", "--profile", "production", "site.yml", "playbooks", "roles"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert lint.returncode == 0, lint.stdout[-4000:] + lint.stderr[-2000:]
