@@ -50,8 +50,9 @@ def warden_owned_files(build_host_dir: str, agent: str = "", secret: bool | None
         if secret is not None and e.secret != secret:
             continue
         content = (Path(build_host_dir) / e.path.lstrip("/")).read_text(encoding="utf-8")
-        out.append({"path": e.path, "content": content, "mode": e.mode, "owner": e.owner, "group": e.group,
-                    "secret": e.secret})
+        out.append(
+            {"path": e.path, "content": content, "mode": e.mode, "owner": e.owner, "group": e.group, "secret": e.secret}
+        )
     return out
 
 
@@ -90,9 +91,8 @@ def warden_changed_agents(changed_paths: list[str]) -> list[str]:
     """Agents whose rc.d script or run wrapper was just rewritten (they need a restart)."""
     out = set()
     for p in changed_paths:
-        if m := re.match(r"^/usr/local/etc/rc\.d/([a-z][a-z0-9]*)$", p):
-            out.add(m.group(1))
-        elif m := re.match(r"^.*/run-([a-z][a-z0-9]*)\.sh$", p):
+        m = re.match(r"^/usr/local/etc/rc\.d/([a-z][a-z0-9]*)$", p) or re.match(r"^.*/run-([a-z][a-z0-9]*)\.sh$", p)
+        if m:
             out.add(m.group(1))
     return sorted(out)
 
@@ -102,7 +102,13 @@ def warden_records(build_host_dir: str) -> list[dict[str, Any]]:
     m = _manifest(build_host_dir)
     files = "".join(f"{e.path}\n" for e in m.files)
     return [
-        {"path": "/var/db/warden/manifest.json", "content": m.to_json(), "mode": "0644", "owner": "root", "group": "wheel"},
+        {
+            "path": "/var/db/warden/manifest.json",
+            "content": m.to_json(),
+            "mode": "0644",
+            "owner": "root",
+            "group": "wheel",
+        },
         {"path": "/var/db/warden/files", "content": files, "mode": "0644", "owner": "root", "group": "wheel"},
     ]
 

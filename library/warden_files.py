@@ -101,10 +101,16 @@ def main():
         uid, gid = _ids(d.get("owner", "root"), d.get("group", "wheel"))
         if os.path.isdir(path):
             st = os.stat(path)
-            if (st.st_mode & 0o7777) == mode and (uid is None or st.st_uid == uid) and (gid is None or st.st_gid == gid):
+            if (
+                (st.st_mode & 0o7777) == mode
+                and (uid is None or st.st_uid == uid)
+                and (gid is None or st.st_gid == gid)
+            ):
                 continue
         changed_paths.append(path + "/")
-        diffs.append({"before_header": path, "after_header": path, "before": "", "after": f"directory {d.get('mode', '0755')}\n"})
+        diffs.append(
+            {"before_header": path, "after_header": path, "before": "", "after": f"directory {d.get('mode', '0755')}\n"}
+        )
         if module.check_mode:
             continue
         os.makedirs(path, exist_ok=True)
@@ -128,14 +134,23 @@ def main():
             continue
         changed_paths.append(path)
         if f.get("secret"):
-            diffs.append({"before_header": path, "after_header": path, "before": "", "after": "(secret file changed; not shown)\n"})
+            diffs.append(
+                {
+                    "before_header": path,
+                    "after_header": path,
+                    "before": "",
+                    "after": "(secret file changed; not shown)\n",
+                }
+            )
         else:
-            diffs.append({
-                "before_header": path if before is not None else "/dev/null",
-                "after_header": path,
-                "before": (before or b"").decode("utf-8", "replace"),
-                "after": content.decode("utf-8", "replace"),
-            })
+            diffs.append(
+                {
+                    "before_header": path if before is not None else "/dev/null",
+                    "after_header": path,
+                    "before": (before or b"").decode("utf-8", "replace"),
+                    "after": content.decode("utf-8", "replace"),
+                }
+            )
         if module.check_mode:
             continue
         directory = os.path.dirname(path)

@@ -30,17 +30,36 @@ def setup(reg: Registry, host: TestHost, names: tuple[str, ...] = ("atlas", "iri
 
 
 def add(reg: Registry, name: str, i: int) -> None:
-    reg.write_env(name, f"AGENT_NAME={name}\nAGENT_SUBNET_BASE=10.0.{i}\nCONTROLPLANE_API_PORT={3099 + i}\n"
-                        f"API_TOKEN=tok-SECRET-{name}-0123456789\n")
+    reg.write_env(
+        name,
+        f"AGENT_NAME={name}\nAGENT_SUBNET_BASE=10.0.{i}\nCONTROLPLANE_API_PORT={3099 + i}\n"
+        f"API_TOKEN=tok-SECRET-{name}-0123456789\n",
+    )
 
 
 def playbook(reg: Registry, *args: str) -> subprocess.CompletedProcess[str]:
     bindir = str(Path(sys.executable).parent)
-    env = {**os.environ, **reg.env(), "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1",
-           "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run([shutil.which("ansible-playbook", path=env["PATH"]) or "ansible-playbook",
-                           "-i", str(reg.inventory), "site.yml", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        **reg.env(),
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_NOCOLOR": "1",
+        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    return subprocess.run(
+        [
+            shutil.which("ansible-playbook", path=env["PATH"]) or "ansible-playbook",
+            "-i",
+            str(reg.inventory),
+            "site.yml",
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def recap(result: subprocess.CompletedProcess[str], host: str = "fbsd1") -> dict[str, int]:
@@ -61,8 +80,15 @@ def tree_digest(root: Path) -> str:
 
 def mutating(calls: list[dict[str, object]]) -> list[tuple[object, object]]:
     """Calls that change state: anything but the read-only probes."""
-    probes = {("ifconfig", ("-l",)), ("jls", ("name",)), ("pfctl", ("-s", "info")), ("vm", ("list",)),
-              ("vm", ("switch", "list")), ("rctl", ()), ("sysctl", ("-n", "net.inet.ip.forwarding"))}
+    probes = {
+        ("ifconfig", ("-l",)),
+        ("jls", ("name",)),
+        ("pfctl", ("-s", "info")),
+        ("vm", ("list",)),
+        ("vm", ("switch", "list")),
+        ("rctl", ()),
+        ("sysctl", ("-n", "net.inet.ip.forwarding")),
+    }
     out = []
     for c in calls:
         argv = tuple(c["argv"])  # type: ignore[arg-type]
@@ -93,7 +119,9 @@ def test_converge_then_idempotent_then_check_diff_changes_nothing(registry: Regi
     values = read_vars((root / "etc/rc.conf").read_text())
     assert values["hostname"] == "testhost.home.arpa"  # the operator's line kept
     assert values["cloned_interfaces"] == "bridge0" and values["ifconfig_bridge0_name"] == "warden0"
-    assert values["ifconfig_warden0"] == "inet 10.0.1.1/24 up" and values["ifconfig_warden0_alias0"] == "inet 10.0.2.1/24"
+    assert (
+        values["ifconfig_warden0"] == "inet 10.0.1.1/24 up" and values["ifconfig_warden0_alias0"] == "inet 10.0.2.1/24"
+    )
     assert values["atlas_enable"] == values["iris_enable"] == "YES"
     assert 'load anchor "warden" from "/etc/pf.warden.conf"' in (root / "etc/pf.conf").read_text()
     assert "tok-SECRET" not in first.stdout + first.stderr
@@ -130,10 +158,19 @@ def test_converge_then_idempotent_then_check_diff_changes_nothing(registry: Regi
     env_vars = {**os.environ, **registry.env(), "COLUMNS": "200"}
     ssh_config = registry.root / "ssh_config"
     testhost.write_ssh_config(ssh_config, "fbsd1")
-    plan = subprocess.run([sys.executable, "-m", "invoke", "plan"], cwd=REPO, capture_output=True, text=True,
-                          env={**env_vars, "PROVISION_SSH_CONFIG": str(ssh_config)})
+    plan = subprocess.run(
+        [sys.executable, "-m", "invoke", "plan"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**env_vars, "PROVISION_SSH_CONFIG": str(ssh_config)},
+    )
     assert plan.returncode == 2
-    rc_plus = [ln for ln in plan.stdout.split("changed: /etc/rc.conf")[1].splitlines() if ln.startswith("+") and "+++" not in ln]
+    rc_plus = [
+        ln
+        for ln in plan.stdout.split("changed: /etc/rc.conf")[1].splitlines()
+        if ln.startswith("+") and "+++" not in ln
+    ]
     assert rc_plus and all(ln in dry.stdout for ln in rc_plus)
 
 
@@ -201,9 +238,16 @@ def test_a_registry_with_errors_stops_before_any_host_is_touched(registry: Regis
 def test_every_playbook_passes_syntax_check_and_ansible_lint_production() -> None:
     bindir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    syntax = subprocess.run(["ansible-playbook", "--syntax-check", "site.yml"], cwd=REPO, env=env,
-                            capture_output=True, text=True)
+    syntax = subprocess.run(
+        ["ansible-playbook", "--syntax-check", "site.yml"], cwd=REPO, env=env, capture_output=True, text=True
+    )
     assert syntax.returncode == 0, syntax.stderr
-    lint = subprocess.run(["ansible-lint", "--offline", "--profile", "production", "site.yml", "playbooks", "roles"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    lint = subprocess.run(
+        ["ansible-lint", "--offline", "--profile", "production", "site.yml", "playbooks", "roles"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert lint.returncode == 0, lint.stdout[-4000:] + lint.stderr[-2000:]
