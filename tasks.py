@@ -108,3 +108,21 @@ def render(c: Context, host: str | None = None) -> None:
 def plan(c: Context, host: str | None = None) -> None:
     """Dry run: unified diff of every file an apply would change. Exit 0 none, 2 pending, 1 error."""
     cli.run(cli.plan, host=host)
+
+
+@task(help={"name": "the agent whose soul repo to validate"})
+def soul_check(c: Context, name: str) -> None:
+    """Fetch SOUL_REPO at SOUL_REF and validate it: core files, manifest schema, no secrets/logs/locks/state."""
+    cli.run(cli.soul_check, name)
+
+
+@task(help={"name": "the agent whose SOUL_REF to pin"})
+def soul_pin(c: Context, name: str) -> None:
+    """Resolve SOUL_REF to its full commit hash and write it into the agent's .env."""
+    cli.run(cli.soul_pin, name)
+
+
+@task(help={"name": "the agent", "dest": "repo directory (default agents/<name>/soul)", "author": "provenance"})
+def soul_init(c: Context, name: str, dest: str | None = None, author: str = "warden-provision") -> None:
+    """Scaffold a valid soul repo from the agent's .env and point SOUL_REPO/SOUL_REF at it."""
+    cli.run(cli.soul_init, name, dest=dest, author=author)

@@ -8,7 +8,7 @@ from . import cli
 
 
 def main(argv: list[str]) -> None:
-    commands = {"check": cli.check, "render": cli.render}
+    commands = {"check": cli.check, "render": cli.render, "souls": cli.souls}
     if len(argv) != 1 or argv[0] not in commands:
         sys.exit(f"usage: python -m provision {{{'|'.join(commands)}}}")
     cli.run(commands[argv[0]])

@@ -336,3 +336,93 @@ def plan(host: str | None = None) -> int:
     if any(hp.error for hp in plans):
         return 1
     return 2 if any(hp.pending for hp in plans) else 0
+
+
+def _agent(name: str) -> tuple[Settings, Any]:
+    settings, fleet = load()
+    agent = next((a for a in fleet.agents if a.name == name), None)
+    if agent is None:
+        raise CommandError(f"no agent {name!r} in {settings.agents_dir} (fix: check the name with `invoke list`)")
+    return settings, agent
+
+
+def soul_check(name: str) -> int:
+    """Fetch and validate one agent's soul repo; every problem with file, line and rule."""
+    from .soul import check_agent_soul
+
+    settings, agent = _agent(name)
+    if not agent.soul_repo:
+        raise CommandError(f"{agent.source}: SOUL_REPO is not set (fix: invoke add-agent … --soul-repo URL, "
+                           "or invoke soul-init)")
+    problems = check_agent_soul(agent.name, agent.source, {**agent.extra, **_owned_values(agent)}, settings.cache_dir)
+    print_problems(problems, console())
+    if problems:
+        console().print(f"[red]soul of {name}: {len(problems)} problem(s)[/red]")
+        return 1
+    console().print(f"[green]soul of {name}: {agent.soul_repo} at {agent.soul_ref or 'HEAD'} is valid[/green]")
+    return 0
+
+
+def soul_pin(name: str) -> int:
+    """Resolve SOUL_REF to a full commit and write it back into the agent's .env."""
+    from .envfile import EnvFile
+    from .registry import locked
+    from .soul import SoulError, pin
+
+    settings, agent = _agent(name)
+    if not agent.soul_repo:
+        raise CommandError(f"{agent.source}: SOUL_REPO is not set")
+    try:
+        commit = pin(agent.soul_repo, agent.soul_ref, settings.cache_dir / "souls")
+    except SoulError as exc:
+        raise CommandError(str(exc)) from None
+    with locked(settings.agents_dir):
+        env = EnvFile.load(agent.source)
+        changed = env.set("SOUL_REF", commit)
+        if changed:
+            env.write(0o600)
+    console().print(f"{name}: SOUL_REF={commit}" + ("" if changed else " (already pinned)"))
+    return 0
+
+
+def soul_init(name: str, dest: str | None = None, author: str = "warden-provision") -> int:
+    """Scaffold a soul repo for an agent (valid manifest, core files, first commit)."""
+    from pathlib import Path
+
+    from .envfile import EnvFile
+    from .registry import locked
+    from .soul import init
+
+    settings, agent = _agent(name)
+    target = Path(dest) if dest else settings.agents_dir / name / "soul"
+    if target.exists() and any(target.iterdir()):
+        raise CommandError(f"{target} exists and is not empty (fix: pass --dest to another directory)")
+    commit = init(target, agent.name, agent.assistant_name, agent.display_locale, author)
+    with locked(settings.agents_dir):
+        env = EnvFile.load(agent.source)
+        env.set("SOUL_REPO", str(target.resolve()))
+        env.set("SOUL_REF", commit)
+        env.write(0o600)
+    console().print(f"{name}: soul repo at {target} (commit {commit[:12]}); SOUL_REPO and SOUL_REF set")
+    return 0
+
+
+def souls() -> int:
+    """Bundle every agent's pinned soul for the hosts (run by site.yml after check)."""
+    import json
+
+    from .checks import placement_host
+    from .soul import prepare_bundles
+
+    settings, fleet = load()
+    wanted = [(placement_host(a), a.name, a.soul_repo, a.soul_ref) for a in fleet.agents if a.soul_repo]
+    bundles = prepare_bundles(wanted, settings.build_dir, settings.cache_dir / "souls")
+    by_agent = {a.name: a for a in fleet.agents}
+    for host in {b["host"] for b in bundles} | {h.name for h in fleet.hosts}:
+        entries = [{**b, "user": by_agent[b["name"]].user, "group": by_agent[b["name"]].user,
+                    "dir": by_agent[b["name"]].directory} for b in bundles if b["host"] == host]
+        target = settings.build_dir / host / ".warden" / "souls.json"
+        if target.parent.exists():
+            target.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    console().print(f"bundled {len(bundles)} soul repo(s)")
+    return 0

@@ -251,3 +251,38 @@ def test_every_playbook_passes_syntax_check_and_ansible_lint_production() -> Non
         timeout=300,
     )
     assert lint.returncode == 0, lint.stdout[-4000:] + lint.stderr[-2000:]
+
+
+def test_soul_repo_is_cloned_at_the_pinned_commit_updated_and_left_alone(
+    registry: Registry, testhost: TestHost, tmp_path: Path
+) -> None:
+    from provision.soul import init
+
+    setup(registry, testhost, names=("atlas",))
+    soul = tmp_path / "soul"
+    first = init(soul, "atlas", "Atlas", "en-US", "ops")
+    env = registry.agents / "atlas/.env"
+    env.write_text(env.read_text() + f"SOUL_REPO={soul}\nSOUL_REF={first}\n")
+    result = playbook(registry)
+    assert result.returncode == 0, result.stdout[-4000:]
+    placed = testhost.root / "home/atlas/clawdie/soul"
+    head = subprocess.run(
+        ["git", "-c", "safe.directory=*", "-C", str(placed), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    assert head == first
+    atlas_uid = int((testhost.root / "etc/passwd").read_text().split("\natlas:")[1].split(":")[1])
+    assert placed.stat().st_uid == atlas_uid and placed.stat().st_mode & 0o007 == 0
+    (placed / "runtime-note.txt").write_text("written by the harness\n")
+    assert recap(playbook(registry))["changed"] == 0
+    (soul / "SOUL.md").write_text("# Atlas, revised\n")
+    subprocess.run(
+        ["git", "-C", str(soul), "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qam", "revise"],
+        check=True,
+    )
+    second = subprocess.run(
+        ["git", "-C", str(soul), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    env.write_text(env.read_text().replace(first, second))
+    assert playbook(registry).returncode == 0
+    assert (placed / "SOUL.md").read_text() == "# Atlas, revised\n"
+    assert (placed / "runtime-note.txt").read_text() == "written by the harness\n"

@@ -1,0 +1,179 @@
+"""Soul repos with real git: validation rules, pinning, scaffolding, bundles, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from provision.envfile import EnvFile
+from provision.soul import bundle, check_agent_soul, fetch, init, pin, validate
+from provision.soul_manifest import SCHEMA_FILE, json_schema
+
+from .conftest import REPO, Registry
+
+TOKEN = "tok-live-7c1f9e2ab44d0b88"
+GOOD_MANIFEST = {
+    "schema": "clawdie.layered-soul.v1",
+    "agent_id": "atlas",
+    "display_name": "Atlas",
+    "provenance": {"origin": "https://example.invalid/souls/atlas", "author": "ops"},
+    "privacy": {"private": ["memories/curated/**"], "sharing": [{"path": "skills/**", "share_with": ["harness:*"]}]},
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def make_repo(path: Path, files: dict[str, str], manifest: dict[str, object] | None = None) -> Path:
+    path.mkdir(parents=True)
+    content = {
+        "SOUL.md": "# Atlas\n",
+        "USER.md": "# User\nlikes short answers\n",
+        "IDENTITY.md": "# Atlas\n",
+        "manifest.json": json.dumps(manifest or GOOD_MANIFEST, indent=2),
+    }
+    content.update(files)
+    for rel, text in content.items():
+        if text is None:
+            continue
+        (path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (path / rel).write_text(text)
+    for rel in [k for k, v in files.items() if v is None]:
+        (path / rel).unlink(missing_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "soul")
+    return path
+
+
+def problems(tmp_path: Path, files: dict[str, str], manifest: dict[str, object] | None = None) -> list[str]:
+    repo = make_repo(tmp_path / "soul", files, manifest)
+    fetched = fetch(str(repo), None, tmp_path / "cache")
+    found = validate(fetched.path, "atlas", {"API_TOKEN": TOKEN, "AGENT_NAME": "atlas"}, tmp_path / ".env")
+    assert all(TOKEN not in str(p) for p in found)
+    return [p.rule for p in found]
+
+
+def test_a_good_repo_passes(tmp_path: Path) -> None:
+    assert problems(tmp_path, {"skills/search.md": "# search\n", "AGENTS.md": "# agents\n"}) == []
+
+
+def test_a_missing_core_file_is_named(tmp_path: Path) -> None:
+    assert problems(tmp_path, {"USER.md": None}) == ["soul-core-file"]  # type: ignore[dict-item]
+
+
+def test_wrong_schema_id_and_agent_id_are_refused(tmp_path: Path) -> None:
+    assert problems(tmp_path, {}, {**GOOD_MANIFEST, "schema": "clawdie.soul.v0"}) == ["soul-manifest"]
+
+
+def test_a_soul_of_another_agent_is_refused(tmp_path: Path) -> None:
+    assert problems(tmp_path, {}, {**GOOD_MANIFEST, "agent_id": "hermes"}) == ["soul-agent-id"]
+
+
+def test_an_api_key_in_user_md_is_found_by_detect_secrets_with_file_and_line(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "soul", {"USER.md": "# User\n\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\n"})
+    found = validate(fetch(str(repo), None, tmp_path / "c").path, "atlas", {}, tmp_path / ".env")
+    (p,) = found
+    assert p.rule == "soul-secret" and str(p.locations[0]) == "USER.md:3"
+    assert "AKIAIOSFODNN7EXAMPLE" not in str(p)
+
+
+def test_the_agents_own_token_is_refused_without_being_printed(tmp_path: Path) -> None:
+    assert problems(tmp_path, {"memories/curated/notes.md": f"remember {TOKEN}\n"}) == ["soul-agent-secret"]
+
+
+@pytest.mark.parametrize(
+    "rel,rule",
+    [
+        ("package-lock.json", "soul-lock-file"),
+        ("chat-2026-11-01.log", "soul-chat-log"),
+        ("conversations/1.json", "soul-chat-log"),
+        ("state/session.db", "soul-runtime-state"),
+        (".env", "soul-runtime-state"),
+    ],
+)
+def test_lock_files_chat_logs_and_runtime_state_are_refused(tmp_path: Path, rel: str, rule: str) -> None:
+    assert rule in problems(tmp_path, {rel: "x\n"})
+
+
+def test_fetch_honours_branches_tags_and_commits_and_pin_resolves_a_full_hash(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "soul", {})
+    first = git(repo, "rev-parse", "HEAD")
+    git(repo, "tag", "v1")
+    (repo / "SOUL.md").write_text("# Atlas, revised\n")
+    git(repo, "commit", "-qam", "revise")
+    second = git(repo, "rev-parse", "HEAD")
+    cache = tmp_path / "cache"
+    assert pin(str(repo), "main", cache) == second
+    assert fetch(str(repo), "v1", cache).commit == first
+    assert (fetch(str(repo), first[:10], cache).path / "SOUL.md").read_text() == "# Atlas\n"
+    with pytest.raises(Exception, match="ref 'nope' not found"):
+        fetch(str(repo), "nope", cache)
+
+
+def test_init_scaffolds_a_repo_that_validates(tmp_path: Path) -> None:
+    commit = init(tmp_path / "new", "atlas", "Atlas", "sl-SI", "ops")
+    fetched = fetch(str(tmp_path / "new"), commit, tmp_path / "cache")
+    assert fetched.commit == commit
+    assert validate(fetched.path, "atlas", {}, tmp_path / ".env") == []
+
+
+def test_a_bundle_clones_to_the_pinned_commit(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "soul", {})
+    commit = git(repo, "rev-parse", "HEAD")
+    out = bundle(str(repo), commit, tmp_path / "atlas.bundle", tmp_path / "cache")
+    subprocess.run(
+        ["git", "clone", "-q", "--no-checkout", str(out), str(tmp_path / "clone")], check=True, capture_output=True
+    )
+    git(tmp_path / "clone", "checkout", "-q", commit)
+    assert git(tmp_path / "clone", "rev-parse", "HEAD") == commit
+
+
+def test_published_schema_matches_the_model() -> None:
+    """Regenerate with: python -m provision.soul_manifest"""
+    assert SCHEMA_FILE.read_text() == json_schema()
+
+
+def test_check_agent_soul_is_a_no_op_without_soul_repo(tmp_path: Path) -> None:
+    assert check_agent_soul("atlas", tmp_path / ".env", {"AGENT_NAME": "atlas"}, tmp_path) == []
+
+
+def invoke(reg: Registry, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **reg.env(), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_soul_init_then_pin_then_check_through_invoke(registry: Registry, tmp_path: Path) -> None:
+    registry.write_env("atlas", f"AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nAPI_TOKEN={TOKEN}\n")
+    assert invoke(registry, "soul-init", "atlas", "--dest", str(tmp_path / "soul")).returncode == 0
+    values = EnvFile.load(registry.agents / "atlas/.env").values()
+    assert values["SOUL_REPO"] == str((tmp_path / "soul").resolve()) and len(values["SOUL_REF"]) == 40
+    assert invoke(registry, "soul-check", "atlas").returncode == 0
+    (tmp_path / "soul" / "USER.md").write_text(f"token {TOKEN}\n")
+    git(tmp_path / "soul", "commit", "-qam", "oops")
+    assert invoke(registry, "soul-check", "atlas").returncode == 0  # still pinned to the good commit
+    env = EnvFile.load(registry.agents / "atlas/.env")
+    env.set("SOUL_REF", git(tmp_path / "soul", "rev-parse", "--abbrev-ref", "HEAD"))
+    env.write()
+    result = invoke(registry, "soul-check", "atlas")
+    assert result.returncode == 1 and "soul-agent-secret" not in result.stdout  # rule names are not shown...
+    assert "USER.md:1" in result.stdout and TOKEN not in result.stdout + result.stderr
+    check = invoke(registry, "check")
+    assert check.returncode == 1 and "USER.md:1" in check.stdout
+    assert invoke(registry, "soul-pin", "atlas").returncode == 0
+    assert EnvFile.load(registry.agents / "atlas/.env").values()["SOUL_REF"] == git(
+        tmp_path / "soul", "rev-parse", "HEAD"
+    )
