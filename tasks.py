@@ -126,3 +126,15 @@ def soul_pin(c: Context, name: str) -> None:
 def soul_init(c: Context, name: str, dest: str | None = None, author: str = "warden-provision") -> None:
     """Scaffold a valid soul repo from the agent's .env and point SOUL_REPO/SOUL_REF at it."""
     cli.run(cli.soul_init, name, dest=dest, author=author)
+
+
+@task(help={"host": "check only this host (default: every reachable host)"})
+def doctor(c: Context, host: str | None = None) -> None:
+    """Read-only preflight: FreeBSD version, python, Bastille, VIMAGE, devfs, bridge, PF, racct, vm-bhyve, disk."""
+    cli.run(cli.doctor, host=host)
+
+
+@task(help={"host": "only this host", "agent": "only this agent"})
+def status(c: Context, host: str | None = None, agent: str | None = None) -> None:
+    """Per agent: service, API port, jails and their IPs, gateway alias, PF rules. Non-zero when anything is down."""
+    cli.run(cli.status, host=host, agent=agent)

@@ -121,9 +121,7 @@ def remove_agent(name: str, yes: bool = False) -> int:
         raise CommandError(f"{path}: no agent {name!r} (fix: check the name with `invoke list`)")
     if not yes:
         if not sys.stdin.isatty():
-            raise CommandError(
-                f"refusing to remove {name} without confirmation: not on a terminal (fix: pass --yes)"
-            )
+            raise CommandError(f"refusing to remove {name} without confirmation: not on a terminal (fix: pass --yes)")
         answer = input(f"remove agent {name} ({path.parent})? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             console().print("nothing removed")
@@ -209,8 +207,13 @@ def run(fn: object, *args: object, **kwargs: object) -> None:
 DEMO_AGENTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("atlas", {"subnet": "10.0.1"}),
     ("hermes", {}),
-    ("iris", {"share_llm": "atlas", "settings_kv": {"DISPLAY_LOCALE": "sl-SI", "ASSISTANT_LOCALE": "sl-SI",
-                                                     "SYSTEM_LOCALE": "sl_SI.UTF-8"}}),
+    (
+        "iris",
+        {
+            "share_llm": "atlas",
+            "settings_kv": {"DISPLAY_LOCALE": "sl-SI", "ASSISTANT_LOCALE": "sl-SI", "SYSTEM_LOCALE": "sl_SI.UTF-8"},
+        },
+    ),
 )
 
 
@@ -223,15 +226,18 @@ def demo() -> int:
 
     base = Settings.from_env()
     demo_dir = base.build_dir / "demo"
-    settings = Settings(agents_dir=demo_dir / "agents", inventory=base.inventory, build_dir=demo_dir / "build",
-                        cache_dir=base.cache_dir)
+    settings = Settings(
+        agents_dir=demo_dir / "agents", inventory=base.inventory, build_dir=demo_dir / "build", cache_dir=base.cache_dir
+    )
     shutil.rmtree(demo_dir, ignore_errors=True)
     os.environ["PROVISION_AGENTS_DIR"] = str(settings.agents_dir)
     os.environ["PROVISION_BUILD_DIR"] = str(settings.build_dir)
     out = console()
     for name, options in DEMO_AGENTS:
-        out.rule(f"invoke add-agent {name} " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items()
-                                                          if isinstance(v, str)))
+        out.rule(
+            f"invoke add-agent {name} "
+            + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items() if isinstance(v, str))
+        )
         add_agent(name, **options)
     out.rule("invoke check")
     if check():
@@ -276,8 +282,10 @@ def render(host: str | None = None) -> int:
         for entry in r.manifest.files:
             owner = f" [dim]{entry.agent}[/dim]" if entry.agent else ""
             tree.add(f"{entry.path.lstrip('/')}  [dim]{entry.mode}[/dim]{owner}  {entry.purpose}")
-        tree.add(f".warden/manifest.json  [dim]rc.conf: {len(r.manifest.rc_conf)} settings, "
-                 f"jails: {len(r.manifest.jails)}, guests: {len(r.manifest.guests)}[/dim]")
+        tree.add(
+            f".warden/manifest.json  [dim]rc.conf: {len(r.manifest.rc_conf)} settings, "
+            f"jails: {len(r.manifest.jails)}, guests: {len(r.manifest.guests)}[/dim]"
+        )
         out.print(tree)
     return 0
 
@@ -321,8 +329,17 @@ def plan(host: str | None = None) -> int:
         for change in hp.changes:
             out.print(Text(f"{change.kind}: {change.path}", style="bold"))
             for line in change.diff:
-                style = ("bold" if line.startswith(("---", "+++")) else "green" if line.startswith("+")
-                         else "red" if line.startswith("-") else "cyan" if line.startswith("@@") else "")
+                style = (
+                    "bold"
+                    if line.startswith(("---", "+++"))
+                    else "green"
+                    if line.startswith("+")
+                    else "red"
+                    if line.startswith("-")
+                    else "cyan"
+                    if line.startswith("@@")
+                    else ""
+                )
                 out.print(Text(line.rstrip("\n"), style=style))
     table = Table("host", "added", "changed", "removed", "agents added", "agents removed", title="plan")
     for hp in plans:
@@ -330,8 +347,14 @@ def plan(host: str | None = None) -> int:
             table.add_row(hp.host, "-", "-", "-", "-", "-", style="red")
             continue
         count = {k: sum(c.kind == k for c in hp.changes) for k in ("added", "changed", "removed")}
-        table.add_row(hp.host, str(count["added"]), str(count["changed"]), str(count["removed"]),
-                      ", ".join(hp.agents_added) or "-", ", ".join(hp.agents_removed) or "-")
+        table.add_row(
+            hp.host,
+            str(count["added"]),
+            str(count["changed"]),
+            str(count["removed"]),
+            ", ".join(hp.agents_added) or "-",
+            ", ".join(hp.agents_removed) or "-",
+        )
     out.print(table)
     if any(hp.error for hp in plans):
         return 1
@@ -352,8 +375,9 @@ def soul_check(name: str) -> int:
 
     settings, agent = _agent(name)
     if not agent.soul_repo:
-        raise CommandError(f"{agent.source}: SOUL_REPO is not set (fix: invoke add-agent … --soul-repo URL, "
-                           "or invoke soul-init)")
+        raise CommandError(
+            f"{agent.source}: SOUL_REPO is not set (fix: invoke add-agent … --soul-repo URL, or invoke soul-init)"
+        )
     problems = check_agent_soul(agent.name, agent.source, {**agent.extra, **_owned_values(agent)}, settings.cache_dir)
     print_problems(problems, console())
     if problems:
@@ -419,10 +443,88 @@ def souls() -> int:
     bundles = prepare_bundles(wanted, settings.build_dir, settings.cache_dir / "souls")
     by_agent = {a.name: a for a in fleet.agents}
     for host in {b["host"] for b in bundles} | {h.name for h in fleet.hosts}:
-        entries = [{**b, "user": by_agent[b["name"]].user, "group": by_agent[b["name"]].user,
-                    "dir": by_agent[b["name"]].directory} for b in bundles if b["host"] == host]
+        entries = [
+            {
+                **b,
+                "user": by_agent[b["name"]].user,
+                "group": by_agent[b["name"]].user,
+                "dir": by_agent[b["name"]].directory,
+            }
+            for b in bundles
+            if b["host"] == host
+        ]
         target = settings.build_dir / host / ".warden" / "souls.json"
         if target.parent.exists():
             target.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     console().print(f"bundled {len(bundles)} soul repo(s)")
     return 0
+
+
+def _reachable_hosts(host: str | None) -> tuple[Settings, Any, list[Any]]:
+    settings, fleet = load()
+    targets = [h for h in fleet.hosts if (host is None or h.name == host) and not h.sample_root]
+    if host is not None and not targets:
+        known = ", ".join(h.name for h in fleet.hosts if not h.sample_root) or "none"
+        raise CommandError(f"no host {host!r} to reach in {settings.inventory} (hosts: {known})")
+    return settings, fleet, targets
+
+
+def doctor(host: str | None = None) -> int:
+    """Read-only preflight of each host: [ OK ] / [FAIL] with the command that fixes it."""
+    from rich.text import Text
+
+    from .doctor import evaluate, probe_script
+    from .remote import RemoteError, run_script
+
+    _, fleet, targets = _reachable_hosts(host)
+    out, failed = console(), False
+    for target in targets:
+        out.rule(f"doctor {target.name}")
+        try:
+            text = run_script(target, probe_script(target))
+        except RemoteError as exc:
+            console(stderr=True).print(f"[red]error:[/red] {exc}", markup=True)
+            failed = True
+            continue
+        for check in evaluate(target, fleet.agents_on(target.name), text):
+            if check.ok:
+                out.print(Text.assemble(("[ OK ] ", "green"), check.name))
+            else:
+                failed = True
+                out.print(
+                    Text.assemble(("[FAIL] ", "red"), check.name, (f"  ({check.detail})" if check.detail else ""))
+                )
+                out.print(Text(f"       fix: {check.fix}"))
+    return 1 if failed else 0
+
+
+def status(host: str | None = None, agent: str | None = None) -> int:
+    """One table for the fleet: service, API port, jails, gateway, PF per agent; non-zero when down."""
+    from rich.table import Table
+
+    from .remote import RemoteError, run_script
+    from .status import evaluate, status_script
+
+    _, fleet, targets = _reachable_hosts(host)
+    table = Table("host", "agent", "service", "API", "jails", "gateway", "PF", title="status")
+    down = False
+    for target in targets:
+        agents = [
+            a for a in fleet.agents_on(target.name) if a.placement == "host" and (agent is None or a.name == agent)
+        ]
+        if not agents:
+            continue
+        try:
+            text = run_script(target, status_script(target, agents))
+        except RemoteError as exc:
+            console(stderr=True).print(f"[red]error:[/red] {exc}", markup=True)
+            down = True
+            continue
+        for row in evaluate(target, agents, text):
+            down = down or not row.ok
+            style = "" if row.ok else "red"
+            table.add_row(
+                target.name, row.agent, row.service, row.api, "\n".join(row.jails), row.gateway, row.pf, style=style
+            )
+    console().print(table)
+    return 1 if down else 0

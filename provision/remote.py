@@ -131,6 +131,27 @@ def _read_local(root: Path, paths: Sequence[str]) -> dict[str, bytes | None]:
 
 
 def _read_ssh(t: Target, paths: Sequence[str]) -> dict[str, bytes | None]:
+    command = "sh -c " + shlex.quote(read_script()) + " sh " + " ".join(shlex.quote(p) for p in paths)
+    status, data, err = _exec_ssh(t, command)
+    if status != 0:
+        raise RemoteError(f"{t.host}: reading files failed (exit {status}): {err or 'no message'}")
+    try:
+        return parse_frames(data)
+    except ValueError as exc:
+        raise RemoteError(f"{t.host}: unreadable reply: {exc}") from None
+
+
+def run_script(host: Host, script: str) -> str:
+    """Run a read-only POSIX sh script on HOST over one connection; its stdout as text."""
+    t = resolve(host)
+    status, data, err = _exec_ssh(t, "sh -c " + shlex.quote(script))
+    if status != 0:
+        raise RemoteError(f"{t.host}: the probe failed (exit {status}): {err or 'no message'}")
+    return data.decode("utf-8", errors="replace")
+
+
+def _exec_ssh(t: Target, command: str) -> tuple[int, bytes, str]:
+    """One connection, one exec channel: (exit status, stdout bytes, last stderr line)."""
     import paramiko
 
     client = paramiko.SSHClient()
@@ -150,16 +171,11 @@ def _read_ssh(t: Target, paths: Sequence[str]) -> dict[str, bytes | None]:
             banner_timeout=15,
             auth_timeout=15,
         )
-        command = "sh -c " + shlex.quote(read_script()) + " sh " + " ".join(shlex.quote(p) for p in paths)
         _, stdout, stderr = client.exec_command(command, timeout=120)
         data = stdout.read()
         status = stdout.channel.recv_exit_status()
-        if status != 0:
-            err = stderr.read().decode(errors="replace").strip().splitlines()
-            raise RemoteError(f"{t.host}: reading files failed (exit {status}): {err[-1] if err else 'no message'}")
-        return parse_frames(data)
-    except RemoteError:
-        raise
+        err = stderr.read().decode(errors="replace").strip().splitlines()
+        return status, data, err[-1] if err else ""
     except paramiko.BadHostKeyException:
         raise RemoteError(
             f"{t.host}: the host key of {t.hostname}:{t.port} does not match known_hosts — refusing "
@@ -175,8 +191,6 @@ def _read_ssh(t: Target, paths: Sequence[str]) -> dict[str, bytes | None]:
         raise RemoteError(f"{t.host}: SSH to {t.hostname}:{t.port} failed: {msg}") from None
     except OSError as exc:
         raise RemoteError(f"{t.host}: cannot connect to {t.hostname}:{t.port}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise RemoteError(f"{t.host}: unreadable reply: {exc}") from None
     finally:
         client.close()
 

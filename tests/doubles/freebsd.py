@@ -294,6 +294,28 @@ def pf_check(path: Path, macros: dict[str, str] | None = None) -> list[str]:
     return errors
 
 
+def _expanded(text: str) -> list[str]:
+    """Rules as `pfctl -s rules` shows them: macros substituted, one rule per list item."""
+    macros: dict[str, str] = {}
+    out: list[str] = []
+    for line in text.splitlines():
+        body = line.split("#", 1)[0].strip()
+        m = re.match(r"^([A-Za-z][A-Za-z0-9_]*)\s*=\s*\"(.*)\"$", body)
+        if m:
+            macros[m.group(1)] = m.group(2)
+            continue
+        if not body or body.startswith(("table", "load ")) or _section(body) in (None, "options"):
+            continue
+        body = re.sub(r"\$([A-Za-z][A-Za-z0-9_]*)", lambda mm: macros.get(mm.group(1), mm.group(0)), body)
+        lm = re.search(r"\{([^}]*)\}", body)
+        items = lm.group(1).replace(",", " ").split() if lm else []
+        if lm and items:
+            out += [body[: lm.start()] + item + body[lm.end() :] for item in items]
+        else:
+            out.append(body)
+    return out
+
+
 def _blocks_ssh(text: str) -> bool:
     """Emulated effect on NEW ssh connections: a default block and no pass for port 22/ssh."""
     bodies = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
@@ -408,9 +430,8 @@ def pfctl(argv: list[str]) -> int:
                 print(f"Status: {'Enabled' if pf['enabled'] else 'Disabled'}")
             elif show in ("rules", "nat", "all"):
                 text = pf["anchors"].get(anchor, "") if anchor else (pf["main"] or "")
-                for line in text.splitlines():
-                    body = line.split("#", 1)[0].strip()
-                    if body and (show == "all" or (show == "nat") == (_section(body) == "translation")):
+                for body in _expanded(text):
+                    if show == "all" or (show == "nat") == (_section(body) == "translation"):
                         print(body)
             elif show == "Anchors":
                 print("\n".join(f"  {a}" for a in sorted(pf["anchors"])))
@@ -858,6 +879,24 @@ def rctl(argv: list[str]) -> int:
     return 0
 
 
+def nc(argv: list[str]) -> int:
+    """nc -z [-w SECS] HOST PORT: a real TCP connect, as FreeBSD's nc(1) does (it is in base)."""
+    import socket
+
+    args = [a for a in argv if a != "-z"]
+    timeout = 2.0
+    if "-w" in args:
+        i = args.index("-w")
+        timeout = float(args[i + 1])
+        del args[i : i + 2]
+    host, port = args[0], int(args[1])
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return 0
+    except OSError:
+        return 1
+
+
 def freebsd_version(argv: list[str]) -> int:
     with State() as st:
         print(st["sysctl"]["kern.osrelease"])
@@ -878,6 +917,7 @@ COMMANDS = {
     "kldload": kldload,
     "rctl": rctl,
     "freebsd-version": freebsd_version,
+    "nc": nc,
 }
 
 PATHS = {
@@ -894,6 +934,7 @@ PATHS = {
     "kldload": "/sbin/kldload",
     "rctl": "/usr/bin/rctl",
     "freebsd-version": "/bin/freebsd-version",
+    "nc": "/usr/bin/nc",
 }
 
 

@@ -1,0 +1,166 @@
+"""`invoke doctor`: a read-only preflight of a host, one line per check, with the fix.
+
+All probes run as one sh script over one SSH connection; the verdicts are decided here
+from its output, so each rule can be tested with plain text.  Every fix line is a
+command an operator can paste (FREEBSD.md section in the comment where it decides).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from ipaddress import IPv4Interface, IPv4Network
+
+from .models import Agent, Host
+
+MIN_MAJOR = 14
+MIN_FREE_KB = 2 * 1024 * 1024  # 2 GiB for a release and a few thin jails
+
+PROBE = r"""
+section() { printf '=== %s ===\n' "$1"; }
+section version; freebsd-version 2>/dev/null
+section python; command -v python3 || ls /usr/local/bin/python3.* 2>/dev/null | head -n 1
+section bastille; command -v bastille
+section release; [ -d "/usr/local/bastille/releases/$release" ] && echo yes
+section vimage; sysctl -n kern.features.vimage 2>/dev/null
+section devfs; grep -s '^\[bastille_vnet=13\]' /etc/devfs.rules
+section bridge; { kldstat -q -m if_bridge && echo loaded; } || { [ -f /boot/kernel/if_bridge.ko ] && echo loadable; }
+section gateway; sysrc -n gateway_enable 2>/dev/null
+section pf; pfctl -s info 2>/dev/null | grep -s '^Status'
+section pfconf; pfctl -n -f /etc/pf.conf >/dev/null 2>&1 && echo ok
+section racct; sysctl -n kern.racct.enable 2>/dev/null
+section vm; d=$(sysrc -n vm_dir 2>/dev/null); [ -n "$d" ] && [ -d "$d/.templates" ] && echo yes
+section disk; df -k / | tail -n 1
+section inet; ifconfig 2>/dev/null
+"""
+
+
+def probe_script(host: Host) -> str:
+    import shlex
+
+    return f"release={shlex.quote(host.release)}\n" + PROBE
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str
+
+
+def sections(text: str) -> dict[str, str]:
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        m = re.match(r"^=== (\S+) ===$", line)
+        if m:
+            current = m.group(1)
+            out[current] = []
+        elif current:
+            out[current].append(line)
+    return {k: "\n".join(v).strip() for k, v in out.items()}
+
+
+def host_addresses(ifconfig_text: str, skip: str) -> list[IPv4Interface]:
+    """inet addresses of every interface except SKIP (the warden bridge carries agents' gateways)."""
+    out, current = [], ""
+    for line in ifconfig_text.splitlines():
+        m = re.match(r"^(\S+): flags", line)
+        if m:
+            current = m.group(1)
+            continue
+        m = re.match(r"^\s+inet (\S+) netmask (0x[0-9a-f]+)", line)
+        if m and current != skip and current != "lo0":
+            prefix = bin(int(m.group(2), 16)).count("1")
+            out.append(IPv4Interface(f"{m.group(1)}/{prefix}"))
+    return out
+
+
+def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
+    s = sections(text)
+    checks: list[Check] = []
+
+    def add(name: str, ok: bool, detail: str, fix: str) -> None:
+        checks.append(Check(name, ok, detail, fix))
+
+    version = s.get("version", "")
+    m = re.match(r"^(\d+)\.", version)
+    add(
+        "FreeBSD version supported",
+        bool(m and int(m.group(1)) >= MIN_MAJOR),
+        version or "freebsd-version gave nothing",
+        "freebsd-update -r 14.3-RELEASE upgrade",
+    )
+    add("python for Ansible", bool(s.get("python")), s.get("python") or "no python3", "pkg install -y python311")
+    add("Bastille installed", bool(s.get("bastille")), s.get("bastille") or "no bastille", "pkg install -y bastille")
+    add(
+        f"Bastille release {host.release} bootstrapped",
+        s.get("release") == "yes",
+        "",
+        f"bastille bootstrap {host.release}",
+    )
+    add(
+        "VIMAGE in the kernel (VNET jails)",
+        s.get("vimage") == "1",
+        f"kern.features.vimage={s.get('vimage') or '?'}",
+        "boot a kernel with options VIMAGE (GENERIC has it)",
+    )
+    # FREEBSD.md §4.2: VNET jails use devfs ruleset 13, which must exist on the host.
+    add(
+        "devfs ruleset 13 for VNET jails",
+        bool(s.get("devfs")),
+        "/etc/devfs.rules",
+        "printf '[bastille_vnet=13]\\nadd include $devfsrules_jail_vnet\\nadd path bpf* unhide\\n' >> /etc/devfs.rules"
+        " && service devfs restart",
+    )
+    add(
+        "if_bridge available",
+        s.get("bridge") in ("loaded", "loadable"),
+        s.get("bridge") or "missing",
+        "kldload if_bridge",
+    )
+    # FREEBSD.md §3.4: NAT for jails and VMs needs forwarding.
+    add(
+        "gateway_enable",
+        s.get("gateway", "").upper() == "YES",
+        f"gateway_enable={s.get('gateway') or 'NO'}",
+        "sysrc gateway_enable=YES && sysctl net.inet.ip.forwarding=1",
+    )
+    add(
+        "PF enabled",
+        "Enabled" in s.get("pf", ""),
+        s.get("pf") or "pf not running",
+        "sysrc pf_enable=YES && service pf start",
+    )
+    add(
+        "current /etc/pf.conf loads",
+        s.get("pfconf") == "ok",
+        "pfctl -nf /etc/pf.conf",
+        "pfctl -nf /etc/pf.conf  # and fix what it reports",
+    )
+    if any(a.memory_limit or a.maxproc or a.pcpu or a.openfiles or a.jail_memory_limit for a in agents):
+        # FREEBSD.md §6: rctl needs kern.racct.enable=1, a boot-time tunable.
+        add(
+            "kern.racct.enable (resource limits)",
+            s.get("racct") == "1",
+            f"kern.racct.enable={s.get('racct') or '?'}",
+            "echo 'kern.racct.enable=1' >> /boot/loader.conf && shutdown -r now",
+        )
+    if any(a.placement == "bhyve" for a in agents):
+        add("vm-bhyve initialised", s.get("vm") == "yes", "", f"sysrc vm_enable=YES vm_dir={host.vm_dir} && vm init")
+    disk = s.get("disk", "").split()
+    free = int(disk[3]) if len(disk) > 3 and disk[3].isdigit() else 0
+    add("free disk on /", free >= MIN_FREE_KB, f"{free // 1024} MiB free", "free space on / (zfs list -o space)")
+    own = host_addresses(s.get("inet", ""), host.bridge)
+    clashes = [f"{a.name} {a.subnet} vs {i}" for a in agents for i in own if a.subnet.overlaps(i.network)]
+    declared = [
+        f"{a.name} {a.subnet} vs {n}" for a in agents for n in host.host_networks if a.subnet.overlaps(IPv4Network(n))
+    ]
+    add(
+        "host networks do not overlap agent /24s",
+        not clashes and not declared,
+        "; ".join(clashes + declared),
+        "invoke remove-agent NAME --yes && invoke add-agent NAME  (then add the network to warden_host_networks)",
+    )
+    return checks

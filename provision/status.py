@@ -1,0 +1,76 @@
+"""`invoke status`: is every agent up — service, API port, jails, gateway, PF — per host.
+
+One sh script per host over one SSH connection gathers the facts; the verdicts are
+made here from its text.  A row per agent; the exit status is non-zero when anything
+is down, so it can gate a deploy or feed a monitor.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from .doctor import sections
+from .models import Agent, Host
+
+
+@dataclass
+class AgentStatus:
+    agent: str
+    service: str
+    api: str
+    jails: list[str] = field(default_factory=list)
+    gateway: str = ""
+    pf: str = ""
+    ok: bool = True
+
+
+def status_script(host: Host, agents: list[Agent]) -> str:
+    lines = [
+        "section() { printf '=== %s ===\\n' \"$1\"; }",
+        f"section bridge; ifconfig {shlex.quote(host.bridge)} 2>/dev/null",
+        "section pf; pfctl -a warden -s rules 2>/dev/null; pfctl -a warden -s nat 2>/dev/null",
+    ]
+    for a in agents:
+        q = shlex.quote(a.name)
+        lines.append(f"section service.{a.name}; service {q} status 2>&1")
+        lines.append(f"section api.{a.name}; nc -z -w 2 127.0.0.1 {a.api_port} >/dev/null 2>&1 && echo open")
+        for jail in a.jails:
+            j = shlex.quote(jail.name)
+            lines.append(
+                f"section jail.{jail.name}; jls -j {j} >/dev/null 2>&1 && echo running; "
+                f"grep -s '^ifconfig_vnet0=' /usr/local/bastille/jails/{j}/root/etc/rc.conf"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(host: Host, agents: list[Agent], text: str) -> list[AgentStatus]:
+    s = sections(text)
+    bridge = s.get("bridge", "")
+    pf = s.get("pf", "")
+    rows = []
+    for a in agents:
+        svc = s.get(f"service.{a.name}", "")
+        m = re.search(r"is running as pid (\d+)", svc)
+        row = AgentStatus(
+            a.name,
+            service=f"running (pid {m.group(1)})" if m else "not running",
+            api=f":{a.api_port} " + ("open" if s.get(f"api.{a.name}") == "open" else "closed"),
+        )
+        row.ok = bool(m) and s.get(f"api.{a.name}") == "open"
+        for jail in a.jails:
+            facts = s.get(f"jail.{jail.name}", "")
+            running = facts.startswith("running")
+            ip_ok = f"inet {jail.ip}/" in facts  # Bastille writes ifconfig_vnet0 in the jail (FREEBSD.md §4.2)
+            row.jails.append(
+                f"{jail.name} {jail.ip} " + ("up" if running and ip_ok else "wrong IP" if running else "down")
+            )
+            row.ok = row.ok and running and ip_ok
+        gw_ok = f"inet {a.gateway} " in bridge
+        row.gateway = f"{a.gateway} " + ("on " + host.bridge if gw_ok else "missing")
+        pf_ok = str(a.subnet) in pf
+        row.pf = "loaded" if pf_ok else "missing"
+        row.ok = row.ok and gw_ok and pf_ok
+        rows.append(row)
+    return rows

@@ -1,0 +1,149 @@
+"""`invoke doctor` and `invoke status` against the SSH test host, good and broken."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from provision.doctor import evaluate
+from provision.models import Host
+from tests.hostkit.testhost import TestHost
+
+from .conftest import REPO, Registry
+from .test_ansible import playbook
+
+pytestmark = pytest.mark.e2e
+
+
+def inventory(reg: Registry, host: TestHost) -> None:
+    ssh_config = reg.root / "ssh_config"
+    host.write_ssh_config(ssh_config, "fbsd1")
+    reg.inventory.write_text(yaml.safe_dump({"all": {"hosts": {"fbsd1": {"warden_ext_if": "vtnet0",
+                                                                           **host.ansible_vars()}}}}))
+
+
+def invoke(reg: Registry, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **reg.env(), "PROVISION_SSH_CONFIG": str(reg.root / "ssh_config"), "COLUMNS": "250"}
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def make_healthy(host: TestHost) -> None:
+    (host.root / "etc/devfs.rules").write_text("[bastille_vnet=13]\nadd include $devfsrules_jail_vnet\n")
+    rc = host.root / "etc/rc.conf"
+    rc.write_text(rc.read_text() + 'gateway_enable="YES"\npf_enable="YES"\n')
+    subprocess.run(["chroot", str(host.root), "pfctl", "-e"], check=True, capture_output=True)
+
+
+def test_doctor_passes_on_a_prepared_host(registry: Registry, testhost: TestHost) -> None:
+    inventory(registry, testhost)
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\n")
+    make_healthy(testhost)
+    result = invoke(registry, "doctor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("[ OK ]") >= 12 and "[FAIL]" not in result.stdout
+    assert testhost.connection_count() == 1
+
+
+def test_doctor_names_each_failure_and_its_fix(registry: Registry, testhost: TestHost) -> None:
+    inventory(registry, testhost)
+    # 192.0.2.0/24 is the double's vtnet0 network: an agent there overlaps the host's own network.
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nAGENT_MEMORY_LIMIT=1G\n"
+                                "AGENT_PLACEMENT=bhyve\nWARDEN_VM_IP=10.255.0.10\n")
+    state = testhost.root / "usr/local/bastille/releases/15.0-RELEASE"
+    state.rmdir()
+    subprocess.run(["chroot", str(testhost.root), "sysctl", "kern.racct.enable=0", "kern.features.vimage=0"],
+                   check=True, capture_output=True)
+    result = invoke(registry, "doctor")
+    assert result.returncode == 1
+    expected = {
+        "Bastille release 15.0-RELEASE bootstrapped": "bastille bootstrap 15.0-RELEASE",
+        "VIMAGE in the kernel": "options VIMAGE",
+        "devfs ruleset 13 for VNET jails": "[bastille_vnet=13]",
+        "gateway_enable": "sysrc gateway_enable=YES",
+        "PF enabled": "service pf start",
+        "kern.racct.enable": "kern.racct.enable=1' >> /boot/loader.conf",
+        "vm-bhyve initialised": "vm init",
+    }
+    lines = result.stdout.splitlines()
+    for name, fix in expected.items():
+        i = next(i for i, ln in enumerate(lines) if ln.startswith("[FAIL]") and name in ln)
+        assert fix in lines[i + 1], (name, lines[i + 1])
+
+
+def facts(**over: str) -> str:
+    base = {"version": "14.3-RELEASE", "python": "/usr/local/bin/python3", "bastille": "/usr/local/bin/bastille",
+            "release": "yes", "vimage": "1", "devfs": "[bastille_vnet=13]", "bridge": "loaded", "gateway": "YES",
+            "pf": "Status: Enabled", "pfconf": "ok", "racct": "1", "vm": "yes",
+            "disk": "/dev/ada0p2 30000000 1000000 20000000 5% /",
+            "inet": "vtnet0: flags=8843<UP> mtu 1500\n\tinet 192.168.10.5 netmask 0xffffff00"}
+    base.update(over)
+    return "".join(f"=== {k} ===\n{v}\n" for k, v in base.items())
+
+
+@pytest.mark.parametrize("override,check", [
+    ({"version": "13.2-RELEASE"}, "FreeBSD version supported"),
+    ({"python": ""}, "python for Ansible"),
+    ({"bastille": ""}, "Bastille installed"),
+    ({"bridge": ""}, "if_bridge available"),
+    ({"pfconf": ""}, "current /etc/pf.conf loads"),
+    ({"disk": "/dev/ada0p2 30000000 29000000 100000 99% /"}, "free disk on /"),
+    ({"inet": "vtnet0: flags=8843<UP> mtu 1500\n\tinet 10.0.1.7 netmask 0xffff0000"},
+     "host networks do not overlap agent /24s"),
+])
+def test_each_doctor_check_fails_on_its_own_symptom(override: dict[str, str], check: str, registry: Registry) -> None:
+    from provision.inventory import load_inventory
+    from provision.registry import load_fleet
+
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\n")
+    hosts, _ = load_inventory(registry.inventory)
+    agents = load_fleet(registry.agents, hosts).agents
+    host = Host(name="fbsd1")
+    assert [c.name for c in evaluate(host, agents, facts()) if not c.ok] == []
+    assert [c.name for c in evaluate(host, agents, facts(**override)) if not c.ok] == [check]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_status_is_green_after_apply_and_red_when_things_go_down(registry: Registry, testhost: TestHost) -> None:
+    inventory(registry, testhost)
+    port = free_port()
+    registry.write_env("atlas", f"AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nCONTROLPLANE_API_PORT={port}\n")
+    registry.write_env("iris", f"AGENT_NAME=iris\nAGENT_SUBNET_BASE=10.0.2\nCONTROLPLANE_API_PORT={free_port()}\n")
+    assert playbook(registry).returncode == 0
+    api = socket.socket()
+    api.bind(("127.0.0.1", port))
+    api.listen()
+    try:
+        result = invoke(registry, "status", "--agent", "atlas")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "running (pid" in result.stdout and "open" in result.stdout and "loaded" in result.stdout
+        assert "atlascms 10.0.1.3 up" in result.stdout
+        down = invoke(registry, "status")  # iris's API port has nobody listening
+        assert down.returncode == 1 and "closed" in down.stdout
+        subprocess.run(["chroot", str(testhost.root), "ifconfig", "warden0", "inet", "10.0.1.1", "-alias"], check=True)
+        subprocess.run(["chroot", str(testhost.root), "bastille", "stop", "atlasdb"], check=True)
+        subprocess.run(["chroot", str(testhost.root), "service", "atlas", "stop"], check=True, capture_output=True)
+        broken = invoke(registry, "status", "--agent", "atlas")
+        assert broken.returncode == 1
+        assert "not running" in broken.stdout and "10.0.1.1 missing" in broken.stdout and "atlasdb 10.0.1.5 down" in broken.stdout
+    finally:
+        api.close()
+
+
+def test_status_unreachable_host_is_an_error(registry: Registry, tmp_path: Path) -> None:
+    registry.write_inventory("all:\n  hosts:\n    fbsd1:\n      ansible_host: 127.0.0.1\n      ansible_port: 1\n")
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\n")
+    (registry.root / "ssh_config").write_text("")
+    result = invoke(registry, "status")
+    assert result.returncode == 1 and "fbsd1: cannot connect" in result.stderr
