@@ -187,6 +187,30 @@ def warden_rc_vars(text: str | None) -> dict[str, str]:
     return read_vars(text or "")
 
 
+def _fleet(inventory: str, agents_dir: str) -> Any:
+    from provision.inventory import load_inventory
+    from provision.registry import load_fleet
+
+    hosts, _ = load_inventory(Path(inventory))
+    return load_fleet(Path(agents_dir), hosts)
+
+
+def warden_doctor_script(host_name: str, inventory: str, agents_dir: str) -> str:
+    from provision.doctor import probe_script
+
+    fleet = _fleet(inventory, agents_dir)
+    return probe_script(fleet.host(host_name))
+
+
+def warden_doctor_failures(stdout: str, host_name: str, inventory: str, agents_dir: str) -> list[str]:
+    """`invoke doctor`'s verdicts for this host, minus what the apply itself sets up."""
+    from provision.doctor import preflight_failures
+
+    fleet = _fleet(inventory, agents_dir)
+    host = fleet.host(host_name)
+    return preflight_failures(host, fleet.agents_on(host_name), stdout) if host else []
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -204,4 +228,6 @@ class FilterModule:
             "warden_rctl_changes": warden_rctl_changes,
             "warden_manifest": warden_manifest,
             "warden_rc_vars": warden_rc_vars,
+            "warden_doctor_script": warden_doctor_script,
+            "warden_doctor_failures": warden_doctor_failures,
         }

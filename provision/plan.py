@@ -1,35 +1,60 @@
 """`invoke plan`: what an apply would change on each host, as unified diffs, read-only.
 
-Render, read every live file we own or edit in one SSH round, and compare.  Edited
-files (rc.conf, pf.conf, rctl.conf) are shown as the whole file that would result,
-computed by the same functions the Ansible roles use (hostfiles.py).  Exit status as
-`terraform plan -detailed-exitcode`: 0 nothing to do, 2 changes pending, 1 error.
+Render, read every live file we own or edit in one SSH round (remote.py), compare.
+Edited files (rc.conf, pf.conf, rctl.conf) are shown as the whole file that would
+result, computed by the functions the Ansible roles use (hostfiles.py), so the plan
+and the apply cannot disagree about a line.  Owned files are compared as the apply's
+`warden_files` module compares them: content, mode, owner and group.
+
+Secrets never reach the output: changes are found on the raw bytes, but every line
+is printed through a mask — values of secret-looking keys everywhere, and in files
+marked secret (the agents' .env) every value but the tool's own keys, on both sides.
+
+Exit status as `terraform plan -detailed-exitcode`: 0 nothing to do, 2 changes
+pending, 1 error (any host could not be planned).
 """
 
 from __future__ import annotations
 
 import difflib
+import io
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .hostfiles import pf_conf_result, rc_conf_result, rctl_conf_result_for
-from .manifest import LIVE_MANIFEST_PATH, Manifest
-from .models import is_secret_key
+from .manifest import LIVE_MANIFEST_PATH, FileEntry, Manifest
+from .models import OWNED, is_secret_key
+
+if TYPE_CHECKING:
+    from .models import Host
+    from .remote import LiveFiles, Stat
+    from .settings import Settings
 
 RC_CONF = "/etc/rc.conf"
 PF_CONF = "/etc/pf.conf"
 RCTL_CONF = "/etc/rctl.conf"
+PASSWD = "/etc/passwd"  # read to compare owners by name, as the apply does
+GROUP = "/etc/group"
+# The files we edit, and the mode the apply gives them (filter_plugins/warden.py,
+# warden_edited_files): compared like the files we own.
+EDITED: dict[str, str] = {RC_CONF: "0644", PF_CONF: "0600", RCTL_CONF: "0644"}
 MASK = "********"
-_ASSIGN = re.compile(r"^(\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*)(.*)$")
+
+_ASSIGN = re.compile(r"^(\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*)(.*?)(\r?\n?)$", re.S)
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:)[^@\s/]+@")
+_LINE = re.compile(r"[^\n]*\n|[^\n]+\Z")
 
 
 @dataclass
 class FileChange:
     path: str
     kind: str  # "added", "changed", "removed"
-    diff: list[str]
+    diff: list[str]  # unified diff lines, masked, each ending in "\n"
+    meta: list[str] = field(default_factory=list)  # "mode 0644 → 0600", "owner root → atlas"
+    target: str = ""  # for added files: "0600 atlas:atlas"
 
 
 @dataclass
@@ -44,82 +69,339 @@ class HostPlan:
     def pending(self) -> bool:
         return bool(self.changes)
 
+    def count(self, kind: str) -> int:
+        return sum(c.kind == kind for c in self.changes)
+
+
+# -- masking ---------------------------------------------------------------------------
+
+
+def _lines(text: str) -> list[str]:
+    """Lines split on \\n only (str.splitlines would also split on \\f, \\x1c, ...)."""
+    return _LINE.findall(text)
+
+
+def _mask_line(line: str) -> str:
+    line = _URL_PASSWORD.sub(lambda m: m.group(1) + MASK + "@", line)
+    m = _ASSIGN.match(line)
+    if m and is_secret_key(m.group(2)) and m.group(3):
+        return m.group(1) + MASK + m.group(4)
+    return line
+
 
 def mask_secrets(text: str) -> str:
-    """Replace the values of secret-looking keys (models.is_secret_key) with a mask."""
+    """TEXT with the values of secret-looking keys (models.is_secret_key) masked."""
+    return "".join(_mask_line(line) for line in _lines(text))
+
+
+def _eol(line: str) -> str:
+    return line[len(line.rstrip("\r\n")) :]
+
+
+def _env_shown(text: str) -> list[str]:
+    """The lines of a secret .env as they may be printed: one per line of TEXT.
+
+    Parsed as python-dotenv parses it (a quoted value may span lines).  Only the tool's
+    own keys (models.OWNED: names, subnets, ports) keep their value; every other value,
+    every continuation line and every comment is masked.  Blank lines stay blank.
+    """
+    from dotenv.parser import parse_stream
+
+    lines = _lines(text)
+    bindings = list(parse_stream(io.StringIO(text)))
+    if "".join(b.original.string for b in bindings) != text:
+        return [line if not line.strip() else MASK + _eol(line) for line in lines]
+    shown: list[str] = []
+    for b in bindings:
+        own = _lines(b.original.string)
+        body = [i for i, line in enumerate(own) if line.strip()]
+        for i, line in enumerate(own):
+            if not line.strip():
+                shown.append(line)
+            elif b.error or (body and i != body[0]):
+                shown.append(MASK + _eol(line))
+            elif b.key is None:
+                indent = line[: len(line) - len(line.lstrip())]
+                shown.append(f"{indent}# {MASK}{_eol(line)}")
+            elif b.key in OWNED and len(body) == 1 and not is_secret_key(b.key):
+                shown.append(_mask_line(line))
+            elif "=" in line:
+                shown.append(line[: line.index("=") + 1] + MASK + _eol(line))
+            else:
+                shown.append(line)
+    return shown
+
+
+def _shown(text: str, secret: bool) -> list[str]:
+    return _env_shown(text) if secret else [_mask_line(line) for line in _lines(text)]
+
+
+# -- diffs -----------------------------------------------------------------------------
+
+
+def _range(start: int, stop: int) -> str:
+    """A unified diff hunk range, as difflib writes it."""
+    beginning, length = start + 1, stop - start
+    if length == 1:
+        return str(beginning)
+    if not length:
+        beginning -= 1
+    return f"{beginning},{length}"
+
+
+def unified(old: str | None, new: str | None, path: str, secret: bool = False) -> list[str]:
+    """`difflib.unified_diff` of OLD → NEW, matched on the raw lines, printed masked.
+
+    Labels `live:PATH` / `rendered:PATH` (`/dev/null` for a side that does not exist).
+    A secret value that changed shows as `-KEY=********` / `+KEY=********`.
+    """
+    a, b = _lines(old or ""), _lines(new or "")
+    shown_a, shown_b = _shown(old or "", secret), _shown(new or "", secret)
+    out = [
+        f"--- {'live:' + path if old is not None else '/dev/null'}\n",
+        f"+++ {'rendered:' + path if new is not None else '/dev/null'}\n",
+    ]
+    for group in difflib.SequenceMatcher(None, a, b).get_grouped_opcodes(3):
+        first, last = group[0], group[-1]
+        out.append(f"@@ -{_range(first[1], last[2])} +{_range(first[3], last[4])} @@\n")
+        for tag, i1, i2, j1, j2 in group:
+            if tag == "equal":
+                out += [" " + line for line in shown_a[i1:i2]]
+                continue
+            if tag in ("replace", "delete"):
+                out += ["-" + line for line in shown_a[i1:i2]]
+            if tag in ("replace", "insert"):
+                out += ["+" + line for line in shown_b[j1:j2]]
+    return [line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in out]
+
+
+# -- owners and modes ------------------------------------------------------------------
+
+
+@dataclass
+class Ids:
+    """Names ↔ ids from the host's own /etc/passwd and /etc/group."""
+
+    users: dict[str, int] = field(default_factory=dict)
+    groups: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, passwd: bytes | None, group: bytes | None) -> Ids:
+        def table(data: bytes | None) -> dict[str, int]:
+            out: dict[str, int] = {}
+            for line in (data or b"").decode("utf-8", "replace").splitlines():
+                parts = line.split(":")
+                if len(parts) >= 3 and parts[2].isdigit() and not line.startswith(("#", "+", "-")):
+                    out.setdefault(parts[0], int(parts[2]))
+            return out
+
+        return cls(table(passwd), table(group))
+
+    def name(self, table: dict[str, int], number: int) -> str:
+        return next((k for k, v in table.items() if v == number), str(number))
+
+
+def _meta(entry: FileEntry, stat: Stat | None, ids: Ids) -> list[str]:
+    """How the live file's mode/owner/group differ from what the apply sets.
+
+    An owner or group the host does not know yet is not compared: the apply creates
+    the agent's user first (as library/warden_files.py skips an unknown name in check mode).
+    """
+    if stat is None:
+        return []
     out = []
-    for line in text.splitlines(keepends=True):
-        m = _ASSIGN.match(line.rstrip("\r\n"))
-        if m and is_secret_key(m.group(2)) and m.group(3):
-            line = m.group(1) + MASK + line[len(line.rstrip("\r\n")) :]
-        out.append(line)
-    return "".join(out)
+    want = int(entry.mode, 8)
+    if stat.mode != want:
+        out.append(f"mode {stat.mode:04o} → {want:04o}")
+    uid, gid = ids.users.get(entry.owner), ids.groups.get(entry.group)
+    if uid is not None and stat.uid != uid:
+        out.append(f"owner {ids.name(ids.users, stat.uid)} → {entry.owner}")
+    if gid is not None and stat.gid != gid:
+        out.append(f"group {ids.name(ids.groups, stat.gid)} → {entry.group}")
+    return out
+
+
+# -- one host --------------------------------------------------------------------------
 
 
 def paths_to_read(manifest: Manifest) -> list[str]:
-    return [e.path for e in manifest.files] + [RC_CONF, PF_CONF, RCTL_CONF, LIVE_MANIFEST_PATH]
+    """Every file we own or edit, the previous apply's manifest, and the id tables."""
+    paths = [e.path for e in manifest.files] + [manifest.pf_anchor_file, *EDITED, LIVE_MANIFEST_PATH, PASSWD, GROUP]
+    return list(dict.fromkeys(paths))
 
 
 def _decode(data: bytes | None) -> str | None:
     return None if data is None else data.decode("utf-8", errors="replace")
 
 
-def _diff(path: str, old: str | None, new: str | None) -> FileChange | None:
-    if old == new:
+def _change(entry: FileEntry, old: bytes | None, new: bytes | None, stat: Stat | None, ids: Ids) -> FileChange | None:
+    meta = _meta(entry, stat, ids) if old is not None and new is not None else []
+    if old == new and not meta:
         return None
     kind = "added" if old is None else "removed" if new is None else "changed"
-    lines = list(
-        difflib.unified_diff(
-            (old or "").splitlines(keepends=True),
-            (new or "").splitlines(keepends=True),
-            fromfile=f"live:{path}" if old is not None else "/dev/null",
-            tofile=f"rendered:{path}" if new is not None else "/dev/null",
-        )
-    )
-    no_eol = "\n\\ No newline at end of file\n"
-    return FileChange(path, kind, [ln if ln.endswith("\n") else ln + no_eol for ln in lines])
+    diff = [] if old == new else unified(_decode(old), _decode(new), entry.path, entry.secret)
+    target = f"{entry.mode} {entry.owner}:{entry.group}" if kind == "added" else ""
+    return FileChange(entry.path, kind, diff, meta, target)
 
 
-def plan_host(manifest: Manifest, rendered_dir: Path, live: Mapping[str, bytes | None]) -> HostPlan:
-    """Compare one rendered host with its live files (pure: no I/O beyond the build tree)."""
+def plan_host(
+    manifest: Manifest,
+    rendered_dir: Path,
+    live: Mapping[str, bytes | None] | LiveFiles,
+    stats: Mapping[str, Stat] | None = None,
+) -> HostPlan:
+    """Compare one rendered host with its live files (pure: no I/O beyond the build tree).
+
+    LIVE is what remote.fetch read (or a plain path → bytes mapping, then without
+    mode/owner comparison).  A previous manifest that cannot be read is an error.
+    """
+    if not isinstance(live, Mapping):
+        stats = live.stats
+        live = live.files
+    stats = stats or {}
     plan = HostPlan(manifest.host)
     prev_text = _decode(live.get(LIVE_MANIFEST_PATH))
-    previous = Manifest.from_json(prev_text) if prev_text else None
+    try:
+        previous = Manifest.from_json(prev_text) if prev_text else None
+    except (ValueError, KeyError, TypeError) as exc:
+        plan.error = (
+            f"{manifest.host}: {LIVE_MANIFEST_PATH}, the record of the last apply, cannot be read ({exc}) "
+            "(fix: restore it from backup, or delete it to plan the host as never applied)"
+        )
+        return plan
+    ids = Ids.parse(live.get(PASSWD), live.get(GROUP))
     current = {e.path: e for e in manifest.files}
+    # Files we own (by path), then removed ones, then the operator's files we edit, last
+    # so that rc.conf and pf.conf are next to the summary.
+    changes: list[FileChange] = []
     for path, entry in sorted(current.items()):
-        new = (rendered_dir / path.lstrip("/")).read_text(encoding="utf-8")
-        old = _decode(live.get(path))
-        if entry.secret:
-            new, old = mask_secrets(new), None if old is None else mask_secrets(old)
-        change = _diff(path, old, new)
+        new = (rendered_dir / path.lstrip("/")).read_bytes()
+        change = _change(entry, live.get(path), new, stats.get(path), ids)
         if change:
-            plan.changes.append(change)
-    if previous is not None:
-        for entry in previous.files:
-            if entry.path not in current and live.get(entry.path) is not None:
-                old = _decode(live[entry.path]) or ""
-                change = _diff(entry.path, mask_secrets(old) if entry.secret else old, None)
-                if change:
-                    plan.changes.append(change)
-    edited: list[tuple[str, Callable[[str], str]]] = [
-        (RC_CONF, lambda t: rc_conf_result(manifest, t, previous)),
-        (PF_CONF, lambda t: pf_conf_result(manifest, t)),
-        (RCTL_CONF, lambda t: rctl_conf_result_for(manifest, t)),
-    ]
-    for path, result in edited:
-        old = _decode(live.get(path))
-        new = result(old or "")
-        if old is None and new == "":
+            changes.append(change)
+    for entry in sorted(previous.files if previous else [], key=lambda e: e.path):
+        if entry.path in current or entry.path in EDITED:
             continue
-        change = _diff(path, old, new)
+        if entry.path not in live:  # not read (a path the read script could not list): still removed
+            changes.append(FileChange(entry.path, "removed", [], ["(content not read)"]))
+        elif (change := _change(entry, live[entry.path], None, None, ids)) is not None:
+            changes.append(change)
+    edited: dict[str, Callable[[str], str]] = {
+        RC_CONF: lambda t: rc_conf_result(manifest, t, previous),
+        PF_CONF: lambda t: pf_conf_result(manifest, t),
+        RCTL_CONF: lambda t: rctl_conf_result_for(manifest, t),
+    }
+    for path, result in edited.items():
+        old = live.get(path)
+        new = result(_decode(old) or "").encode("utf-8")
+        if old is None and not new:
+            continue
+        entry = FileEntry(path, EDITED[path], purpose="edited")
+        change = _change(entry, old, new, stats.get(path), ids)
         if change:
-            plan.changes.append(change)
+            changes.append(change)
+    plan.changes = changes
     before = set(previous.agents) if previous else set()
     plan.agents_added = sorted(set(manifest.agents) - before)
     plan.agents_removed = sorted(before - set(manifest.agents))
     return plan
 
 
-def files_list(manifest: Manifest) -> str:
-    """The /var/db/warden/files record an apply installs: every path we own, one per line."""
-    return "".join(f"{e.path}\n" for e in manifest.files)
+# -- the command -----------------------------------------------------------------------
+
+
+@dataclass
+class Targets:
+    hosts: list[Host]
+    errors: list[HostPlan]  # hosts named but not plannable (a guest without SSH settings)
+    notes: list[str]  # guests left out, and why
+
+
+def choose_targets(
+    hosts: Sequence[Host], guests: Mapping[str, str], only: str | None, ssh_config: Path
+) -> Targets | str:
+    """Which machines to plan; a message instead if ONLY names none of them.
+
+    Inventory hosts always.  A bhyve guest (GUESTS: name → its host) is a host of its
+    own (SPEC §5) but is not in hosts.yml: it is planned when ssh_config has a `Host`
+    block naming it (typically HostName + ProxyJump through its host); otherwise it is
+    listed as not planned, or is an error when asked for by name.
+    """
+    from .models import Host
+    from .remote import has_ssh_settings
+
+    names = [h.name for h in hosts]
+    if only is not None and only not in names and only not in guests:
+        listed = ", ".join(names) or "none"
+        extra = f"; bhyve guests: {', '.join(sorted(guests))}" if guests else ""
+        return f"no host {only!r} in the inventory (hosts: {listed}{extra})"
+    out = Targets([h for h in hosts if only in (None, h.name)], [], [])
+    for name, parent in sorted(guests.items()):
+        if only not in (None, name):
+            continue
+        if has_ssh_settings(name, ssh_config):
+            out.hosts.append(Host(name=name))
+            continue
+        why = f"bhyve guest on {parent}, no `Host {name}` block in {ssh_config}"
+        if only == name:
+            fix = f"add `Host {name}` with HostName {name}'s address and `ProxyJump {parent}`"
+            out.errors.append(HostPlan(name, error=f"{name}: cannot plan a {why} (fix: {fix})"))
+        else:
+            out.notes.append(f"not planned: {name} ({why})")
+    return out
+
+
+def plan_command(settings: Settings, host: str | None = None) -> int:
+    """Render, read each host's live files (one SSH connection each), print diffs and a summary.
+
+    Returns the exit status: 0 no changes, 2 changes pending, 1 an error on any host.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import diffview
+    from .checks import run_checks
+    from .cli import print_problems
+    from .inventory import load_inventory
+    from .registry import load_fleet
+    from .remote import RemoteError, fetch, ssh_config_path
+    from .render import layouts, render_fleet
+
+    out, err = diffview.console(), diffview.console(stderr=True)
+    hosts, host_problems = load_inventory(settings.inventory)
+    fleet = load_fleet(settings.agents_dir, hosts, host_problems)
+    problems = [p for p in run_checks(fleet) if p.is_error]
+    if problems:
+        print_problems(problems, err)
+        diffview.print_error(err, "the registry has errors; nothing planned (fix them, see `invoke check`)")
+        return 1
+    guests = {lay.name: lay.parent for lay in layouts(fleet) if lay.parent}
+    chosen = choose_targets(fleet.hosts, guests, host, ssh_config_path())
+    if isinstance(chosen, str):
+        diffview.print_error(err, f"{chosen} — {settings.inventory}")
+        return 1
+    rendered = {r.name: r for r in render_fleet(fleet, settings.build_dir, only=[h.name for h in chosen.hosts])}
+
+    def one(target: Host) -> HostPlan:
+        r = rendered[target.name]
+        try:
+            live = fetch(target, paths_to_read(r.manifest))
+        except RemoteError as exc:
+            return HostPlan(target.name, error=str(exc))
+        return plan_host(r.manifest, r.directory, live)
+
+    plans: list[HostPlan] = []
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(chosen.hosts)))) as pool:
+        for hp in pool.map(one, chosen.hosts):  # hosts read in parallel, printed in order
+            diffview.print_host(out, err, hp)
+            plans.append(hp)
+    for hp in chosen.errors:
+        diffview.print_error(err, hp.error or "")
+        plans.append(hp)
+    return diffview.print_summary(out, plans, chosen.notes)
+
+
+def exit_status(plans: Sequence[HostPlan]) -> int:
+    """1 if any host failed, else 2 if any has changes, else 0 (terraform -detailed-exitcode)."""
+    if any(hp.error for hp in plans):
+        return 1
+    return 2 if any(hp.pending for hp in plans) else 0

@@ -1,44 +1,84 @@
-"""Reading a host's live files: one SSH connection, one command, one round trip.
+"""Reading a host's live files: one SSH connection, one exec channel, one round trip.
 
 `invoke plan` must not open a connection per file (SPEC §10): the whole read is one
-POSIX sh script run over one exec channel, which prints each file framed by its byte
-length.  SSH follows the operator's own settings — `~/.ssh/config`, the agent, key
-files and known_hosts — and an unknown host key is refused, never accepted.
-paramiko is imported only here, and only when a command needs it.
+POSIX sh script, sent on the channel's stdin to `/bin/sh -s`, which prints every file
+framed by its byte length (see `read_script`).  The command line itself carries no
+data, so the login shell of the remote user (FreeBSD root had csh before 14.0) never
+has to parse a quoted multi-line script.
+
+SSH follows the operator's own settings as Ansible's ssh connection would: the
+inventory's `ansible_*` variables, then `~/.ssh/config` (`PROVISION_SSH_CONFIG` points
+elsewhere), the agent, key files and known_hosts.  An unknown or changed host key is
+refused, never accepted.  paramiko is imported only inside the functions that connect,
+so that importing `provision` stays fast (SPEC §3).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .manifest import LIVE_MANIFEST_PATH
 from .models import Host
+from .settings import REPO_ROOT
 
-# Extra paths the previous apply recorded (one per line): read in the same round so that
-# files of removed agents are found without a second trip.
+if TYPE_CHECKING:
+    import paramiko
+
+# Written by older applies next to the manifest (one path per line); no longer read: the
+# paths of the previous apply's files come from its manifest, in the same round.
 PREVIOUS_FILES_LIST = "/var/db/warden/files"
 
-_SCRIPT = r"""
-emit() {
-    if [ -f "$1" ] && [ -r "$1" ]; then
-        n=$(wc -c < "$1" | tr -d ' ')
-        printf 'F %s %s\n' "$n" "$1"
-        cat "$1"
+START = b"WARDEN-FRAMES 1\n"
+_HEADER = re.compile(rb"^(?:([MUN]) (\d+)|F (\d+) ([-a-zA-Z.+@]{10,12}) (\d+) (\d+) (\d+)|E)$")
+
+# One compound command ({ ... }), so sh reads the whole script before it prints a byte:
+# stdin and stdout can never block each other.  LC_ALL=C makes ${#f} a byte count in
+# both FreeBSD sh and dash; `set -f` keeps `ls` output from being globbed.  `ls -ldnL`
+# (POSIX long format, numeric ids, symlinks followed) gives mode, uid, gid and size in
+# one process; `head -c` bounds the body to that size even if the file grows meanwhile
+# (a file that shrinks is caught by the frame's trailing newline).  The previous apply's
+# manifest is JSON with one `"path": "/..."` per line (manifest.to_json, indent=2): sed
+# lists those paths so that files of removed agents are read in this same round.
+_SCRIPT = r"""{
+LC_ALL=C; export LC_ALL
+set -f
+nl='
+'
+seen=$nl
+frame() {
+    if [ ! -e "$1" ] && [ ! -h "$1" ]; then
+        printf 'M %s\n%s' "${#1}" "$1"
+    elif [ ! -f "$1" ]; then
+        printf 'N %s\n%s' "${#1}" "$1"
+    elif [ ! -r "$1" ]; then
+        printf 'U %s\n%s' "${#1}" "$1"
     else
-        printf 'M 0 %s\n' "$1"
+        set -- "$1" $(ls -ldnL -- "$1")
+        printf 'F %s %s %s %s %s\n%s' "${#1}" "$2" "$4" "$5" "$6" "$1"
+        head -c "$6" -- "$1"
+        printf '\n'
     fi
 }
-for f in "$@"; do emit "$f"; done
-if [ -f LIST ]; then
+printf 'WARDEN-FRAMES 1\n'
+for f in "$@"; do
+    frame "$f"
+    case $f in *"$nl"*) ;; *) seen=$seen$f$nl ;; esac
+done
+if [ -f MANIFEST ] && [ -r MANIFEST ]; then
+    sed -n 's/^[[:space:]]*"path":[[:space:]]*"\(\/[^"\\]*\)",\{0,1\}[[:space:]]*$/\1/p' MANIFEST |
     while IFS= read -r f; do
-        case "$f" in /*) emit "$f" ;; esac
-    done < LIST
+        case $seen in *"$nl$f$nl"*) ;; *) frame "$f" ;; esac
+    done
 fi
-printf 'E 0 end\n'
+printf 'E\n'
+}
 """
 
 
@@ -47,98 +87,382 @@ class RemoteError(Exception):
 
 
 @dataclass(frozen=True)
+class Stat:
+    mode: int  # permission bits, setuid/setgid/sticky included (0o7777)
+    uid: int
+    gid: int
+
+
+@dataclass
+class LiveFiles:
+    """What one read found: bytes per path (None = absent), and stat of those present."""
+
+    files: dict[str, bytes | None] = field(default_factory=dict)
+    stats: dict[str, Stat] = field(default_factory=dict)
+    unreadable: dict[str, str] = field(default_factory=dict)  # path -> why
+
+
+@dataclass
+class Counters:
+    """SSH work done by this process (tests and bench/bench_plan.py read it)."""
+
+    connections: int = 0
+    channels: int = 0
+
+
+STATS = Counters()
+
+
+@dataclass(frozen=True)
 class Target:
-    host: str
+    host: str  # the inventory name, for messages
     hostname: str
     port: int
     user: str | None
     key_files: tuple[str, ...]
     known_hosts: tuple[str, ...]
+    identities_only: bool = False
+    proxy_jump: str | None = None
+    proxy_command: str | None = None
+    timeout: float = 15.0
+    become: tuple[str, ...] = ()  # argv prefix, e.g. ("sudo", "-n", "-u", "root")
+    config: Path | None = None  # the ssh_config used (jump hosts are looked up in it too)
 
 
-def read_script(list_path: str = PREVIOUS_FILES_LIST) -> str:
-    return _SCRIPT.replace("LIST", shlex.quote(list_path))
+# -- the read script and its framing ---------------------------------------------------
+
+
+def read_script(paths: Sequence[str] | None = None, manifest: str = LIVE_MANIFEST_PATH) -> str:
+    """The sh script printing each path's frame, then the previous manifest's files.
+
+    With PATHS the list is embedded (`set -- ...`, for `/bin/sh -s`); without, the
+    script reads "$@" (for `sh -c SCRIPT sh PATH...`, as the Ansible filter runs it).
+    """
+    script = _SCRIPT.replace("MANIFEST", shlex.quote(manifest))
+    if paths is None:
+        return script
+    return "set -- " + " ".join(shlex.quote(p) for p in paths) + "\n" + script
+
+
+def _mode_bits(text: str) -> int:
+    """`-rwsr-x--T` → 0o4750 | sticky: the permission part of an `ls -l` mode string."""
+    perms = text[1:10]
+    mode = 0
+    for i, ch in enumerate(perms):
+        if ch in "rwxst":  # s/t: the special bit and x; S/T: the special bit alone
+            mode |= 1 << (8 - i)
+    for i, bit in ((2, 0o4000), (5, 0o2000), (8, 0o1000)):
+        if perms[i] in "sStT":
+            mode |= bit
+    return mode
+
+
+def parse_live(data: bytes) -> LiveFiles:
+    """Split the script's output back into files and stats; ValueError if it is malformed.
+
+    Anything before the start line (a login shell's chatter) is skipped.
+    """
+    if data.startswith(START):
+        start = 0
+    else:
+        start = data.find(b"\n" + START) + 1
+        if start == 0:
+            raise ValueError("no start line (is /bin/sh a POSIX shell?)")
+    live = LiveFiles()
+    pos = start + len(START)
+    while True:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            raise ValueError("output ended before the end marker")
+        m = _HEADER.match(data[pos:nl])
+        if m is None:
+            raise ValueError(f"bad frame header {data[pos:nl][:60]!r}")
+        pos = nl + 1
+        if m.group(0) == b"E":
+            return live
+        size = int(m.group(2) or m.group(3))
+        raw = data[pos : pos + size]
+        if len(raw) != size:
+            raise ValueError("output ended inside a path")
+        pos += size
+        path = raw.decode("utf-8", "surrogateescape")
+        kind = (m.group(1) or b"F").decode()
+        if kind == "M":
+            live.files.setdefault(path, None)
+        elif kind == "U":
+            live.unreadable[path] = "permission denied"
+        elif kind == "N":
+            live.unreadable[path] = "not a regular file"
+        else:
+            n = int(m.group(7))
+            body = data[pos : pos + n]
+            if len(body) != n or data[pos + n : pos + n + 1] != b"\n":
+                raise ValueError(f"{path}: changed while it was read (run plan again)")
+            live.files[path] = body
+            live.stats[path] = Stat(_mode_bits(m.group(4).decode()), int(m.group(5)), int(m.group(6)))
+            pos += n + 1
 
 
 def parse_frames(data: bytes) -> dict[str, bytes | None]:
-    """Split the script's output back into path → bytes (None = missing)."""
-    out: dict[str, bytes | None] = {}
-    pos = 0
-    while pos < len(data):
-        nl = data.index(b"\n", pos)
-        kind, size, path = data[pos:nl].decode("utf-8", "surrogateescape").split(" ", 2)
-        pos = nl + 1
-        if kind == "E":
-            return out
-        if kind == "F":
-            n = int(size)
-            body = data[pos : pos + n]
-            if len(body) != n:
-                raise ValueError(f"{path}: expected {n} bytes, got {len(body)}")
-            out[path] = body
-            pos += n
-        else:
-            out.setdefault(path, None)
-    raise ValueError("output ended before the end marker")
+    """path → bytes (None if absent); ValueError if a file could not be read at all."""
+    live = parse_live(data)
+    if live.unreadable:
+        path, why = next(iter(live.unreadable.items()))
+        raise ValueError(f"{path}: {why}")
+    return live.files
+
+
+# -- where and how to connect ----------------------------------------------------------
 
 
 def ssh_config_path() -> Path:
     return Path(os.environ.get("PROVISION_SSH_CONFIG", Path.home() / ".ssh" / "config"))
 
 
-def resolve(host: Host) -> Target:
-    """Where and how to connect: inventory ansible_* variables win over ~/.ssh/config, like Ansible."""
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "yes", "true", "on", "y"}
+    return bool(value)
+
+
+def _first(v: Mapping[str, Any], *names: str) -> Any:
+    return next((v[n] for n in names if v.get(n) not in (None, "")), None)
+
+
+def _ssh_args(v: Mapping[str, Any]) -> tuple[dict[str, Any], Path | None]:
+    """Options from ansible_ssh_common_args / ansible_ssh_extra_args (-o K=V, -i, -p, -l, -J, -F)."""
+    words: list[str] = []
+    for name in ("ansible_ssh_common_args", "ansible_ssh_extra_args"):
+        if v.get(name):
+            words += shlex.split(str(v[name]))
+    opts: dict[str, Any] = {}
+    config: Path | None = None
+    flags = {"-p": "port", "-l": "user", "-J": "proxyjump"}
+    it = iter(words)
+    for word in it:
+        flag, rest = word[:2], word[2:]
+        if flag not in ("-o", "-i", "-F", *flags):
+            continue
+        arg = rest or next(it, "")
+        if flag == "-o":
+            key, _, value = arg.replace("=", " ", 1).partition(" ")
+            key = key.lower()
+            if key == "identityfile":
+                opts.setdefault("identityfile", []).append(value.strip())
+            else:
+                opts.setdefault(key, value.strip())
+        elif flag == "-i":
+            opts.setdefault("identityfile", []).append(arg)
+        elif flag == "-F":
+            config = Path(os.path.expanduser(arg))
+        else:
+            opts.setdefault(flags[flag], arg)
+    return opts, config
+
+
+def _become(v: Mapping[str, Any], user: str | None, host: str) -> tuple[str, ...]:
+    if not _truthy(v.get("ansible_become")):
+        return ()
+    method = str(v.get("ansible_become_method") or "sudo")
+    as_user = str(v.get("ansible_become_user") or "root")
+    if user == as_user:
+        return ()
+    if method not in ("sudo", "doas"):
+        raise RemoteError(
+            f"{host}: ansible_become_method {method} asks for a password, which plan cannot type "
+            "(fix: use sudo or doas with NOPASSWD/nopass for this user, or connect as root)"
+        )
+    return (method, "-n", "-u", as_user)
+
+
+def resolve(host: Host, ssh_config: Path | None = None) -> Target:
+    """Where and how to connect, as Ansible's ssh connection plugin would.
+
+    Ansible runs `ssh [args] <ansible_host>`: ssh_config is matched against
+    ansible_host (the inventory name when unset); ansible_port, ansible_user and the
+    private key file are passed as options, so they win over the file.
+    """
     import paramiko
 
-    cfg_path = ssh_config_path()
-    cfg: dict[str, Any] = {}
-    alias = str(host.ansible_vars.get("ansible_host", host.name))
-    if cfg_path.is_file():
-        config = paramiko.SSHConfig.from_path(str(cfg_path))
-        cfg = dict(config.lookup(host.name if host.name in config.get_hostnames() else alias))
     v = host.ansible_vars
-    hostname = str(v.get("ansible_host") or cfg.get("hostname") or host.name)
-    port = int(v.get("ansible_port") or cfg.get("port") or 22)
-    user = v.get("ansible_user") or cfg.get("user")
-    keys = [str(v["ansible_ssh_private_key_file"])] if v.get("ansible_ssh_private_key_file") else []
-    keys += [os.path.expanduser(k) for k in cfg.get("identityfile", [])]
-    known = [os.path.expanduser(k) for k in str(cfg.get("userknownhostsfile", "~/.ssh/known_hosts")).split()]
-    return Target(host.name, hostname, port, str(user) if user else None, tuple(keys), tuple(known))
+    alias = str(_first(v, "ansible_host", "ansible_ssh_host") or host.name)
+    cli, cli_config = _ssh_args(v)
+    cfg_path = cli_config or ssh_config or ssh_config_path()
+    cfg: dict[str, Any] = {}
+    if cfg_path.is_file():
+        try:
+            cfg = dict(paramiko.SSHConfig.from_path(str(cfg_path)).lookup(alias))
+        except Exception as exc:  # paramiko raises several types for a config it cannot parse
+            raise RemoteError(f"{host.name}: cannot read {cfg_path}: {_one_line(str(exc))}") from None
+    opts = {**cfg, **{k: val for k, val in cli.items() if k != "identityfile"}}
+    hostname = str(opts.get("hostname") or alias)
+    port = int(_first(v, "ansible_port", "ansible_ssh_port") or opts.get("port") or 22)
+    user_value = _first(v, "ansible_user", "ansible_ssh_user", "ansible_remote_user") or opts.get("user")
+    user = str(user_value) if user_value else None
+    keys = [str(k) for k in (_first(v, "ansible_ssh_private_key_file", "ansible_private_key_file"),) if k]
+    keys += list(cli.get("identityfile", [])) + list(cfg.get("identityfile", []))
+    keys = [os.path.expanduser(k) for k in dict.fromkeys(keys)]
+    user_known = str(opts.get("userknownhostsfile", "~/.ssh/known_hosts ~/.ssh/known_hosts2"))
+    global_known = str(opts.get("globalknownhostsfile", "/etc/ssh/ssh_known_hosts /etc/ssh/ssh_known_hosts2"))
+    known = tuple(os.path.expanduser(k) for k in (user_known + " " + global_known).split())
+    jump = opts.get("proxyjump")
+    proxy = opts.get("proxycommand")
+    timeout = float(opts.get("connecttimeout") or 15)
+    return Target(
+        host=host.name,
+        hostname=hostname,
+        port=port,
+        user=user,
+        key_files=tuple(keys),
+        known_hosts=known,
+        identities_only=_truthy(opts.get("identitiesonly", "no")),
+        proxy_jump=None if not jump or str(jump).lower() == "none" else str(jump),
+        proxy_command=None if not proxy or str(proxy).lower() == "none" else str(proxy),
+        timeout=timeout,
+        become=_become(v, user, host.name),
+        config=cfg_path if cfg_path.is_file() else None,
+    )
+
+
+def has_ssh_settings(name: str, ssh_config: Path | None = None) -> bool:
+    """Whether ssh_config names NAME in a Host pattern other than the catch-all `*`."""
+    import fnmatch
+
+    path = ssh_config or ssh_config_path()
+    if not path.is_file():
+        return False
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        words = line.strip().replace("=", " ").split()
+        if len(words) < 2 or words[0].lower() != "host":
+            continue
+        patterns = [w for w in words[1:] if not w.startswith("!")]
+        if any(p != "*" and fnmatch.fnmatchcase(name, p) for p in patterns):
+            return True
+    return False
+
+
+def _jump_targets(t: Target) -> list[Target]:
+    """The ProxyJump chain (`[user@]host[:port],...`), each hop resolved through ssh_config too."""
+    if t.proxy_jump is None:
+        return []
+    hops = []
+    for spec in t.proxy_jump.split(","):
+        m = re.match(r"^(?:(?:ssh://)?([^@]+)@)?(\[[^\]]+\]|[^:]+)(?::(\d+))?$", spec.strip())
+        if m is None:
+            raise RemoteError(f"{t.host}: cannot parse ProxyJump {spec!r}")
+        hvars: dict[str, Any] = {}
+        if m.group(1):
+            hvars["ansible_user"] = m.group(1)
+        if m.group(3):
+            hvars["ansible_port"] = int(m.group(3))
+        hop = resolve(Host(name=m.group(2).strip("[]"), ansible_vars=hvars), t.config)
+        hops.append(replace(hop, host=t.host, proxy_jump=None, become=()))
+    return hops
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+def local_root(host: Host, base: Path = REPO_ROOT) -> Path | None:
+    """A directory read instead of SSH: `warden_sample_root` (the bundled example), or
+    `/` for `ansible_connection: local` (plan run on the FreeBSD host itself)."""
+    if host.sample_root:
+        path = Path(host.sample_root)
+        return path if path.is_absolute() else base / path
+    if str(host.ansible_vars.get("ansible_connection", "")) == "local":
+        return Path("/")
+    return None
+
+
+def sample_root_of(host: Host, base: Path = REPO_ROOT) -> Path | None:
+    """The bundled sample host tree, when the inventory sets `warden_sample_root`."""
+    if not host.sample_root:
+        return None
+    return local_root(host, base)
+
+
+def _manifest_paths(text: bytes) -> list[str]:
+    try:
+        data = json.loads(text)
+        return [str(f["path"]) for f in data.get("files", []) if str(f.get("path", "")).startswith("/")]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return []
+
+
+def read_local(root: Path, paths: Sequence[str], manifest: str = LIVE_MANIFEST_PATH) -> LiveFiles:
+    """What the script would print for a host whose `/` is ROOT, read directly."""
+    live = LiveFiles()
+
+    def frame(path: str) -> None:
+        f = root / path.lstrip("/")
+        if not os.path.lexists(f):
+            live.files.setdefault(path, None)
+        elif not f.is_file():
+            live.unreadable[path] = "not a regular file"
+        elif not os.access(f, os.R_OK):
+            live.unreadable[path] = "permission denied"
+        else:
+            st = f.stat()
+            live.files[path] = f.read_bytes()
+            live.stats[path] = Stat(st.st_mode & 0o7777, st.st_uid, st.st_gid)
+
+    for p in dict.fromkeys(paths):
+        frame(p)
+    previous = live.files.get(manifest)
+    for p in _manifest_paths(previous or b""):
+        if p not in live.files and p not in live.unreadable:
+            frame(p)
+    return live
+
+
+def fetch(host: Host, paths: Sequence[str], ssh_config: Path | None = None) -> LiveFiles:
+    """Every path's bytes and stat, plus the files of the previous apply, in one round.
+
+    Raises RemoteError (one line, naming the host) if the host cannot be reached, refuses
+    us, or a path cannot be read (permission, or not a regular file).
+    """
+    root = local_root(host)
+    if root is not None:
+        live = read_local(root, paths)
+        who = "this user"
+    else:
+        t = resolve(host, ssh_config)
+        command = " ".join(shlex.quote(w) for w in (*t.become, "/bin/sh", "-s"))
+        status, data, err = _exec_ssh(t, command, read_script(list(dict.fromkeys(paths))).encode())
+        if status != 0:
+            fix = " (fix: allow it without a password, or connect as root)" if t.become else ""
+            raise RemoteError(f"{t.host}: reading files failed (exit {status}): {err or 'no message'}{fix}")
+        try:
+            live = parse_live(data)
+        except ValueError as exc:
+            raise RemoteError(f"{t.host}: unreadable reply: {exc}") from None
+        who = t.user or "the SSH user"
+    if live.unreadable:
+        path, why = next(iter(sorted(live.unreadable.items())))
+        more = f" and {len(live.unreadable) - 1} more" if len(live.unreadable) > 1 else ""
+        fix = (
+            "make it a regular file or move it away"
+            if why.startswith("not")
+            else "connect as root, or set ansible_become: true with passwordless sudo or doas"
+        )
+        raise RemoteError(f"{host.name}: cannot read {path}{more} as {who}: {why} (fix: {fix})")
+    return live
+
+
+def fetch_files(host: Host, paths: Sequence[str], ssh_config: Path | None = None) -> dict[str, bytes | None]:
+    """path → live bytes (None if absent) for PATHS and the previous apply's files; one round."""
+    return fetch(host, paths, ssh_config).files
 
 
 def read_files(host: Host, paths: Sequence[str], sample_root: Path | None = None) -> dict[str, bytes | None]:
     """Every path's bytes (None if absent), plus the files the previous apply listed."""
     if sample_root is not None:
-        return _read_local(sample_root, paths)
-    return _read_ssh(resolve(host), paths)
-
-
-def _read_local(root: Path, paths: Sequence[str]) -> dict[str, bytes | None]:
-    out: dict[str, bytes | None] = {}
-
-    def emit(path: str) -> None:
-        f = root / path.lstrip("/")
-        out[path] = f.read_bytes() if f.is_file() else None
-
-    for p in paths:
-        emit(p)
-    listed = root / PREVIOUS_FILES_LIST.lstrip("/")
-    if listed.is_file():
-        for line in listed.read_text(encoding="utf-8").splitlines():
-            if line.startswith("/") and line not in out:
-                emit(line)
-    return out
-
-
-def _read_ssh(t: Target, paths: Sequence[str]) -> dict[str, bytes | None]:
-    command = "sh -c " + shlex.quote(read_script()) + " sh " + " ".join(shlex.quote(p) for p in paths)
-    status, data, err = _exec_ssh(t, command)
-    if status != 0:
-        raise RemoteError(f"{t.host}: reading files failed (exit {status}): {err or 'no message'}")
-    try:
-        return parse_frames(data)
-    except ValueError as exc:
-        raise RemoteError(f"{t.host}: unreadable reply: {exc}") from None
+        live = read_local(sample_root, paths)
+        if live.unreadable:
+            path, why = next(iter(live.unreadable.items()))
+            raise RemoteError(f"{host.name}: cannot read {path}: {why}")
+        return live.files
+    return fetch_files(host, paths)
 
 
 def run_script(host: Host, script: str) -> str:
@@ -150,54 +474,119 @@ def run_script(host: Host, script: str) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def _exec_ssh(t: Target, command: str) -> tuple[int, bytes, str]:
-    """One connection, one exec channel: (exit status, stdout bytes, last stderr line)."""
+# -- SSH -------------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _quiet_paramiko() -> None:
+    """paramiko logs failures with tracebacks; with no handler they would reach stderr."""
+    import logging
+
+    logger = logging.getLogger("paramiko")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+
+
+def _connect(t: Target, sock: Any = None) -> paramiko.SSHClient:
     import paramiko
 
     client = paramiko.SSHClient()
-    try:
-        for known in t.known_hosts:
-            if Path(known).is_file():
+    for known in t.known_hosts:
+        if Path(known).is_file():
+            try:
                 client.load_host_keys(known)
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.connect(
-            t.hostname,
-            port=t.port,
-            username=t.user,
-            key_filename=list(t.key_files) or None,  # type: ignore[arg-type]  # paramiko accepts a list
-            allow_agent=True,
-            look_for_keys=not t.key_files,
-            timeout=15,
-            banner_timeout=15,
-            auth_timeout=15,
+            except (OSError, paramiko.SSHException):
+                continue
+    # Never accept an unknown key (SPEC §6): StrictHostKeyChecking=no in ssh_config
+    # does not change this; the operator verifies the host once with ssh.
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    if sock is None and t.proxy_command:
+        sock = paramiko.ProxyCommand(t.proxy_command)
+    STATS.connections += 1
+    client.connect(
+        t.hostname,
+        port=t.port,
+        username=t.user,
+        key_filename=list(t.key_files) or None,  # type: ignore[arg-type]  # paramiko accepts a list
+        allow_agent=not (t.identities_only and t.key_files),
+        look_for_keys=not t.key_files,
+        timeout=t.timeout,
+        banner_timeout=t.timeout,
+        auth_timeout=t.timeout,
+        sock=sock,
+    )
+    return client
+
+
+def _describe(t: Target, hop: Target, exc: BaseException) -> RemoteError:
+    import paramiko
+
+    at = f"{hop.hostname}:{hop.port}"
+    login = f"{hop.user + '@' if hop.user else ''}{hop.hostname}"
+    via = "" if hop is t else " (jump host)"
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return RemoteError(
+            f"{t.host}: the host key of {at}{via} does not match known_hosts — refusing; it may be an "
+            f"attack, or the host was reinstalled (fix: check the fingerprint with the host's console, then "
+            f"ssh-keygen -R '[{hop.hostname}]:{hop.port}' and ssh -p {hop.port} {login} once)"
         )
-        _, stdout, stderr = client.exec_command(command, timeout=120)
-        data = stdout.read()
-        status = stdout.channel.recv_exit_status()
-        err = stderr.read().decode(errors="replace").strip().splitlines()
-        return status, data, err[-1] if err else ""
-    except paramiko.BadHostKeyException:
-        raise RemoteError(
-            f"{t.host}: the host key of {t.hostname}:{t.port} does not match known_hosts — refusing "
-            "(fix: verify the host, then update known_hosts with ssh-keygen -R and a fresh ssh login)"
-        ) from None
-    except paramiko.SSHException as exc:
-        msg = str(exc)
+    if isinstance(exc, paramiko.PasswordRequiredException):
+        return RemoteError(f"{t.host}: the private key for {login}{via} is encrypted (fix: ssh-add it to your agent)")
+    if isinstance(exc, paramiko.AuthenticationException):
+        keys = ", ".join(hop.key_files) or "agent and default keys"
+        return RemoteError(
+            f"{t.host}: {at}{via} refused login as {hop.user or 'the local user'} with {keys} "
+            "(fix: ssh-add your key, or set IdentityFile / ansible_ssh_private_key_file and ansible_user)"
+        )
+    if isinstance(exc, paramiko.SSHException):
+        msg = _one_line(str(exc))
         if "not found in known_hosts" in msg:
-            raise RemoteError(
-                f"{t.host}: {t.hostname}:{t.port} is not in known_hosts — refusing an unknown host key "
-                f"(fix: ssh -p {t.port} {t.hostname} once and check the fingerprint, or ssh-keyscan it)"
-            ) from None
-        raise RemoteError(f"{t.host}: SSH to {t.hostname}:{t.port} failed: {msg}") from None
-    except OSError as exc:
-        raise RemoteError(f"{t.host}: cannot connect to {t.hostname}:{t.port}: {exc.strerror or exc}") from None
+            return RemoteError(
+                f"{t.host}: {at}{via} is not in known_hosts — refusing an unknown host key (fix: ssh -p "
+                f"{hop.port} {login} once and check the fingerprint, or ssh-keyscan -p {hop.port} "
+                f"{hop.hostname} >> ~/.ssh/known_hosts after verifying it)"
+            )
+        return RemoteError(f"{t.host}: SSH to {at}{via} failed: {msg}")
+    if isinstance(exc, OSError):
+        why = exc.strerror or _one_line(str(exc)) or type(exc).__name__
+        return RemoteError(f"{t.host}: cannot connect to {at}{via}: {why}")
+    return RemoteError(f"{t.host}: SSH to {at}{via} failed: {_one_line(str(exc)) or type(exc).__name__}")
+
+
+def _exec_ssh(t: Target, command: str, stdin: bytes | None = None) -> tuple[int, bytes, str]:
+    """One connection (plus one per jump host), one exec channel: (status, stdout, last stderr line)."""
+    _quiet_paramiko()
+    chain = [*_jump_targets(t), t]
+    clients: list[paramiko.SSHClient] = []
+    hop = chain[0]
+    try:
+        sock: Any = None
+        for i, hop in enumerate(chain):
+            client = _connect(hop, sock)
+            clients.append(client)
+            if i + 1 < len(chain):
+                nxt = chain[i + 1]
+                transport = client.get_transport()
+                assert transport is not None
+                sock = transport.open_channel("direct-tcpip", (nxt.hostname, nxt.port), ("127.0.0.1", 0))
+        STATS.channels += 1
+        stdin_f, stdout_f, stderr_f = clients[-1].exec_command(command, timeout=120)
+        if stdin is not None:
+            stdin_f.write(stdin)
+            stdin_f.flush()
+        stdin_f.channel.shutdown_write()
+        data = stdout_f.read()
+        status = stdout_f.channel.recv_exit_status()
+        err = stderr_f.read().decode(errors="replace").strip().splitlines()
+        return status, data, _one_line(err[-1]) if err else ""
+    except RemoteError:
+        raise
+    except Exception as exc:  # paramiko and socket errors, described in one line
+        raise _describe(t, hop, exc) from None
     finally:
-        client.close()
-
-
-def sample_root_of(host: Host, base: Path) -> Path | None:
-    """The bundled sample host tree, when the inventory sets `warden_sample_root`."""
-    if not host.sample_root:
-        return None
-    path = Path(host.sample_root)
-    return path if path.is_absolute() else base / path
+        for client in reversed(clients):
+            client.close()

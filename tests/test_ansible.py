@@ -79,22 +79,21 @@ def tree_digest(root: Path) -> str:
 
 
 def mutating(calls: list[dict[str, object]]) -> list[tuple[object, object]]:
-    """Calls that change state: anything but the read-only probes."""
-    probes = {
-        ("ifconfig", ("-l",)),
-        ("jls", ("name",)),
-        ("pfctl", ("-s", "info")),
-        ("vm", ("list",)),
-        ("vm", ("switch", "list")),
-        ("rctl", ()),
-        ("sysctl", ("-n", "net.inet.ip.forwarding")),
-    }
+    """Calls that change state: anything but the read-only probes (facts and doctor)."""
     out = []
     for c in calls:
-        argv = tuple(c["argv"])  # type: ignore[arg-type]
-        if (c["cmd"], argv) in probes or (c["cmd"] == "ifconfig" and len(argv) == 1) or argv[-1:] == ("status",):
-            continue
-        out.append((c["cmd"], argv))
+        cmd, argv = c["cmd"], tuple(c["argv"])  # type: ignore[arg-type]
+        read_only = (
+            cmd in ("freebsd-version", "kldstat", "jls", "nc")
+            or (cmd == "ifconfig" and len(argv) <= 1)
+            or (cmd in ("sysctl", "sysrc") and "-n" in argv)
+            or (cmd == "pfctl" and ("-n" in argv or "-s" in argv))
+            or (cmd == "vm" and argv in (("list",), ("switch", "list")))
+            or (cmd == "rctl" and argv == ())
+            or argv[-1:] == ("status",)
+        )
+        if not read_only:
+            out.append((cmd, argv))
     return out
 
 

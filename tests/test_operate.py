@@ -24,18 +24,19 @@ pytestmark = pytest.mark.e2e
 def inventory(reg: Registry, host: TestHost) -> None:
     ssh_config = reg.root / "ssh_config"
     host.write_ssh_config(ssh_config, "fbsd1")
-    reg.inventory.write_text(yaml.safe_dump({"all": {"hosts": {"fbsd1": {"warden_ext_if": "vtnet0",
-                                                                           **host.ansible_vars()}}}}))
+    reg.inventory.write_text(
+        yaml.safe_dump({"all": {"hosts": {"fbsd1": {"warden_ext_if": "vtnet0", **host.ansible_vars()}}}})
+    )
 
 
 def invoke(reg: Registry, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **reg.env(), "PROVISION_SSH_CONFIG": str(reg.root / "ssh_config"), "COLUMNS": "250"}
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def make_healthy(host: TestHost) -> None:
-    (host.root / "etc/devfs.rules").write_text("[bastille_vnet=13]\nadd include $devfsrules_jail_vnet\n")
     rc = host.root / "etc/rc.conf"
     rc.write_text(rc.read_text() + 'gateway_enable="YES"\npf_enable="YES"\n')
     subprocess.run(["chroot", str(host.root), "pfctl", "-e"], check=True, capture_output=True)
@@ -54,12 +55,19 @@ def test_doctor_passes_on_a_prepared_host(registry: Registry, testhost: TestHost
 def test_doctor_names_each_failure_and_its_fix(registry: Registry, testhost: TestHost) -> None:
     inventory(registry, testhost)
     # 192.0.2.0/24 is the double's vtnet0 network: an agent there overlaps the host's own network.
-    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nAGENT_MEMORY_LIMIT=1G\n"
-                                "AGENT_PLACEMENT=bhyve\nWARDEN_VM_IP=10.255.0.10\n")
+    registry.write_env(
+        "atlas",
+        "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nAGENT_MEMORY_LIMIT=1G\n"
+        "AGENT_PLACEMENT=bhyve\nWARDEN_VM_IP=10.255.0.10\n",
+    )
     state = testhost.root / "usr/local/bastille/releases/15.0-RELEASE"
     state.rmdir()
-    subprocess.run(["chroot", str(testhost.root), "sysctl", "kern.racct.enable=0", "kern.features.vimage=0"],
-                   check=True, capture_output=True)
+    (testhost.root / "etc/devfs.rules").unlink()
+    subprocess.run(
+        ["chroot", str(testhost.root), "sysctl", "kern.racct.enable=0", "kern.features.vimage=0"],
+        check=True,
+        capture_output=True,
+    )
     result = invoke(registry, "doctor")
     assert result.returncode == 1
     expected = {
@@ -78,25 +86,41 @@ def test_doctor_names_each_failure_and_its_fix(registry: Registry, testhost: Tes
 
 
 def facts(**over: str) -> str:
-    base = {"version": "14.3-RELEASE", "python": "/usr/local/bin/python3", "bastille": "/usr/local/bin/bastille",
-            "release": "yes", "vimage": "1", "devfs": "[bastille_vnet=13]", "bridge": "loaded", "gateway": "YES",
-            "pf": "Status: Enabled", "pfconf": "ok", "racct": "1", "vm": "yes",
-            "disk": "/dev/ada0p2 30000000 1000000 20000000 5% /",
-            "inet": "vtnet0: flags=8843<UP> mtu 1500\n\tinet 192.168.10.5 netmask 0xffffff00"}
+    base = {
+        "version": "14.3-RELEASE",
+        "python": "/usr/local/bin/python3",
+        "bastille": "/usr/local/bin/bastille",
+        "release": "yes",
+        "vimage": "1",
+        "devfs": "[bastille_vnet=13]",
+        "bridge": "loaded",
+        "gateway": "YES",
+        "pf": "Status: Enabled",
+        "pfconf": "ok",
+        "racct": "1",
+        "vm": "yes",
+        "disk": "/dev/ada0p2 30000000 1000000 20000000 5% /",
+        "inet": "vtnet0: flags=8843<UP> mtu 1500\n\tinet 192.168.10.5 netmask 0xffffff00",
+    }
     base.update(over)
     return "".join(f"=== {k} ===\n{v}\n" for k, v in base.items())
 
 
-@pytest.mark.parametrize("override,check", [
-    ({"version": "13.2-RELEASE"}, "FreeBSD version supported"),
-    ({"python": ""}, "python for Ansible"),
-    ({"bastille": ""}, "Bastille installed"),
-    ({"bridge": ""}, "if_bridge available"),
-    ({"pfconf": ""}, "current /etc/pf.conf loads"),
-    ({"disk": "/dev/ada0p2 30000000 29000000 100000 99% /"}, "free disk on /"),
-    ({"inet": "vtnet0: flags=8843<UP> mtu 1500\n\tinet 10.0.1.7 netmask 0xffff0000"},
-     "host networks do not overlap agent /24s"),
-])
+@pytest.mark.parametrize(
+    "override,check",
+    [
+        ({"version": "13.2-RELEASE"}, "FreeBSD version supported"),
+        ({"python": ""}, "python for Ansible"),
+        ({"bastille": ""}, "Bastille installed"),
+        ({"bridge": ""}, "if_bridge available"),
+        ({"pfconf": ""}, "current /etc/pf.conf loads"),
+        ({"disk": "/dev/ada0p2 30000000 29000000 100000 99% /"}, "free disk on /"),
+        (
+            {"inet": "vtnet0: flags=8843<UP> mtu 1500\n\tinet 10.0.1.7 netmask 0xffff0000"},
+            "host networks do not overlap agent /24s",
+        ),
+    ],
+)
 def test_each_doctor_check_fails_on_its_own_symptom(override: dict[str, str], check: str, registry: Registry) -> None:
     from provision.inventory import load_inventory
     from provision.registry import load_fleet
@@ -136,7 +160,11 @@ def test_status_is_green_after_apply_and_red_when_things_go_down(registry: Regis
         subprocess.run(["chroot", str(testhost.root), "service", "atlas", "stop"], check=True, capture_output=True)
         broken = invoke(registry, "status", "--agent", "atlas")
         assert broken.returncode == 1
-        assert "not running" in broken.stdout and "10.0.1.1 missing" in broken.stdout and "atlasdb 10.0.1.5 down" in broken.stdout
+        assert (
+            "not running" in broken.stdout
+            and "10.0.1.1 missing" in broken.stdout
+            and "atlasdb 10.0.1.5 down" in broken.stdout
+        )
     finally:
         api.close()
 
@@ -147,3 +175,18 @@ def test_status_unreachable_host_is_an_error(registry: Registry, tmp_path: Path)
     (registry.root / "ssh_config").write_text("")
     result = invoke(registry, "status")
     assert result.returncode == 1 and "fbsd1: cannot connect" in result.stderr
+
+
+def test_site_yml_stops_on_a_preflight_fail_before_changing_anything(registry: Registry, testhost: TestHost) -> None:
+    inventory(registry, testhost)
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\n")
+    subprocess.run(["chroot", str(testhost.root), "sysctl", "kern.features.vimage=0"], check=True, capture_output=True)
+    rc_before = (testhost.root / "etc/rc.conf").read_text()
+    result = playbook(registry)
+    assert result.returncode != 0
+    assert "[FAIL] VIMAGE in the kernel (VNET jails)" in result.stdout and "options VIMAGE" in result.stdout
+    assert (testhost.root / "etc/rc.conf").read_text() == rc_before
+    assert not any(
+        c["cmd"] in ("bastille", "ifconfig") and c["argv"][:1] != ["-l"] and len(c["argv"]) > 1
+        for c in testhost.calls()
+    )

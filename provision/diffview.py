@@ -1,0 +1,106 @@
+"""How a plan reads on a terminal: coloured unified diffs per file, a summary table.
+
+Everything printed goes through rich `Text` objects, never markup, so a `[` in a
+config file is printed as it is.  Diff lines arrive already masked (plan.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .plan import FileChange, HostPlan
+
+
+def console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def print_error(err: Console, message: str) -> None:
+    from rich.text import Text
+
+    err.print(Text.assemble(("error:", "bold red"), " ", message))
+
+
+def _style(line: str) -> str:
+    if line.startswith(("---", "+++")):
+        return "bold"
+    if line.startswith("@@"):
+        return "cyan"
+    if line.startswith("+"):
+        return "green"
+    if line.startswith("-"):
+        return "red"
+    if line.startswith("\\"):
+        return "dim"
+    return ""
+
+
+def _title(change: FileChange) -> str:
+    extra = [change.target] if change.target else []
+    return "  ".join([f"{change.kind}: {change.path}", *extra, *change.meta])
+
+
+def print_change(out: Console, change: FileChange) -> None:
+    from rich.text import Text
+
+    colour = {"added": "green", "removed": "red"}.get(change.kind, "yellow")
+    text = Text(_title(change), style=f"bold {colour}")
+    text.append("\n")
+    for line in change.diff:
+        text.append(line, style=_style(line))
+    text.rstrip()
+    out.print(text)
+
+
+def print_host(out: Console, err: Console, hp: HostPlan) -> None:
+    """One host's diffs (or its one-line error, on stderr)."""
+    if hp.error:
+        print_error(err, hp.error)
+        return
+    out.rule(f"host {hp.host}")
+    if not hp.changes:
+        out.print("no changes")
+    for change in hp.changes:
+        print_change(out, change)
+
+
+def print_summary(out: Console, plans: Sequence[HostPlan], notes: Sequence[str] = ()) -> int:
+    """The table of every host, the notes, a one-line verdict; returns the exit status."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from .plan import exit_status
+
+    table = Table("host", "added", "changed", "removed", "agents added", "agents removed", title="plan")
+    for hp in plans:
+        if hp.error:
+            table.add_row(hp.host, "error", "-", "-", "-", "-", style="red")
+            continue
+        table.add_row(
+            hp.host,
+            str(hp.count("added")),
+            str(hp.count("changed")),
+            str(hp.count("removed")),
+            ", ".join(hp.agents_added) or "-",
+            ", ".join(hp.agents_removed) or "-",
+        )
+    out.print(table)
+    for note in notes:
+        out.print(Text(note, style="dim"))
+    status = exit_status(plans)
+    failed = [hp.host for hp in plans if hp.error]
+    pending = [hp.host for hp in plans if hp.pending]
+    if status == 1:
+        verdict = Text(f"could not plan {', '.join(failed)} (exit 1)", style="bold red")
+    elif status == 2:
+        verdict = Text(f"changes pending on {', '.join(pending)} (exit 2)", style="bold yellow")
+    else:
+        verdict = Text("no changes (exit 0)", style="bold green")
+    out.print(verdict)
+    return status
