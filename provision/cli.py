@@ -243,7 +243,13 @@ def demo() -> int:
     if check():
         return 1
     out.rule("invoke list")
-    return list_agents()
+    list_agents()
+    out.rule("invoke render")
+    render()
+    out.rule("invoke plan --host example   (the bundled sample FreeBSD 14 host, examples/host/)")
+    code = plan(host="example")
+    out.print(f"plan exit status {code}: 0 = nothing to do, 2 = changes pending, 1 = error")
+    return 0 if code in (0, 2) else code
 
 
 def graph(output: str | None = None, png: bool = False) -> int:
@@ -292,73 +298,9 @@ def render(host: str | None = None) -> int:
 
 def plan(host: str | None = None) -> int:
     """Render, read each host's live files over one SSH connection, print diffs; 0/2/1 exit."""
-    from rich.table import Table
-    from rich.text import Text
+    from .plan import plan_command
 
-    from .checks import run_checks
-    from .plan import HostPlan, paths_to_read, plan_host
-    from .remote import RemoteError, read_files, sample_root_of
-    from .render import render_fleet
-    from .settings import REPO_ROOT
-
-    settings, fleet = load()
-    problems = run_checks(fleet)
-    if any(p.is_error for p in problems):
-        print_problems([p for p in problems if p.is_error], console(stderr=True))
-        raise CommandError("the registry has errors; nothing planned (fix them, see `invoke check`)")
-    targets = [h for h in fleet.hosts if host is None or h.name == host]
-    if not targets:
-        known = ", ".join(h.name for h in fleet.hosts) or "none"
-        raise CommandError(f"no host {host!r} in {settings.inventory} (hosts: {known})")
-    rendered = {r.name: r for r in render_fleet(fleet, settings.build_dir, only=[h.name for h in targets])}
-    out = console()
-    plans: list[HostPlan] = []
-    for target in targets:
-        r = rendered[target.name]
-        try:
-            live = read_files(target, paths_to_read(r.manifest), sample_root_of(target, REPO_ROOT))
-        except RemoteError as exc:
-            console(stderr=True).print(f"[red]error:[/red] {exc}", markup=True)
-            plans.append(HostPlan(target.name, error=str(exc)))
-            continue
-        hp = plan_host(r.manifest, r.directory, live)
-        plans.append(hp)
-        out.rule(f"host {target.name}")
-        if not hp.changes:
-            out.print("no changes")
-        for change in hp.changes:
-            out.print(Text(f"{change.kind}: {change.path}", style="bold"))
-            for line in change.diff:
-                style = (
-                    "bold"
-                    if line.startswith(("---", "+++"))
-                    else "green"
-                    if line.startswith("+")
-                    else "red"
-                    if line.startswith("-")
-                    else "cyan"
-                    if line.startswith("@@")
-                    else ""
-                )
-                out.print(Text(line.rstrip("\n"), style=style))
-    table = Table("host", "added", "changed", "removed", "agents added", "agents removed", title="plan")
-    for hp in plans:
-        if hp.error:
-            table.add_row(hp.host, "-", "-", "-", "-", "-", style="red")
-            continue
-        count = {k: sum(c.kind == k for c in hp.changes) for k in ("added", "changed", "removed")}
-        table.add_row(
-            hp.host,
-            str(count["added"]),
-            str(count["changed"]),
-            str(count["removed"]),
-            ", ".join(hp.agents_added) or "-",
-            ", ".join(hp.agents_removed) or "-",
-        )
-    out.print(table)
-    if any(hp.error for hp in plans):
-        return 1
-    return 2 if any(hp.pending for hp in plans) else 0
+    return plan_command(Settings.from_env(), host)
 
 
 def _agent(name: str) -> tuple[Settings, Any]:
