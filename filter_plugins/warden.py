@@ -128,16 +128,11 @@ def warden_removed_agents(build_host_dir: str, live: dict[str, Any]) -> list[str
 
 
 def warden_probe(stdout: str) -> dict[str, Any]:
-    """Parse the probe script's sections (=== name ===) into live facts."""
-    sections: dict[str, list[str]] = {}
-    current = None
-    for line in stdout.splitlines():
-        m = re.match(r"^=== (\S+) ===$", line)
-        if m:
-            current = m.group(1)
-            sections[current] = []
-        elif current:
-            sections[current].append(line)
+    """The facts probe's sections (=== name ===, split as `invoke doctor` splits them) as live facts."""
+    from provision.doctor import sections as split_sections
+
+    text = split_sections(stdout)
+    sections = {name: body.splitlines() for name, body in text.items()}
     inet = [m.group(1) for ln in sections.get("bridge", []) if (m := re.match(r"^\s*inet (\S+) netmask", ln))]
     running = [ln.split()[0] for ln in sections.get("services", []) if ln.endswith(" running")]
     return {
@@ -145,13 +140,15 @@ def warden_probe(stdout: str) -> dict[str, Any]:
         "bridge_addresses": inet,
         "jails": [ln.strip() for ln in sections.get("jails", []) if ln.strip()],
         "running_jails": [ln.strip() for ln in sections.get("jls", []) if ln.strip()],
-        "pf_enabled": any("Status: Enabled" in ln for ln in sections.get("pf", [])),
-        "forwarding": "".join(sections.get("forwarding", [])).strip(),
+        "pf_enabled": "Status: Enabled" in text.get("pf", ""),
+        "forwarding": text.get("forwarding", ""),
         "running_services": running,
         "users": [ln.split(":")[0] for ln in sections.get("users", [])],
-        "vm_init": any(ln.strip() == "yes" for ln in sections.get("vminit", [])),
+        "vm_init": text.get("vminit", "") == "yes",
         "switches": [ln.split()[0] for ln in sections.get("switches", [])[1:] if ln.split()],
-        "vms": {ln.split()[0]: ln.split()[-1] for ln in sections.get("vms", [])[1:] if ln.split()},
+        # vm list's STATE column reads "Running (PID)" or "Stopped"
+        "vms": {ln.split()[0]: "Running" if "Running" in ln else "Stopped" for ln in sections.get("vms", [])[1:]
+                if ln.split()},
         "rctl": [ln.strip() for ln in sections.get("rctl", []) if ln.strip()],
     }
 
