@@ -1,9 +1,11 @@
 """`invoke plan`: what an apply would change on each host, as unified diffs, read-only.
 
 Render, read every live file we own or edit in one SSH round (remote.py), compare.
-Edited files (rc.conf, pf.conf, rctl.conf) are shown as the whole file that would
-result, computed by the functions the Ansible roles use (hostfiles.py), so the plan
-and the apply cannot disagree about a line.  Owned files are compared as the apply's
+Edited files are shown as the whole file that would result, computed by the functions
+the Ansible roles use (hostfiles.py), so the plan and the apply cannot disagree about a
+line: rc.conf with sysrc(8) semantics (FREEBSD.md §2.3: last occurrence replaced, list
+items merged, the operator's lines kept), pf.conf with the anchor hooks placed in
+pfctl's section order (§3.1, §3.5), rctl.conf with our managed block (§6).  Owned files are compared as the apply's
 `warden_files` module compares them: content, mode, owner and group.
 
 Secrets never reach the output: changes are found on the raw bytes, but every line
@@ -293,7 +295,9 @@ def plan_host(
     }
     for path, result in edited.items():
         old = live.get(path)
-        new = result(_decode(old) or "").encode("utf-8")
+        # surrogateescape: a byte that is not UTF-8 survives the edit instead of showing as a change
+        text = "" if old is None else old.decode("utf-8", "surrogateescape")
+        new = result(text).encode("utf-8", "surrogateescape")
         if old is None and not new:
             continue
         entry = FileEntry(path, EDITED[path], purpose="edited")

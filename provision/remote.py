@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shlex
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,47 +36,79 @@ if TYPE_CHECKING:
 # paths of the previous apply's files come from its manifest, in the same round.
 PREVIOUS_FILES_LIST = "/var/db/warden/files"
 
-START = b"WARDEN-FRAMES 1\n"
-_HEADER = re.compile(rb"^(?:([MUN]) (\d+)|F (\d+) ([-a-zA-Z.+@]{10,12}) (\d+) (\d+) (\d+)|E)$")
+START = b"WARDEN-FRAMES 2\n"
+BATCH = 500  # paths per `ls`/`cat` call: far below ARG_MAX on FreeBSD and Linux
+
+# What the script prints, after the START line (every <path> is preceded by its byte length):
+#   M <n>\n<path>                  absent          U <n>\n<path>   exists, not readable
+#   N <n>\n<path>                  not a regular file
+#   K <n>\n<path>                  readable regular file, its bytes follow in the batch's C block
+#   L <n>\n<`ls -ldnL` output>\n   mode, uid, gid and size of the batch's K files (ls sorts them)
+#   C\n<the K files' bytes, concatenated in K order>\n
+#   F <n> <mode> <uid> <gid> <size>\n<path><bytes>\n   one file read alone (a newline in its name)
+#   E\n                            the end
+_HEADER = re.compile(rb"^(?:([MUNK]) (\d+)|L (\d+)|C|F (\d+) ([-a-zA-Z.+@]{10,12}) (\d+) (\d+) (\d+)|E)$")
+_LS_FIELDS = re.compile(r"^([-a-zA-Z.+@]{10,12}) +\d+ +(\d+) +(\d+) +(\d+) ")
 
 # One compound command ({ ... }), so sh reads the whole script before it prints a byte:
 # stdin and stdout can never block each other.  LC_ALL=C makes ${#f} a byte count in
-# both FreeBSD sh and dash; `set -f` keeps `ls` output from being globbed.  `ls -ldnL`
-# (POSIX long format, numeric ids, symlinks followed) gives mode, uid, gid and size in
-# one process; `head -c` bounds the body to that size even if the file grows meanwhile
-# (a file that shrinks is caught by the frame's trailing newline).  The previous apply's
-# manifest is JSON with one `"path": "/..."` per line (manifest.to_json, indent=2): sed
-# lists those paths so that files of removed agents are read in this same round.
+# both FreeBSD sh and dash and the `ls` dates three words; `set -f` keeps words from
+# being globbed.  Files are tested with builtins, then read in batches: one `ls -ldnL`
+# (POSIX long format, numeric ids, symlinks followed) and one `cat` per batch, so the
+# number of processes does not grow with the number of agents (SPEC §10).  A size that
+# changes between `ls` and `cat` breaks the framing and is reported, never guessed.
+# The previous apply's manifest is JSON: with each object on a line of its own (tr), sed
+# lists every `"path": "/..."` so that files of removed agents are read in this same
+# round, whatever the layout manifest.to_json chooses.  A path with a JSON escape in it
+# is not listed; plan then reports the file removed without its content.
 _SCRIPT = r"""{
 LC_ALL=C; export LC_ALL
+unset TIME_STYLE CLICOLOR CLICOLOR_FORCE
 set -f
 nl='
 '
 seen=$nl
-frame() {
-    if [ ! -e "$1" ] && [ ! -h "$1" ]; then
-        printf 'M %s\n%s' "${#1}" "$1"
-    elif [ ! -f "$1" ]; then
-        printf 'N %s\n%s' "${#1}" "$1"
-    elif [ ! -r "$1" ]; then
-        printf 'U %s\n%s' "${#1}" "$1"
-    else
-        set -- "$1" $(ls -ldnL -- "$1")
-        printf 'F %s %s %s %s %s\n%s' "${#1}" "$2" "$4" "$5" "$6" "$1"
-        head -c "$6" -- "$1"
-        printf '\n'
-    fi
+single() {
+    set -- "$1" $(ls -ldnL -- "$1")
+    printf 'F %s %s %s %s %s\n%s' "${#1}" "$2" "$4" "$5" "$6" "$1"
+    head -c "$6" -- "$1"
+    printf '\n'
 }
-printf 'WARDEN-FRAMES 1\n'
-for f in "$@"; do
-    frame "$f"
-    case $f in *"$nl"*) ;; *) seen=$seen$f$nl ;; esac
-done
-if [ -f MANIFEST ] && [ -r MANIFEST ]; then
-    sed -n 's/^[[:space:]]*"path":[[:space:]]*"\(\/[^"\\]*\)",\{0,1\}[[:space:]]*$/\1/p' MANIFEST |
-    while IFS= read -r f; do
-        case $seen in *"$nl$f$nl"*) ;; *) frame "$f" ;; esac
+batch() {
+    for f do
+        shift
+        case $f in
+        *"$nl"*) ;;
+        *) case $seen in *"$nl$f$nl"*) continue ;; esac; seen=$seen$f$nl ;;
+        esac
+        if [ ! -e "$f" ] && [ ! -h "$f" ]; then
+            printf 'M %s\n%s' "${#f}" "$f"
+        elif [ ! -f "$f" ]; then
+            printf 'N %s\n%s' "${#f}" "$f"
+        elif [ ! -r "$f" ]; then
+            printf 'U %s\n%s' "${#f}" "$f"
+        else
+            case $f in
+            *"$nl"*) single "$f" ;;
+            *) printf 'K %s\n%s' "${#f}" "$f"; set -- "$@" "$f" ;;
+            esac
+        fi
     done
+    [ $# -eq 0 ] && return 0
+    meta=$(ls -ldnL -- "$@")
+    printf 'L %s\n%s\n' "${#meta}" "$meta"
+    printf 'C\n'
+    cat -- "$@"
+    printf '\n'
+}
+printf 'WARDEN-FRAMES 2\n'
+READ
+if [ -f MANIFEST ] && [ -r MANIFEST ]; then
+    extra=$(tr '{}' '\n\n' < MANIFEST | sed -n 's/.*"path":[[:space:]]*"\(\/[^"\\]*\)".*/\1/p')
+    IFS=$nl
+    set -- $extra
+    unset IFS
+    batch "$@"
 fi
 printf 'E\n'
 }
@@ -104,10 +137,16 @@ class LiveFiles:
 
 @dataclass
 class Counters:
-    """SSH work done by this process (tests and bench/bench_plan.py read it)."""
+    """SSH work done by this process (tests and bench/bench_plan.py read it); thread-safe."""
 
     connections: int = 0
     channels: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, connections: int = 0, channels: int = 0) -> None:
+        with self._lock:
+            self.connections += connections
+            self.channels += channels
 
 
 STATS = Counters()
@@ -135,13 +174,16 @@ class Target:
 def read_script(paths: Sequence[str] | None = None, manifest: str = LIVE_MANIFEST_PATH) -> str:
     """The sh script printing each path's frame, then the previous manifest's files.
 
-    With PATHS the list is embedded (`set -- ...`, for `/bin/sh -s`); without, the
-    script reads "$@" (for `sh -c SCRIPT sh PATH...`, as the Ansible filter runs it).
+    With PATHS the list is embedded (`set -- ...`, for `/bin/sh -s`, BATCH paths per
+    `ls`/`cat` call); without, the script reads "$@" (for `sh -c SCRIPT sh PATH...`, as
+    the Ansible filter runs it).
     """
-    script = _SCRIPT.replace("MANIFEST", shlex.quote(manifest))
     if paths is None:
-        return script
-    return "set -- " + " ".join(shlex.quote(p) for p in paths) + "\n" + script
+        read = 'batch "$@"'
+    else:
+        chunks = [paths[i : i + BATCH] for i in range(0, len(paths), BATCH)]
+        read = "\n".join("set -- " + " ".join(shlex.quote(p) for p in chunk) + '\nbatch "$@"' for chunk in chunks)
+    return _SCRIPT.replace("MANIFEST", shlex.quote(manifest)).replace("READ", read)
 
 
 def _mode_bits(text: str) -> int:
@@ -157,6 +199,19 @@ def _mode_bits(text: str) -> int:
     return mode
 
 
+def _ls_stats(listing: str, batch: Sequence[str]) -> dict[str, tuple[Stat, int]]:
+    """Match `ls -ldnL` lines to the batch's paths (by name: ls sorts): stat and size."""
+    out: dict[str, tuple[Stat, int]] = {}
+    by_length = sorted(batch, key=len, reverse=True)
+    for line in listing.split("\n"):
+        path = next((p for p in by_length if line.endswith(" " + p)), None)
+        m = _LS_FIELDS.match(line)
+        if path is None or m is None or path in out:
+            raise ValueError(f"unexpected ls line {line[:80]!r}")
+        out[path] = (Stat(_mode_bits(m.group(1)), int(m.group(2)), int(m.group(3))), int(m.group(4)))
+    return out
+
+
 def parse_live(data: bytes) -> LiveFiles:
     """Split the script's output back into files and stats; ValueError if it is malformed.
 
@@ -170,6 +225,17 @@ def parse_live(data: bytes) -> LiveFiles:
             raise ValueError("no start line (is /bin/sh a POSIX shell?)")
     live = LiveFiles()
     pos = start + len(START)
+    batch: list[str] = []
+    sizes: dict[str, tuple[Stat, int]] = {}
+
+    def take(n: int, what: str) -> bytes:
+        nonlocal pos
+        chunk = data[pos : pos + n]
+        if len(chunk) != n:
+            raise ValueError(f"output ended inside {what}")
+        pos += n
+        return chunk
+
     while True:
         nl = data.find(b"\n", pos)
         if nl < 0:
@@ -178,29 +244,44 @@ def parse_live(data: bytes) -> LiveFiles:
         if m is None:
             raise ValueError(f"bad frame header {data[pos:nl][:60]!r}")
         pos = nl + 1
-        if m.group(0) == b"E":
+        head = m.group(0)
+        if head == b"E":
+            if batch:
+                raise ValueError("a batch of files was listed but not sent")
             return live
-        size = int(m.group(2) or m.group(3))
-        raw = data[pos : pos + size]
-        if len(raw) != size:
-            raise ValueError("output ended inside a path")
-        pos += size
-        path = raw.decode("utf-8", "surrogateescape")
-        kind = (m.group(1) or b"F").decode()
-        if kind == "M":
-            live.files.setdefault(path, None)
-        elif kind == "U":
-            live.unreadable[path] = "permission denied"
-        elif kind == "N":
-            live.unreadable[path] = "not a regular file"
-        else:
-            n = int(m.group(7))
-            body = data[pos : pos + n]
-            if len(body) != n or data[pos + n : pos + n + 1] != b"\n":
+        if head == b"C":
+            for path in batch:
+                stat, size = sizes[path]
+                live.files[path] = take(size, path)
+                live.stats[path] = stat
+            if take(1, "the end of a batch") != b"\n":
+                raise ValueError("a file changed while it was read (run plan again)")
+            batch, sizes = [], {}
+        elif m.group(3) is not None:  # L: the batch's ls listing
+            listing = take(int(m.group(3)), "an ls listing").decode("utf-8", "surrogateescape")
+            if take(1, "an ls listing") != b"\n":
+                raise ValueError("bad ls listing")
+            sizes = _ls_stats(listing, batch)
+            if set(sizes) != set(batch):
+                raise ValueError("ls did not list every file (one changed while it was read?)")
+        elif m.group(4) is not None:  # F: one file alone
+            path = take(int(m.group(4)), "a path").decode("utf-8", "surrogateescape")
+            body = take(int(m.group(8)), path)
+            if take(1, path) != b"\n":
                 raise ValueError(f"{path}: changed while it was read (run plan again)")
             live.files[path] = body
-            live.stats[path] = Stat(_mode_bits(m.group(4).decode()), int(m.group(5)), int(m.group(6)))
-            pos += n + 1
+            live.stats[path] = Stat(_mode_bits(m.group(5).decode()), int(m.group(6)), int(m.group(7)))
+        else:
+            kind = m.group(1).decode()
+            path = take(int(m.group(2)), "a path").decode("utf-8", "surrogateescape")
+            if kind == "M":
+                live.files.setdefault(path, None)
+            elif kind == "U":
+                live.unreadable[path] = "permission denied"
+            elif kind == "N":
+                live.unreadable[path] = "not a regular file"
+            else:
+                batch.append(path)
 
 
 def parse_frames(data: bytes) -> dict[str, bytes | None]:
@@ -506,7 +587,7 @@ def _connect(t: Target, sock: Any = None) -> paramiko.SSHClient:
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     if sock is None and t.proxy_command:
         sock = paramiko.ProxyCommand(t.proxy_command)
-    STATS.connections += 1
+    STATS.add(connections=1)
     client.connect(
         t.hostname,
         port=t.port,
@@ -552,13 +633,17 @@ def _describe(t: Target, hop: Target, exc: BaseException) -> RemoteError:
             )
         return RemoteError(f"{t.host}: SSH to {at}{via} failed: {msg}")
     if isinstance(exc, OSError):
-        why = exc.strerror or _one_line(str(exc)) or type(exc).__name__
+        # paramiko's NoValidConnectionsError keeps each address's own error in .errors
+        first = next(iter(getattr(exc, "errors", {}).values()), exc)
+        why = first.strerror or exc.strerror or _one_line(str(exc)) or type(exc).__name__
         return RemoteError(f"{t.host}: cannot connect to {at}{via}: {why}")
     return RemoteError(f"{t.host}: SSH to {at}{via} failed: {_one_line(str(exc)) or type(exc).__name__}")
 
 
 def _exec_ssh(t: Target, command: str, stdin: bytes | None = None) -> tuple[int, bytes, str]:
     """One connection (plus one per jump host), one exec channel: (status, stdout, last stderr line)."""
+    import paramiko
+
     _quiet_paramiko()
     chain = [*_jump_targets(t), t]
     clients: list[paramiko.SSHClient] = []
@@ -572,8 +657,14 @@ def _exec_ssh(t: Target, command: str, stdin: bytes | None = None) -> tuple[int,
                 nxt = chain[i + 1]
                 transport = client.get_transport()
                 assert transport is not None
-                sock = transport.open_channel("direct-tcpip", (nxt.hostname, nxt.port), ("127.0.0.1", 0))
-        STATS.channels += 1
+                try:
+                    sock = transport.open_channel("direct-tcpip", (nxt.hostname, nxt.port), ("127.0.0.1", 0))
+                except paramiko.ChannelException as exc:
+                    raise RemoteError(
+                        f"{t.host}: jump host {hop.hostname}:{hop.port} could not reach {nxt.hostname}:{nxt.port}: "
+                        f"{exc.text} (fix: check the address in ssh_config, and AllowTcpForwarding on the jump host)"
+                    ) from None
+        STATS.add(channels=1)
         stdin_f, stdout_f, stderr_f = clients[-1].exec_command(command, timeout=120)
         if stdin is not None:
             stdin_f.write(stdin)

@@ -4,6 +4,7 @@ removal, PF confirm-or-rollback, tags and one-agent runs — real Ansible over r
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -134,6 +135,9 @@ def test_converge_then_idempotent_then_check_diff_changes_nothing(registry: Regi
     assert ["create", "-B", "-M", "-g", "10.0.1.1", "atlascms", "15.0-RELEASE", "10.0.1.3/24", "warden0"] in creates
     assert ["create", "-B", "-T", "-M", "-g", "10.0.2.1", "irisdb", "15.0-RELEASE", "10.0.2.5/24", "warden0"] in creates
     assert calls.index(("ifconfig", ["bridge", "create", "name", "warden0"])) < calls.index(("bastille", creates[0]))
+    mac = next(j["mac"] for j in json.loads((registry.build / "fbsd1/.warden/manifest.json").read_text())["jails"]
+               if j["name"] == "atlascms")
+    assert f'ifconfig e0b_atlascms ether {mac}";' in (root / "usr/local/bastille/jails/atlascms/jail.conf").read_text()
     state = testhost.state()
     assert state["interfaces"]["warden0"]["inet"] == ["10.0.1.1/24", "10.0.2.1/24"]
     assert state["services"]["atlas"]["running"] and state["pf"]["enabled"]
@@ -175,7 +179,11 @@ def test_converge_then_idempotent_then_check_diff_changes_nothing(registry: Regi
 
 def test_removing_an_agent_removes_what_the_tool_put_there(registry: Registry, testhost: TestHost) -> None:
     setup(registry, testhost, names=("atlas", "iris", "nova"))
+    iris_env = registry.agents / "iris/.env"
+    iris_env.write_text(iris_env.read_text() + "AGENT_MAXPROC=64\n")
     assert playbook(registry).returncode == 0
+    assert testhost.state()["rctl"] == ["user:iris:maxproc:deny=64"]  # applied live (FREEBSD.md §6)
+    assert "user:iris:maxproc:deny=64" in (testhost.root / "etc/rctl.conf").read_text()
     shutil.rmtree(registry.agents / "iris")
     result = playbook(registry)
     assert result.returncode == 0, result.stdout[-4000:]
@@ -188,6 +196,7 @@ def test_removing_an_agent_removes_what_the_tool_put_there(registry: Registry, t
     state = testhost.state()
     assert state["interfaces"]["warden0"]["inet"] == ["10.0.1.1/24", "10.0.3.1/24"]
     assert not state["services"]["iris"]["running"]
+    assert state["rctl"] == [] and "iris" not in (testhost.root / "etc/rctl.conf").read_text()
     assert state["jails"]["iriscms"]["running"] is False  # stopped, kept
     shutil.rmtree(registry.agents / "nova")
     assert playbook(registry, "-e", "destroy_jails=true").returncode == 0

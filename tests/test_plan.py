@@ -25,6 +25,7 @@ pytestmark = pytest.mark.e2e
 
 OPERATOR_RC = 'hostname="fbsd1.home.arpa"\n# my own comment\ncloned_interfaces="lo1"\nsshd_enable="YES"\n'
 TOKEN = "sk-ant-SECRET-{}-0123456789"
+NOVA = "AGENT_NAME=nova\nAGENT_SUBNET_BASE=10.0.7\nAGENT_HOST=fbsd1\nAGENT_PLACEMENT=bhyve\nWARDEN_VM_IP=10.255.0.10\n"
 
 
 def setup(reg: Registry, host: TestHost, names: tuple[str, ...] = ("atlas",), extra_hosts: str = "") -> None:
@@ -282,11 +283,7 @@ def test_a_bhyve_guest_with_ssh_settings_is_planned_through_its_host(
 ) -> None:
     host, guest = testhost_factory("host"), testhost_factory("guest")
     setup(registry, host)
-    registry.write_env(
-        "nova",
-        "AGENT_NAME=nova\nAGENT_SUBNET_BASE=10.0.7\nAGENT_HOST=fbsd1\nAGENT_PLACEMENT=bhyve\n"
-        "WARDEN_VM_IP=10.255.0.10\n",
-    )
+    registry.write_env("nova", NOVA)
     guest.write_ssh_config(registry.root / "ssh_config", "novavm")
     with (registry.root / "ssh_config").open("a") as fh:
         fh.write("  ProxyJump fbsd1\n")  # the guest's uplink is reached through its host
@@ -296,18 +293,27 @@ def test_a_bhyve_guest_with_ssh_settings_is_planned_through_its_host(
     assert host.connection_count() == 2  # its own plan, and the jump to the guest
     assert guest.connection_count() == 1
     status, out, err = plan("novavm")
-    assert status == 2 and "host fbsd1" not in out
+    assert status == 2 and "─ host novavm ─" in out and "─ host fbsd1 ─" not in out
+
+
+def test_a_guest_its_host_cannot_reach_is_one_line_naming_the_guest(
+    registry: Registry, testhost: TestHost, plan: Plan
+) -> None:
+    setup(registry, testhost)
+    registry.write_env("nova", NOVA)
+    with (registry.root / "ssh_config").open("a") as fh:
+        fh.write("Host novavm\n  HostName 127.0.0.1\n  Port 1\n  ProxyJump fbsd1\n")
+    status, out, err = plan()
+    assert status == 1 and "host fbsd1" in out
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"error: novavm: jump host 127.0.0.1:{testhost.port} could not reach 127.0.0.1:1")
 
 
 def test_a_bhyve_guest_without_ssh_settings_is_listed_as_not_planned(
     registry: Registry, testhost: TestHost, plan: Plan
 ) -> None:
     setup(registry, testhost)
-    registry.write_env(
-        "nova",
-        "AGENT_NAME=nova\nAGENT_SUBNET_BASE=10.0.7\nAGENT_HOST=fbsd1\nAGENT_PLACEMENT=bhyve\n"
-        "WARDEN_VM_IP=10.255.0.10\n",
-    )
+    registry.write_env("nova", NOVA)
     status, out, _ = plan()
     assert status == 2 and "not planned: novavm (bhyve guest on fbsd1, no `Host novavm` block" in out
     status, _, err = plan("novavm")

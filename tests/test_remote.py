@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -110,7 +112,7 @@ def test_the_previous_manifests_files_are_read_in_the_same_round_once(tmp_path: 
     manifest.write_text(previous.to_json())
     script = read_script([str(kept), str(manifest)], manifest=str(manifest))
     out = subprocess.run(["/bin/sh", "-s"], input=script.encode(), capture_output=True, check=True).stdout
-    assert out.count(str(kept).encode() + b"atlas\n") == 1  # listed by both, sent once
+    assert out.count(f"K {len(str(kept))}\n{kept}".encode()) == 1  # listed by both, sent once
     live = parse_live(out)
     assert live.files[str(gone)] == b"iris\n" and live.files[str(kept)] == b"atlas\n"
     # and reading a tree directly (the sample host) gives the same answer as the script
@@ -130,12 +132,19 @@ def test_a_login_shells_chatter_before_the_frames_is_skipped() -> None:
     assert parse_frames(out) == {"/etc": None}
 
 
+LS_A = b"L 34\n-rw-r--r-- 1 0 0 3 Nov 24 05:40 /a\n"  # a batch's listing: /a has 3 bytes
+
+
 @pytest.mark.parametrize(
     "data, message",
     [
         (b"", "no start line"),
-        (START + b"F 4 -rw-r--r-- 0 0 9\n/etcabc", "changed while it was read"),
+        (START + b"F 4 -rw-r--r-- 0 0 9\n/etcabc", "output ended inside /etc"),
         (START + b"F 4 -rw-r--r-- 0 0 2\n/etcabc\nE\n", "changed while it was read"),
+        (START + b"K 2\n/a" + LS_A + b"C\nab\nE\n", "changed while it was read"),
+        (START + b"K 2\n/aK 2\n/b" + LS_A + b"C\n", "did not list every file"),
+        (START + b"K 2\n/a" + LS_A.replace(b"/a", b"/x") + b"C\n", "unexpected ls line"),
+        (START + b"K 2\n/aE\n", "listed but not sent"),
         (START + b"M 4\n/etc", "ended before the end marker"),
         (START + b"X 1\n/\nE\n", "bad frame header"),
         (START + b"M 40\n/etc\nE\n", "ended inside a path"),
@@ -250,3 +259,26 @@ def test_importing_the_plan_does_not_import_paramiko() -> None:
     code = f"import sys, {modules}; print('paramiko' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_many_files_are_read_in_batches_of_a_few_processes(tmp_path: Path) -> None:
+    paths = []
+    for i in range(1234):
+        (tmp_path / f"f{i}").write_text(f"{i}\n")
+        paths.append(str(tmp_path / f"f{i}"))
+    script = read_script(paths)
+    assert script.count('batch "$@"') == 4  # 3 batches of at most 500, then the previous manifest's
+    live = run_script(paths)
+    assert [live.files[p] for p in paths] == [f"{i}\n".encode() for i in range(1234)]
+
+
+@pytest.mark.parametrize("indent", [None, 2, "to_json"])
+def test_the_previous_manifests_paths_are_found_in_any_json_layout(tmp_path: Path, indent: int | str | None) -> None:
+    files = [FileEntry(str(tmp_path / n), "0644", purpose='has "quotes", {braces}') for n in ("a", "b c", "d")]
+    for entry in files:
+        Path(entry.path).write_text(entry.path)
+    previous = Manifest("fbsd1", "warden0", files=files)
+    text = previous.to_json() if indent == "to_json" else json.dumps(dataclasses.asdict(previous), indent=indent)
+    (tmp_path / "m.json").write_text(text)
+    live = run_script([], manifest=str(tmp_path / "m.json"))
+    assert live.files == {e.path: e.path.encode() for e in files}

@@ -13,6 +13,7 @@ The doubles run inside the chroot, so "/" is the test host's tree.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -704,6 +705,13 @@ def _bastille_create(st: dict[str, Any], args: list[str]) -> int:
         "  exec.start = '/bin/sh /etc/rc';",
         "  mount.devfs;",
     ]
+    if opts["mac"]:
+        # FREEBSD.md §4.2: with -M Bastille pins both epair ends to static MACs it derives
+        # itself; the double derives them from the name (the exact derivation is Bastille's).
+        d = hashlib.sha256(name.encode()).hexdigest()
+        mac = f"58:9c:fc:{d[0:2]}:{d[2:4]}:{d[4]}"
+        lines.append(f'  exec.prestart += "ifconfig {epair} ether {mac}a";')
+        lines.append(f'  exec.prestart += "ifconfig {epair.replace("e0a", "e0b")} ether {mac}b";')
     if opts["bridge"]:
         lines.append(f'  exec.prestart += "ifconfig {iface} addm {epair}";')
         lines.append(f'  exec.poststop += "ifconfig {epair} destroy";')
