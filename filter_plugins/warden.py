@@ -15,6 +15,7 @@ from typing import Any
 from provision.hostfiles import pf_conf_result, rc_conf_result, rctl_conf_result_for
 from provision.limits import managed_rules, rctl_changes
 from provision.manifest import Manifest
+from provision.plan import EDITED
 from provision.rcconf import read_vars
 from provision.remote import parse_frames, read_script
 
@@ -62,9 +63,9 @@ def warden_edited_files(build_host_dir: str, live: dict[str, Any]) -> list[dict[
     previous = _previous(live)
     out = []
     for path, fn, mode in (
-        ("/etc/rc.conf", lambda t: rc_conf_result(m, t, previous), "0644"),
-        ("/etc/pf.conf", lambda t: pf_conf_result(m, t), "0600"),
-        ("/etc/rctl.conf", lambda t: rctl_conf_result_for(m, t), "0644"),
+        ("/etc/rc.conf", lambda t: rc_conf_result(m, t, previous), EDITED["/etc/rc.conf"]),
+        ("/etc/pf.conf", lambda t: pf_conf_result(m, t), EDITED["/etc/pf.conf"]),
+        ("/etc/rctl.conf", lambda t: rctl_conf_result_for(m, t), EDITED["/etc/rctl.conf"]),
     ):
         old = live.get(path)
         new = fn(old or "")
@@ -98,19 +99,10 @@ def warden_changed_agents(changed_paths: list[str]) -> list[str]:
 
 
 def warden_records(build_host_dir: str) -> list[dict[str, Any]]:
-    """What the next plan reads to know what this apply put on the host."""
+    """What the next plan and apply read to know what this apply put on the host."""
     m = _manifest(build_host_dir)
-    files = "".join(f"{e.path}\n" for e in m.files)
-    return [
-        {
-            "path": "/var/db/warden/manifest.json",
-            "content": m.to_json(),
-            "mode": "0644",
-            "owner": "root",
-            "group": "wheel",
-        },
-        {"path": "/var/db/warden/files", "content": files, "mode": "0644", "owner": "root", "group": "wheel"},
-    ]
+    return [{"path": "/var/db/warden/manifest.json", "content": m.to_json(), "mode": "0644", "owner": "root",
+             "group": "wheel"}]
 
 
 def warden_removed_files(build_host_dir: str, live: dict[str, Any]) -> list[str]:

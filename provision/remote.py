@@ -32,10 +32,6 @@ from .settings import REPO_ROOT
 if TYPE_CHECKING:
     import paramiko
 
-# Written by older applies next to the manifest (one path per line); no longer read: the
-# paths of the previous apply's files come from its manifest, in the same round.
-PREVIOUS_FILES_LIST = "/var/db/warden/files"
-
 START = b"WARDEN-FRAMES 2\n"
 BATCH = 500  # paths per `ls`/`cat` call: far below ARG_MAX on FreeBSD and Linux
 
