@@ -545,7 +545,8 @@ def read_files(host: Host, paths: Sequence[str], sample_root: Path | None = None
 def run_script(host: Host, script: str) -> str:
     """Run a read-only POSIX sh script on HOST over one connection; its stdout as text."""
     t = resolve(host)
-    status, data, err = _exec_ssh(t, "sh -c " + shlex.quote(script))
+    # On stdin to /bin/sh -s, as the plan read does: a csh login shell never parses it.
+    status, data, err = _exec_ssh(t, "/bin/sh -s", stdin=script.encode())
     if status != 0:
         raise RemoteError(f"{t.host}: the probe failed (exit {status}): {err or 'no message'}")
     return data.decode("utf-8", errors="replace")
