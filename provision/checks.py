@@ -567,9 +567,34 @@ def _overlaps(items: Iterable[tuple[IPv4Network, Location, str, bool]]) -> list[
     return out
 
 
+def check_uplinks(fleet: Fleet) -> list[Problem]:
+    """A host with agents (or bhyve guests) to NAT must name its uplink.
+
+    The PF anchor file is parsed on its own (FREEBSD.md §3.5), so it needs the uplink's
+    name for its own `ext_if` macro.  The inventory may omit `warden_ext_if` for a host
+    with nothing to NAT; we never guess it and never render a placeholder.  Rendering
+    refuses the same fleet (render.py), so `invoke check` and site.yml's validation stop
+    before `invoke render` would.
+    """
+    out: list[Problem] = []
+    for host in fleet.hosts:
+        if host.ext_if is None and fleet.agents_on(host.name):
+            out.append(
+                Problem(
+                    (_host_loc(host, "warden_ext_if"),),
+                    f"host {host.name} has agents to NAT but no warden_ext_if: the PF anchor "
+                    "(/etc/pf.warden.conf) cannot name the interface to NAT out of",
+                    f"set warden_ext_if on host {host.name} in {host.source} to its uplink interface "
+                    "(the one its default route uses, e.g. vtnet0)",
+                    rule="ext-if-missing",
+                )
+            )
+    return out
+
+
 def check_fleet(fleet: Fleet) -> list[Problem]:
     hosts = {h.name: h for h in fleet.hosts}
-    out: list[Problem] = []
+    out: list[Problem] = check_uplinks(fleet)
     for host in fleet.hosts:
         out.extend(check_host(host))
     for agent in fleet.agents:
@@ -757,7 +782,7 @@ def check_requires(agents: list[Agent]) -> list[Problem]:
                 stack.append((node, idx + 1))
                 child = children[idx]
                 if state.get(child) == 1:
-                    cycle = [*path[path.index(child):], child]
+                    cycle = [*path[path.index(child) :], child]
                     names = [c.split("/", 1)[1] for c in cycle]
                     members = [by_place[tuple(c.split("/", 1))] for c in cycle[:-1]]  # type: ignore[index]
                     out.append(

@@ -254,6 +254,16 @@ def test_bridge_name_longer_than_15_characters_is_refused(registry: Registry) ->
     assert rules(registry) == ["bridge-name"]
 
 
+def test_a_host_with_agents_needs_its_uplink_named_one_without_does_not(registry: Registry) -> None:
+    registry.write_inventory("all:\n  hosts:\n    fbsd1: {}\n    fbsd2:\n      warden_ext_if: igb0\n")
+    agent(registry, "atlas", "10.0.1", "AGENT_HOST=fbsd2\n")
+    assert rules(registry) == []  # fbsd1 has nothing to NAT
+    agent(registry, "hermes", "10.0.2", "AGENT_HOST=fbsd1\n")
+    [problem] = [p for p in problems_of(registry) if p.is_error]
+    assert problem.rule == "ext-if-missing" and "warden_ext_if" in problem.fix
+    assert problem.locations[0].file == registry.inventory and problem.locations[0].key == "fbsd1.warden_ext_if"
+
+
 def test_unknown_host_is_refused_with_the_known_hosts(registry: Registry) -> None:
     registry.write_inventory(TWO_HOSTS)
     agent(registry, "atlas", "10.0.1", "AGENT_HOST=fbsd9\n")
