@@ -24,10 +24,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from provision import remote  # noqa: E402
-from provision.hostfiles import pf_conf_result, rc_conf_result, rctl_conf_result_for  # noqa: E402
+from provision.hostfiles import EDITED, edited_results  # noqa: E402
 from provision.manifest import LIVE_MANIFEST_PATH, Manifest  # noqa: E402
 from provision.models import Host  # noqa: E402
-from provision.plan import EDITED, paths_to_read, plan_command  # noqa: E402
+from provision.plan import paths_to_read, plan_command  # noqa: E402
 from provision.settings import Settings  # noqa: E402
 from tests.hostkit.testhost import TestHost  # noqa: E402
 
@@ -44,16 +44,11 @@ def provision_like_ansible(build: Path, root: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(build / entry.path.lstrip("/"), target)
         target.chmod(int(entry.mode, 8))
-    for path, fn in (
-        ("/etc/rc.conf", lambda t: rc_conf_result(manifest, t)),
-        ("/etc/pf.conf", lambda t: pf_conf_result(manifest, t)),
-        ("/etc/rctl.conf", lambda t: rctl_conf_result_for(manifest, t)),
-    ):
-        f = root / path.lstrip("/")
-        new = fn(f.read_text() if f.exists() else "")
-        if new:
-            f.write_text(new)
-            f.chmod(int(EDITED[path], 8))
+    files = {path: root / path.lstrip("/") for path in EDITED}
+    live = {path: f.read_text() if f.exists() else None for path, f in files.items()}
+    for path, text in edited_results(manifest, live).items():
+        files[path].write_text(text)
+        files[path].chmod(int(EDITED[path], 8))
     record = root / LIVE_MANIFEST_PATH.lstrip("/")
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(manifest.to_json())

@@ -12,10 +12,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from provision.hostfiles import pf_conf_result, rc_conf_result, rctl_conf_result_for
+from provision.hostfiles import EDITED, edited_results
 from provision.limits import managed_rules, rctl_changes
 from provision.manifest import Manifest
-from provision.plan import EDITED
 from provision.rcconf import read_vars
 from provision.remote import parse_frames, read_script
 
@@ -61,18 +60,10 @@ def warden_edited_files(build_host_dir: str, live: dict[str, Any]) -> list[dict[
     """/etc/rc.conf, /etc/pf.conf and /etc/rctl.conf as `plan` computes them (sysrc semantics, hook)."""
     m = _manifest(build_host_dir)
     previous = _previous(live)
-    out = []
-    for path, fn, mode in (
-        ("/etc/rc.conf", lambda t: rc_conf_result(m, t, previous), EDITED["/etc/rc.conf"]),
-        ("/etc/pf.conf", lambda t: pf_conf_result(m, t), EDITED["/etc/pf.conf"]),
-        ("/etc/rctl.conf", lambda t: rctl_conf_result_for(m, t), EDITED["/etc/rctl.conf"]),
-    ):
-        old = live.get(path)
-        new = fn(old or "")
-        if old is None and new == "":
-            continue
-        out.append({"path": path, "content": new, "mode": mode, "owner": "root", "group": "wheel"})
-    return out
+    return [
+        {"path": path, "content": content, "mode": EDITED[path], "owner": "root", "group": "wheel"}
+        for path, content in edited_results(m, live, previous).items()
+    ]
 
 
 def warden_agent_dirs(build_host_dir: str, agent: str = "") -> list[dict[str, Any]]:
@@ -101,8 +92,15 @@ def warden_changed_agents(changed_paths: list[str]) -> list[str]:
 def warden_records(build_host_dir: str) -> list[dict[str, Any]]:
     """What the next plan and apply read to know what this apply put on the host."""
     m = _manifest(build_host_dir)
-    return [{"path": "/var/db/warden/manifest.json", "content": m.to_json(), "mode": "0644", "owner": "root",
-             "group": "wheel"}]
+    return [
+        {
+            "path": "/var/db/warden/manifest.json",
+            "content": m.to_json(),
+            "mode": "0644",
+            "owner": "root",
+            "group": "wheel",
+        }
+    ]
 
 
 def warden_removed_files(build_host_dir: str, live: dict[str, Any]) -> list[str]:
@@ -139,8 +137,11 @@ def warden_probe(stdout: str) -> dict[str, Any]:
         "vm_init": text.get("vminit", "") == "yes",
         "switches": [ln.split()[0] for ln in sections.get("switches", [])[1:] if ln.split()],
         # vm list's STATE column reads "Running (PID)" or "Stopped"
-        "vms": {ln.split()[0]: "Running" if "Running" in ln else "Stopped" for ln in sections.get("vms", [])[1:]
-                if ln.split()},
+        "vms": {
+            ln.split()[0]: "Running" if "Running" in ln else "Stopped"
+            for ln in sections.get("vms", [])[1:]
+            if ln.split()
+        },
         "rctl": [ln.strip() for ln in sections.get("rctl", []) if ln.strip()],
     }
 
@@ -169,7 +170,8 @@ def warden_rctl_changes(build_host_dir: str, probe: dict[str, Any], live: dict[s
 
 
 def warden_manifest(build_host_dir: str) -> dict[str, Any]:
-    return json.loads((Path(build_host_dir) / ".warden/manifest.json").read_text(encoding="utf-8"))
+    data: dict[str, Any] = json.loads((Path(build_host_dir) / ".warden/manifest.json").read_text(encoding="utf-8"))
+    return data
 
 
 def warden_rc_vars(text: str | None) -> dict[str, str]:

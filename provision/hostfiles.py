@@ -2,9 +2,18 @@
 
 Shared by `invoke plan` (to diff) and the Ansible roles (to write), so that the dry-run
 and the apply can never disagree about a line.  Pure functions: live text in, text out.
+
+- rc.conf: the manifest's desired `RcEdit`s, applied with sysrc(8) semantics by
+  `provision.rcconf` (last assignment wins, other lines untouched: FREEBSD.md §2.3),
+  plus the deletes that clean up what an earlier apply wrote and nobody wants now.
+- pf.conf: the operator's file with our three anchor lines hooked in once, in pfctl's
+  section order, by `provision.pfconf` (FREEBSD.md §3.1, §3.5).
+- rctl.conf: our managed block (FREEBSD.md §6).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from .limits import managed_rules, rctl_conf_result
 from .manifest import Manifest, RcEdit
@@ -12,50 +21,66 @@ from .pfconf import hook
 from .rcconf import Append, Delete, Edit, Remove, Set, apply, read_vars
 
 
-def _to_edit(e: RcEdit) -> Edit:
-    if e.op == "set":
-        return Set(e.name, e.value)
-    if e.op == "append":
-        return Append(e.name, e.value)
-    if e.op == "remove":
-        return Remove(e.name, e.value)
-    return Delete(e.name)
+def to_rcconf(edit: RcEdit) -> Edit:
+    """The provision.rcconf operation for one manifest edit."""
+    if edit.op == "set":
+        return Set(edit.name, edit.value)
+    if edit.op == "append":
+        return Append(edit.name, edit.value)
+    if edit.op == "remove":
+        return Remove(edit.name, edit.value)
+    return Delete(edit.name)
 
 
-def rc_conf_edits(manifest: Manifest, live_rc_conf: str, previous: Manifest | None = None) -> list[Edit]:
+def _numbered(name: str, prefixes: Iterable[str]) -> bool:
+    """NAME is PREFIX<digits> for one of PREFIXES: `ifconfig_warden0_alias3`, not `…_aliases`."""
+    return any(name.startswith(p) and name[len(p) :].isdigit() for p in prefixes)
+
+
+def rc_conf_edits(manifest: Manifest, live_rc_conf: str, previous: Manifest | None = None) -> list[RcEdit]:
     """Edits taking LIVE_RC_CONF to the manifest's state, cleaning up what we set before.
 
-    - every desired edit;
-    - a Delete for each variable under an owned prefix that is not desired (stale
-      `ifconfig_warden0_aliasN` after an agent is removed: no gap, FREEBSD.md §2.1);
+    - every desired edit, in the manifest's order;
+    - a delete for each live `<prefix>N` under an owned prefix (this manifest's or the
+      previous one's) that is not desired: stale `ifconfig_warden0_aliasN` after an
+      agent left, so no gap and no empty aliasN stays behind (FREEBSD.md §2.1);
     - for what the PREVIOUS apply set and this one no longer wants (a removed agent's
-      `<agent>_enable`, vm_enable when the last guest left): a Delete, and a Remove for
-      list items it appended (the bridge in cloned_interfaces).
+      `<agent>_enable`, vm_enable when the last guest left): a delete; and a remove
+      for list items it appended and this one does not (the bridge clone in
+      cloned_interfaces, §2.2), so the operator's own items stay.
+    Variables the operator set and we never did are never deleted.
     """
-    desired = [_to_edit(e) for e in manifest.rc_conf]
     wanted_names = {e.name for e in manifest.rc_conf if e.op == "set"}
     wanted_items = {(e.name, e.value) for e in manifest.rc_conf if e.op == "append"}
+    prefixes = set(manifest.rc_conf_owned_prefixes) | set(previous.rc_conf_owned_prefixes if previous else ())
     live = read_vars(live_rc_conf)
-    cleanup: list[Edit] = []
+    cleanup: list[RcEdit] = []
+    deleted: set[str] = set()
     for name in sorted(live):
-        if name not in wanted_names and any(name.startswith(p) for p in manifest.rc_conf_owned_prefixes):
-            cleanup.append(Delete(name))
+        if name not in wanted_names and _numbered(name, prefixes):
+            cleanup.append(RcEdit("delete", name))
+            deleted.add(name)
     if previous is not None:
         for e in previous.rc_conf:
-            if e.op == "set" and e.name not in wanted_names and e.name in live and Delete(e.name) not in cleanup:
-                cleanup.append(Delete(e.name))
+            if e.op == "set" and e.name not in wanted_names and e.name in live and e.name not in deleted:
+                cleanup.append(RcEdit("delete", e.name))
+                deleted.add(e.name)
             elif e.op == "append" and (e.name, e.value) not in wanted_items:
-                cleanup.append(Remove(e.name, e.value))
-    return desired + cleanup
+                cleanup.append(RcEdit("remove", e.name, e.value))
+    return [*manifest.rc_conf, *cleanup]
 
 
 def rc_conf_result(manifest: Manifest, live_rc_conf: str, previous: Manifest | None = None) -> str:
-    """/etc/rc.conf as sysrc(8) would leave it after our edits."""
-    return apply(live_rc_conf, rc_conf_edits(manifest, live_rc_conf, previous))
+    """/etc/rc.conf as sysrc(8) would leave it after `rc_conf_edits` (FREEBSD.md §2.3)."""
+    return apply_edits(live_rc_conf, rc_conf_edits(manifest, live_rc_conf, previous))
+
+
+def apply_edits(rc_conf: str, edits: Sequence[RcEdit]) -> str:
+    return apply(rc_conf, [to_rcconf(e) for e in edits])
 
 
 def pf_conf_result(manifest: Manifest, live_pf_conf: str) -> str:
-    """/etc/pf.conf with our anchor hooked in once, in section order (FREEBSD.md §3.5)."""
+    """/etc/pf.conf with our anchor hooked in once, in section order (FREEBSD.md §3.1, §3.5)."""
     return hook(live_pf_conf, manifest.pf_anchor, manifest.pf_anchor_file)
 
 
@@ -66,3 +91,31 @@ def rctl_conf_result_for(manifest: Manifest, live_rctl_conf: str) -> str:
 
 def rctl_live_rules(live_rctl_conf: str) -> list[str]:
     return managed_rules(live_rctl_conf)
+
+
+# The host files we edit rather than own, and the mode the apply gives each: plan
+# compares them like the files we own (provision/plan.py).
+EDITED: dict[str, str] = {"/etc/rc.conf": "0644", "/etc/pf.conf": "0600", "/etc/rctl.conf": "0644"}
+
+
+def edited_results(
+    manifest: Manifest, live: Mapping[str, str | None], previous: Manifest | None = None
+) -> dict[str, str]:
+    """Each EDITED path -> its text after our edits, given its LIVE text (None: no such file).
+
+    The one place that says how each edited file is computed, for `invoke plan`, the
+    Ansible roles (filter_plugins/warden.py) and the benches.  A file that does not exist
+    and would stay empty (no rctl rules, no rctl.conf) is left out: nothing to write.
+    """
+    compute: dict[str, Callable[[str], str]] = {
+        "/etc/rc.conf": lambda text: rc_conf_result(manifest, text, previous),
+        "/etc/pf.conf": lambda text: pf_conf_result(manifest, text),
+        "/etc/rctl.conf": lambda text: rctl_conf_result_for(manifest, text),
+    }
+    out: dict[str, str] = {}
+    for path, fn in compute.items():
+        old = live.get(path)
+        new = fn(old or "")
+        if old is not None or new:
+            out[path] = new
+    return out

@@ -21,12 +21,12 @@ from __future__ import annotations
 import difflib
 import io
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .hostfiles import pf_conf_result, rc_conf_result, rctl_conf_result_for
+from .hostfiles import EDITED, edited_results
 from .manifest import LIVE_MANIFEST_PATH, FileEntry, Manifest
 from .models import OWNED, is_secret_key
 
@@ -35,14 +35,9 @@ if TYPE_CHECKING:
     from .remote import LiveFiles, Stat
     from .settings import Settings
 
-RC_CONF = "/etc/rc.conf"
-PF_CONF = "/etc/pf.conf"
-RCTL_CONF = "/etc/rctl.conf"
 PASSWD = "/etc/passwd"  # read to compare owners by name, as the apply does
 GROUP = "/etc/group"
-# The files we edit, and the mode the apply gives them (filter_plugins/warden.py,
-# warden_edited_files): compared like the files we own.
-EDITED: dict[str, str] = {RC_CONF: "0644", PF_CONF: "0600", RCTL_CONF: "0644"}
+__all__ = ["EDITED", "MASK", "plan_command"]
 MASK = "********"
 
 _ASSIGN = re.compile(r"^(\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*)(.*?)(\r?\n?)$", re.S)
@@ -288,20 +283,11 @@ def plan_host(
             changes.append(FileChange(entry.path, "removed", [], ["(content not read)"]))
         elif (change := _change(entry, live[entry.path], None, None, ids)) is not None:
             changes.append(change)
-    edited: dict[str, Callable[[str], str]] = {
-        RC_CONF: lambda t: rc_conf_result(manifest, t, previous),
-        PF_CONF: lambda t: pf_conf_result(manifest, t),
-        RCTL_CONF: lambda t: rctl_conf_result_for(manifest, t),
-    }
-    for path, result in edited.items():
-        old = live.get(path)
-        # surrogateescape: a byte that is not UTF-8 survives the edit instead of showing as a change
-        text = "" if old is None else old.decode("utf-8", "surrogateescape")
-        new = result(text).encode("utf-8", "surrogateescape")
-        if old is None and not new:
-            continue
+    # surrogateescape: a byte that is not UTF-8 survives the edit instead of showing as a change
+    texts = {p: None if (raw := live.get(p)) is None else raw.decode("utf-8", "surrogateescape") for p in EDITED}
+    for path, text in edited_results(manifest, texts, previous).items():
         entry = FileEntry(path, EDITED[path], purpose="edited")
-        change = _change(entry, old, new, stats.get(path), ids)
+        change = _change(entry, live.get(path), text.encode("utf-8", "surrogateescape"), stats.get(path), ids)
         if change:
             changes.append(change)
     plan.changes = changes

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from provision import remote
-from provision.hostfiles import pf_conf_result, rc_conf_result, rctl_conf_result_for
+from provision.hostfiles import EDITED, edited_results, pf_conf_result
 from provision.manifest import LIVE_MANIFEST_PATH, Manifest
 from provision.pfconf import section_order_errors
-from provision.plan import EDITED, MASK, plan_command
+from provision.plan import MASK, plan_command
 from provision.settings import Settings
 from tests.hostkit.testhost import TestHost
 
@@ -77,16 +77,11 @@ def apply_like_ansible(reg: Registry, host: TestHost, name: str = "fbsd1") -> No
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(rendered / entry.path.lstrip("/"), target)
         target.chmod(int(entry.mode, 8))
-    for path, fn in (
-        ("/etc/rc.conf", lambda t: rc_conf_result(manifest, t, previous)),
-        ("/etc/pf.conf", lambda t: pf_conf_result(manifest, t)),
-        ("/etc/rctl.conf", lambda t: rctl_conf_result_for(manifest, t)),
-    ):
-        f = root / path.lstrip("/")
-        new = fn(f.read_text() if f.exists() else "")
-        if new:
-            f.write_text(new)
-            f.chmod(int(EDITED[path], 8))
+    files = {path: root / path.lstrip("/") for path in EDITED}
+    live = {path: f.read_text() if f.exists() else None for path, f in files.items()}
+    for path, text in edited_results(manifest, live, previous).items():
+        files[path].write_text(text)
+        files[path].chmod(int(EDITED[path], 8))
     previous_path.parent.mkdir(parents=True, exist_ok=True)
     previous_path.write_text(manifest.to_json())
 
