@@ -5,7 +5,8 @@ Run `invoke --list` for the list, `invoke --help <task>` for a task's options.
 
 from __future__ import annotations
 
-from invoke import Context, task
+from invoke.context import Context
+from invoke.tasks import task
 
 from provision import cli
 

@@ -58,7 +58,7 @@ import tempfile
 from ansible.module_utils.basic import AnsibleModule
 
 
-def _ids(owner, group):
+def _ids(owner: str, group: str) -> tuple[int | None, int | None]:
     try:
         uid = pwd.getpwnam(owner).pw_uid
     except KeyError:
@@ -70,7 +70,7 @@ def _ids(owner, group):
     return uid, gid
 
 
-def _needs(path, content, mode, uid, gid):
+def _needs(path: str, content: bytes, mode: int, uid: int | None, gid: int | None) -> tuple[bool, bytes | None]:
     if not os.path.isfile(path):
         return True, None
     with open(path, "rb") as fh:
@@ -85,7 +85,7 @@ def _needs(path, content, mode, uid, gid):
     return differs, before
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "files": {"type": "list", "elements": "dict", "default": [], "no_log": False},
@@ -95,7 +95,8 @@ def main():
         },
         supports_check_mode=True,
     )
-    changed_paths, diffs = [], []
+    changed_paths: list[str] = []
+    diffs: list[dict[str, str]] = []
     for d in module.params["directories"]:
         path, mode = d["path"], int(str(d.get("mode", "0755")), 8)
         uid, gid = _ids(d.get("owner", "root"), d.get("group", "wheel"))

@@ -9,6 +9,8 @@ apt_install() {
     if [ -n "$missing" ]; then
         echo "==> apt-get install$missing"
         apt-get update -q >/dev/null
+        # $missing is a list of package names: split on purpose.
+        # shellcheck disable=SC2086
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
     fi
 }

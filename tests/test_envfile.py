@@ -97,7 +97,7 @@ def test_atomic_write_sets_mode_and_leaves_no_temp_files(tmp_path: Path) -> None
 # -- fuzzing: thousands of inputs, no crash other than our own EnvFileError -------------
 
 env_lines = st.one_of(
-    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40),
+    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40),
     st.builds(
         lambda k, v: f"{k}={v}", st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True), st.text(max_size=20)
     ),

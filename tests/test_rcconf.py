@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provision.rcconf import Append, Delete, Remove, Set, alias_edits, apply, edits_needed, read_vars
+from provision.rcconf import Append, Delete, Edit, Remove, Set, alias_edits, apply, edits_needed, read_vars
 
 BSDINSTALL = """\
 hostname="fbsd1.example.home.arpa"
@@ -97,7 +97,7 @@ def test_aliases_renumbered_without_gap_after_removal() -> None:
 
 
 def test_edits_needed_lists_only_changes() -> None:
-    edits = [Set("zfs_enable", "YES"), Set("pf_enable", "YES"), Append("cloned_interfaces", "lo1")]
+    edits: list[Edit] = [Set("zfs_enable", "YES"), Set("pf_enable", "YES"), Append("cloned_interfaces", "lo1")]
     assert edits_needed(BSDINSTALL, edits) == [Set("pf_enable", "YES")]
 
 

@@ -20,6 +20,7 @@ from provision.manifest import FileEntry, Manifest
 from provision.models import Host
 from provision.remote import (
     START,
+    LiveFiles,
     RemoteError,
     Stat,
     _mode_bits,
@@ -36,18 +37,19 @@ from provision.remote import (
 SHELLS = [sh for sh in ("/bin/sh", "/bin/dash", "/bin/bash") if Path(sh).exists()]
 
 
-def run_script(paths: list[str], manifest: str = "/nonexistent/manifest.json", shell: str = "/bin/sh", **kw: object):
+def run_script(
+    paths: list[str], manifest: str = "/nonexistent/manifest.json", shell: str = "/bin/sh", user: str | None = None
+) -> LiveFiles:
     """What fetch sends over SSH, run by a local shell: `/bin/sh -s` with the script on stdin."""
-    proc = subprocess.run(
-        [shell, "-s"], input=read_script(paths, manifest=manifest).encode(), capture_output=True, check=True, **kw
-    )
+    script = read_script(paths, manifest=manifest).encode()
+    proc = subprocess.run([shell, "-s"], input=script, capture_output=True, check=True, user=user)
     return parse_live(proc.stdout)
 
 
 # Names as a file system takes them: anything but "/" and NUL, newlines and the frame
 # markers included.
 names = st.text(
-    alphabet=st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)), min_size=1, max_size=12
+    alphabet=st.characters(blacklist_characters="/\x00", blacklist_categories=["Cs"]), min_size=1, max_size=12
 ).filter(lambda s: s not in (".", ".."))
 markers = st.sampled_from([b"E\n", b"WARDEN-FRAMES 1\n", b"F 3 -rw-r--r-- 0 0 1\n", b"M 1\n", b"\n", b""])
 bodies = st.lists(st.one_of(st.binary(max_size=40), markers), max_size=4).map(b"".join)

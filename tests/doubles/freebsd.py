@@ -21,7 +21,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 STATE_DIR = Path("/var/db/warden-doubles")
 LOG = Path("/var/log/warden-doubles.jsonl")
@@ -82,7 +82,7 @@ def log_call(cmd: str, argv: list[str]) -> None:
         fh.write(json.dumps({"time": time.time(), "cmd": cmd, "argv": argv, "cwd": os.getcwd()}) + "\n")
 
 
-def die(msg: str, code: int = 1) -> None:
+def die(msg: str, code: int = 1) -> NoReturn:
     print(msg, file=sys.stderr)
     sys.exit(code)
 
