@@ -142,8 +142,13 @@ def free_port() -> int:
 def test_status_is_green_after_apply_and_red_when_things_go_down(registry: Registry, testhost: TestHost) -> None:
     inventory(registry, testhost)
     port = free_port()
-    registry.write_env("atlas", f"AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nCONTROLPLANE_API_PORT={port}\n")
-    registry.write_env("iris", f"AGENT_NAME=iris\nAGENT_SUBNET_BASE=10.0.2\nCONTROLPLANE_API_PORT={free_port()}\n")
+    # Two jails for atlas (status shows one up, one stopped), one for iris: jails cost time.
+    registry.write_env(
+        "atlas", f"AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nCONTROLPLANE_API_PORT={port}\nWARDEN_JAILS='cms db'\n"
+    )
+    registry.write_env(
+        "iris", f"AGENT_NAME=iris\nAGENT_SUBNET_BASE=10.0.2\nCONTROLPLANE_API_PORT={free_port()}\nWARDEN_JAILS=cms\n"
+    )
     assert playbook(registry).returncode == 0
     api = socket.socket()
     api.bind(("127.0.0.1", port))
