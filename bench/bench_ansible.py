@@ -43,6 +43,8 @@ def run(n: int) -> tuple[int, float, int]:
                 "PROVISION_INVENTORY": str(root / "hosts.yml"),
                 "PROVISION_BUILD_DIR": str(root / "build"),
                 "ANSIBLE_NOCOLOR": "1",
+                # ansible-playbook and invoke (called by site.yml) from this interpreter's venv
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             }
             cmd = ["ansible-playbook", "-i", str(root / "hosts.yml"), "site.yml"]
             first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)

@@ -478,6 +478,7 @@ def _env() -> Any:
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,
+        auto_reload=False,  # templates do not change during a render: no stat per file rendered
     )
 
 
