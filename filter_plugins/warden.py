@@ -61,7 +61,7 @@ def warden_edited_files(build_host_dir: str, live: dict[str, Any]) -> list[dict[
     m = _manifest(build_host_dir)
     previous = _previous(live)
     return [
-        {"path": path, "content": content, "mode": EDITED[path], "owner": "root", "group": "wheel"}
+        {"path": path, "content": content, "mode": EDITED[path], "owner": "root", "group": "wheel", "keep_mode": True}
         for path, content in edited_results(m, live, previous).items()
     ]
 

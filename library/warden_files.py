@@ -13,6 +13,8 @@ description:
   - One call per host whatever the number of agents, so a no-change run costs the
     same for 1 and for 50 agents (SPEC section 10).
   - Files marked secret are never shown in the diff.
+  - Files marked keep_mode (the operator's rc.conf, pf.conf, rctl.conf that we edit)
+    keep their existing mode, owner and group; the given ones apply only on creation.
 options:
   files:
     description: Files to install.
@@ -123,6 +125,9 @@ def main() -> None:
         mode = int(str(f.get("mode", "0644")), 8)
         owner, group = f.get("owner", "root"), f.get("group", "wheel")
         uid, gid = _ids(owner, group)
+        if f.get("keep_mode") and os.path.isfile(path):
+            st = os.stat(path)
+            mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
         if uid is None and not module.check_mode:
             module.fail_json(msg=f"{path}: user {owner} does not exist on the host")
         if gid is None and not module.check_mode:

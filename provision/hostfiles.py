@@ -93,8 +93,8 @@ def rctl_live_rules(live_rctl_conf: str) -> list[str]:
     return managed_rules(live_rctl_conf)
 
 
-# The host files we edit rather than own, and the mode the apply gives each: plan
-# compares them like the files we own (provision/plan.py).
+# The host files we edit rather than own, and the mode each gets if we create it; an
+# existing one keeps its mode and owner (plan.py, warden_files' keep_mode).
 EDITED: dict[str, str] = {"/etc/rc.conf": "0644", "/etc/pf.conf": "0600", "/etc/rctl.conf": "0644"}
 
 

@@ -287,7 +287,9 @@ def plan_host(
     texts = {p: None if (raw := live.get(p)) is None else raw.decode("utf-8", "surrogateescape") for p in EDITED}
     for path, text in edited_results(manifest, texts, previous).items():
         entry = FileEntry(path, EDITED[path], purpose="edited")
-        change = _change(entry, live.get(path), text.encode("utf-8", "surrogateescape"), stats.get(path), ids)
+        # The operator's file keeps its own mode and owner (we edit lines, not permissions):
+        # EDITED's mode only applies to a file we create.
+        change = _change(entry, live.get(path), text.encode("utf-8", "surrogateescape"), None, ids)
         if change:
             changes.append(change)
     plan.changes = changes

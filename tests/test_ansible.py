@@ -102,6 +102,7 @@ def mutating(calls: list[dict[str, object]]) -> list[tuple[object, tuple[str, ..
 
 def test_converge_then_idempotent_then_check_diff_changes_nothing(registry: Registry, testhost: TestHost) -> None:
     setup(registry, testhost)
+    (testhost.root / "etc/pf.conf").chmod(0o640)  # the operator's choice: we edit lines, not modes
     first = playbook(registry)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
     assert recap(first)["changed"] > 0
@@ -126,6 +127,7 @@ def test_converge_then_idempotent_then_check_diff_changes_nothing(registry: Regi
     )
     assert values["atlas_enable"] == values["iris_enable"] == "YES"
     assert 'load anchor "warden" from "/etc/pf.warden.conf"' in (root / "etc/pf.conf").read_text()
+    assert (root / "etc/pf.conf").stat().st_mode & 0o777 == 0o640
     assert "tok-SECRET" not in first.stdout + first.stderr
 
     # the logged command sequence
