@@ -79,3 +79,13 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Regist
 
 
 from tests.hostkit.fixtures import testhost, testhost_factory  # noqa: E402,F401  (pytest fixtures)
+
+
+@pytest.fixture(scope="session")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example fleet (examples/fleet) rendered once, as the golden files pin it."""
+    from tests.update_golden import render_example
+
+    out = tmp_path_factory.mktemp("example")
+    render_example(out)
+    return out

@@ -45,13 +45,6 @@ def three_agents(reg: Registry, names: tuple[str, ...] = ("atlas", "iris", "nova
         reg.write_env(name, f"AGENT_NAME={name}\nAGENT_SUBNET_BASE=10.0.{i}\nCONTROLPLANE_API_PORT={3099 + i}\n")
 
 
-@pytest.fixture(scope="module")
-def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("example")
-    render_example(out)
-    return out
-
-
 # -- the example fleet, pinned ---------------------------------------------------------
 
 

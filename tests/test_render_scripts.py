@@ -16,14 +16,11 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from provision.inventory import load_inventory
 from provision.registry import load_fleet
 from provision.render import render_fleet
 
 from .conftest import Registry
-from .update_golden import render_example
 
 DASH = shutil.which("dash") or "/bin/sh"
 
@@ -56,13 +53,6 @@ kill-session) echo 0 > "$d/alive"; exit 0 ;;
 esac
 exit 1
 """
-
-
-@pytest.fixture(scope="module")
-def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("example")
-    render_example(out)
-    return out
 
 
 def test_every_rendered_script_passes_sh_n_and_shellcheck(example: Path) -> None:
