@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from .limits import managed_rules, rctl_conf_result
+from .limits import rctl_conf_result
 from .manifest import Manifest, RcEdit
 from .pfconf import hook
 from .rcconf import Append, Delete, Edit, Remove, Set, apply, read_vars
@@ -87,10 +87,6 @@ def pf_conf_result(manifest: Manifest, live_pf_conf: str) -> str:
 def rctl_conf_result_for(manifest: Manifest, live_rctl_conf: str) -> str:
     """/etc/rctl.conf with our managed block holding the manifest's rules (FREEBSD.md §6)."""
     return rctl_conf_result(live_rctl_conf, manifest.rctl_rules)
-
-
-def rctl_live_rules(live_rctl_conf: str) -> list[str]:
-    return managed_rules(live_rctl_conf)
 
 
 # The host files we edit rather than own, and the mode each gets if we create it; an
