@@ -1,4 +1,4 @@
-"""No-change `ansible-playbook site.yml` on a host with 1 vs 50 agents (SPEC §10).
+"""No-change `ansible-playbook site.yml` on a host with 1 vs 50 agents (docs/design.md#quality-bars).
 
     python bench/bench_ansible.py [N]     (root: starts a chrooted sshd, see tests/hostkit)
 

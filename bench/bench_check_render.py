@@ -1,4 +1,4 @@
-"""Time `check` and `render` on generated registries of 1,000 and 10,000 agents (SPEC §10).
+"""Time `check` and `render` on generated registries of 1,000 and 10,000 agents (docs/design.md#quality-bars).
 
     python bench/bench_check_render.py [N ...]
 

@@ -1,4 +1,4 @@
-"""`invoke plan` for a host with 50 agents against the loopback SSH test host (SPEC §10).
+"""`invoke plan` for a host with 50 agents against the loopback SSH test host (docs/design.md#quality-bars).
 
     python bench/bench_plan.py [AGENTS]     (root: starts a chrooted sshd, see tests/hostkit)
 

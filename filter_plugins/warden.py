@@ -1,6 +1,6 @@
 """Ansible filters that hand the roles what `provision` already decided.
 
-Roles never re-derive values (SPEC §3): these filters run on the controller, import
+Roles never re-derive values (docs/design.md#architecture): these filters run on the controller, import
 the same `provision` code that `invoke plan` uses, and return plain data — so the
 apply writes exactly the lines the plan showed.
 """
@@ -147,7 +147,7 @@ def warden_probe(stdout: str) -> dict[str, Any]:
 
 
 def warden_alias_changes(build_host_dir: str, probe: dict[str, Any]) -> dict[str, list[str]]:
-    """Gateway addresses to add to / remove from the live bridge (FREEBSD.md §2.4)."""
+    """Gateway addresses to add to / remove from the live bridge (docs/freebsd.md#the-warden0-bridge)."""
     m = _manifest(build_host_dir)
     wanted: list[str] = []
     for e in m.rc_conf:

@@ -1,7 +1,7 @@
-"""Every rule of SPEC §4, as pure functions from a Fleet to a list of Problems.
+"""Every rule of README.md#what-invoke-check-refuses, as pure functions from a Fleet to a list of Problems.
 
 Fleet-wide rules index values in dicts and sweep sorted intervals, so a check of 10,000
-agents is O(n log n) — no pairwise comparison (SPEC §10).
+agents is O(n log n) — no pairwise comparison (docs/design.md#quality-bars).
 """
 
 from __future__ import annotations
@@ -234,9 +234,9 @@ RESERVED_USERS = frozenset(
         "redis",
     ]
 )
-RESERVED_DB_PREFIXES = frozenset({"system"})  # FREEBSD.md §9: shared platform DBs
+RESERVED_DB_PREFIXES = frozenset({"system"})  # docs/freebsd.md#clawdie-conventions: shared platform DBs
 
-IFNAMSIZ_MAX = 15  # FREEBSD.md §2.2: interface names are limited to 15 characters
+IFNAMSIZ_MAX = 15  # docs/freebsd.md#interface-name-length: interface names are limited to 15 characters
 INTERFACE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]*[0-9]$")
 
 
@@ -254,7 +254,7 @@ def placement_host(agent: Agent) -> str:
 
 
 def known_system_locale(name: str) -> bool:
-    """`ll_CC.UTF-8` with a language/territory pair that exists (FREEBSD.md §7)."""
+    """`ll_CC.UTF-8` with a language/territory pair that exists (docs/freebsd.md#locales-and-login-classes)."""
     if name == "C.UTF-8":
         return True
     m = re.match(r"^([a-z]{2,3})_([A-Z]{2})\.UTF-8$", name)
@@ -481,7 +481,8 @@ def _check_jail_names(agent: Agent) -> list[Problem]:
                 Problem(
                     (_loc(agent, key),),
                     f"{key}={jail.name}: Bastille refuses '-', '_' and other punctuation in VNET jail "
-                    "names, and all-digit names (FREEBSD.md §4.1; Clawdie's guide writes <agent>-<role>)",
+                    "names, and all-digit names (docs/freebsd.md#bastille-create; Clawdie's guide writes "
+                    "<agent>-<role>)",
                     f"set {key}={fixed}",
                     rule="jail-name",
                 )
@@ -491,7 +492,8 @@ def _check_jail_names(agent: Agent) -> list[Problem]:
                 Problem(
                     (_loc(agent, key),),
                     f"{key}={jail.name}: e0a_{jail.name} exceeds 15 characters, so Bastille falls back to "
-                    "numbered epairs e0a_bastilleN (FREEBSD.md §4.2): interface names stop being predictable",
+                    "numbered epairs e0a_bastilleN (docs/freebsd.md#interface-name-length): interface names stop "
+                    "being predictable",
                     "shorten the jail name to at most 11 characters",
                     severity=Severity.WARNING,
                     rule="epair-name",
@@ -507,7 +509,7 @@ def check_host(host: Host) -> list[Problem]:
             Problem(
                 (_host_loc(host, "warden_bridge"),),
                 f"warden_bridge={host.bridge} is not a valid interface name (letters/digits, ending in a "
-                "digit, at most 15 characters: FREEBSD.md §2.2)",
+                "digit, at most 15 characters: docs/freebsd.md#interface-name-length)",
                 "use e.g. warden_bridge: warden0",
                 rule="bridge-name",
             )
@@ -570,7 +572,7 @@ def _overlaps(items: Iterable[tuple[IPv4Network, Location, str, bool]]) -> list[
 def check_uplinks(fleet: Fleet) -> list[Problem]:
     """A host with agents (or bhyve guests) to NAT must name its uplink.
 
-    The PF anchor file is parsed on its own (FREEBSD.md §3.5), so it needs the uplink's
+    The PF anchor file is parsed on its own (docs/freebsd.md#pf-anchors), so it needs the uplink's
     name for its own `ext_if` macro.  The inventory may omit `warden_ext_if` for a host
     with nothing to NAT; we never guess it and never render a placeholder.  Rendering
     refuses the same fleet (render.py), so `invoke check` and site.yml's validation stop
@@ -659,7 +661,7 @@ def check_fleet(fleet: Fleet) -> list[Problem]:
             and all(k not in ("WARDEN_GATEWAY", "WARDEN_VM_IP") for _, k, _ in users)
             and len({placement_host(u[0]) for u in users}) == 1
         ):
-            continue  # deliberate sharing (SPEC §4)
+            continue  # deliberate sharing (README.md#the-agent-env)
         out.append(
             Problem(
                 tuple(_loc(a, k) for a, k, _ in users),
@@ -735,7 +737,7 @@ def check_requires(agents: list[Agent]) -> list[Problem]:
     """AGENT_REQUIRES names agents on the same machine, without a cycle.
 
     rcorder(8) orders scripts on one machine only, and reports a loop at boot instead
-    of starting the services in it (FREEBSD.md §1.1) — refuse the loop here, naming it.
+    of starting the services in it (docs/freebsd.md#rcd-scripts) — refuse the loop here, naming it.
     """
     out: list[Problem] = []
     by_place: dict[tuple[str, str], Agent] = {(placement_host(a), a.name): a for a in agents}

@@ -2,7 +2,7 @@
 
 Each function loads what it needs, calls one pipeline step and reports.  Heavy
 modules (ansible, paramiko, jinja2) are imported inside the commands that need them so
-that `invoke --list` starts fast (SPEC §3, §10).
+that `invoke --list` starts fast (docs/design.md#architecture, docs/design.md#quality-bars).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def add_agent(
 
 
 def _shared_llm_settings(settings: Settings, owner_name: str) -> dict[str, str]:
-    """Point the new agent at OWNER's LLM jail: same name and IP is sharing (SPEC §4)."""
+    """Point the new agent at OWNER's LLM jail: same name and IP is sharing (README.md#the-agent-env)."""
     from .models import DEFAULT_JAILS, LLM_ROLES, ROLE_KEYS
 
     _, fleet = load(settings)

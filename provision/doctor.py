@@ -2,7 +2,7 @@
 
 All probes run as one sh script over one SSH connection; the verdicts are decided here
 from its output, so each rule can be tested with plain text.  Every fix line is a
-command an operator can paste (FREEBSD.md section in the comment where it decides).
+command an operator can paste (the docs/freebsd.md section in the comment where it decides).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
         f"kern.features.vimage={s.get('vimage') or '?'}",
         "boot a kernel with options VIMAGE (GENERIC has it)",
     )
-    # FREEBSD.md §4.2: VNET jails use devfs ruleset 13, which must exist on the host.
+    # docs/freebsd.md#bastille-vnet-jails: VNET jails use devfs ruleset 13, which must exist on the host.
     add(
         "devfs ruleset 13 for VNET jails",
         bool(s.get("devfs")),
@@ -122,7 +122,7 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
         s.get("bridge") or "missing",
         "kldload if_bridge",
     )
-    # FREEBSD.md §3.4: NAT for jails and VMs needs forwarding.
+    # docs/freebsd.md#nat-and-forwarding: NAT for jails and VMs needs forwarding.
     add(
         "gateway_enable",
         s.get("gateway", "").upper() == "YES",
@@ -142,7 +142,7 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
         "pfctl -nf /etc/pf.conf  # and fix what it reports",
     )
     if any(a.memory_limit or a.maxproc or a.pcpu or a.openfiles or a.jail_memory_limit for a in agents):
-        # FREEBSD.md §6: rctl needs kern.racct.enable=1, a boot-time tunable.
+        # docs/freebsd.md#rctl: rctl needs kern.racct.enable=1, a boot-time tunable.
         add(
             "kern.racct.enable (resource limits)",
             s.get("racct") == "1",

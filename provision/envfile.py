@@ -1,7 +1,7 @@
 """Agent `.env` files: read as python-dotenv reads them, rewritten without losing a byte
 the user wrote.
 
-The `.env` belongs to the agent's application as much as to us (SPEC §4): comments, key
+The `.env` belongs to the agent's application as much as to us (README.md#the-agent-env): comments, key
 order, `export` prefixes, quoting and unknown keys survive every rewrite.  Only the
 lines of keys we change are re-emitted; every other line is written back verbatim.
 Values are taken literally (no `${VAR}` interpolation) so that reading a file never

@@ -4,11 +4,11 @@ Shared by `invoke plan` (to diff) and the Ansible roles (to write), so that the 
 and the apply can never disagree about a line.  Pure functions: live text in, text out.
 
 - rc.conf: the manifest's desired `RcEdit`s, applied with sysrc(8) semantics by
-  `provision.rcconf` (last assignment wins, other lines untouched: FREEBSD.md §2.3),
+  `provision.rcconf` (last assignment wins, other lines untouched: docs/freebsd.md#sysrc),
   plus the deletes that clean up what an earlier apply wrote and nobody wants now.
 - pf.conf: the operator's file with our three anchor lines hooked in once, in pfctl's
-  section order, by `provision.pfconf` (FREEBSD.md §3.1, §3.5).
-- rctl.conf: our managed block (FREEBSD.md §6).
+  section order, by `provision.pfconf` (docs/freebsd.md#pf-statement-order, docs/freebsd.md#pf-anchors).
+- rctl.conf: our managed block (docs/freebsd.md#rctl).
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ def rc_conf_edits(manifest: Manifest, live_rc_conf: str, previous: Manifest | No
     - every desired edit, in the manifest's order;
     - a delete for each live `<prefix>N` under an owned prefix (this manifest's or the
       previous one's) that is not desired: stale `ifconfig_warden0_aliasN` after an
-      agent left, so no gap and no empty aliasN stays behind (FREEBSD.md §2.1);
+      agent left, so no gap and no empty aliasN stays behind (docs/freebsd.md#interface-aliases);
     - for what the PREVIOUS apply set and this one no longer wants (a removed agent's
       `<agent>_enable`, vm_enable when the last guest left): a delete; and a remove
       for list items it appended and this one does not (the bridge clone in
-      cloned_interfaces, §2.2), so the operator's own items stay.
+      cloned_interfaces, docs/freebsd.md#the-warden0-bridge), so the operator's own items stay.
     Variables the operator set and we never did are never deleted.
     """
     wanted_names = {e.name for e in manifest.rc_conf if e.op == "set"}
@@ -71,7 +71,7 @@ def rc_conf_edits(manifest: Manifest, live_rc_conf: str, previous: Manifest | No
 
 
 def rc_conf_result(manifest: Manifest, live_rc_conf: str, previous: Manifest | None = None) -> str:
-    """/etc/rc.conf as sysrc(8) would leave it after `rc_conf_edits` (FREEBSD.md §2.3)."""
+    """/etc/rc.conf as sysrc(8) would leave it after `rc_conf_edits` (docs/freebsd.md#sysrc)."""
     return apply_edits(live_rc_conf, rc_conf_edits(manifest, live_rc_conf, previous))
 
 
@@ -80,12 +80,12 @@ def apply_edits(rc_conf: str, edits: Sequence[RcEdit]) -> str:
 
 
 def pf_conf_result(manifest: Manifest, live_pf_conf: str) -> str:
-    """/etc/pf.conf with our anchor hooked in once, in section order (FREEBSD.md §3.1, §3.5)."""
+    """/etc/pf.conf with our anchor hooked in once, in section order (docs/freebsd.md#pf-anchors)."""
     return hook(live_pf_conf, manifest.pf_anchor, manifest.pf_anchor_file)
 
 
 def rctl_conf_result_for(manifest: Manifest, live_rctl_conf: str) -> str:
-    """/etc/rctl.conf with our managed block holding the manifest's rules (FREEBSD.md §6)."""
+    """/etc/rctl.conf with our managed block holding the manifest's rules (docs/freebsd.md#rctl)."""
     return rctl_conf_result(live_rctl_conf, manifest.rctl_rules)
 
 

@@ -1,6 +1,6 @@
 """The Ansible YAML inventory, read without importing Ansible.
 
-The CLI must start fast (SPEC §3), so the plain YAML inventory format is walked here:
+The CLI must start fast (docs/design.md#architecture), so the plain YAML inventory format is walked here:
 groups with `hosts`, `vars` and `children`; group vars apply to member hosts, host
 vars win.  Only the `warden_*` variables are interpreted; the rest is passed through.
 """
@@ -73,7 +73,7 @@ def load_inventory(path: Path) -> tuple[list[Host], list[Problem]]:
             Problem(
                 (Location(path),),
                 "inventory file not found",
-                "create it (see inventory/hosts.yml.example) or set PROVISION_INVENTORY",
+                "create it (see examples/fleet/inventory/hosts.yml and README.md#inventory) or set PROVISION_INVENTORY",
                 rule="inventory-missing",
             )
         ]

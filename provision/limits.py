@@ -1,6 +1,6 @@
 """Per-agent resource limits as rctl(8) rules, kept in a managed block of /etc/rctl.conf.
 
-FREEBSD.md §6: rules are `subject:subject-id:resource:action=amount`; `/etc/rctl.conf`
+docs/freebsd.md#rctl: rules are `subject:subject-id:resource:action=amount`; `/etc/rctl.conf`
 holds the same syntax and is loaded at boot by rc.d/rctl; rules for a jail may be added
 before the jail exists.  The operator's own rules in rctl.conf stay untouched: we own
 only the lines between our BEGIN/END markers.
@@ -35,7 +35,7 @@ def agent_rules(agent: Agent) -> list[str]:
     for jail in agent.jails:
         if jail.ip not in agent.subnet:
             continue
-        subject = f"jail:{jail.name}"  # FREEBSD.md §6: the jail subject id is the jail NAME
+        subject = f"jail:{jail.name}"  # docs/freebsd.md#rctl: the jail subject id is the jail NAME
         if agent.jail_memory_limit:
             rules.append(f"{subject}:memoryuse:deny={agent.jail_memory_limit}")
         if agent.jail_maxproc:
@@ -78,7 +78,7 @@ def rctl_conf_result(text: str, rules: Sequence[str]) -> str:
 def rctl_changes(old_rules: Sequence[str], new_rules: Sequence[str]) -> tuple[list[str], list[str]]:
     """(rules for `rctl -a`, filters for `rctl -r`) that take the live host from OLD to NEW.
 
-    `rctl -r` takes a filter (FREEBSD.md §6 shows `rctl -r jail:atlas`); the filter is the
+    `rctl -r` takes a filter (docs/freebsd.md#rctl shows `rctl -r jail:atlas`); the filter is the
     rule without its `=amount`, so a changed amount is a remove followed by an add.
     """
     old, new = set(old_rules), set(new_rules)

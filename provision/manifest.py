@@ -32,7 +32,7 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class RcEdit:
-    """One sysrc(8)-style edit of /etc/rc.conf (FREEBSD.md §2.3)."""
+    """One sysrc(8)-style edit of /etc/rc.conf (docs/freebsd.md#sysrc)."""
 
     op: Literal["set", "append", "remove", "delete"]
     name: str
@@ -57,7 +57,7 @@ class JailSpec:
 
 @dataclass(frozen=True)
 class GuestSpec:
-    """A vm-bhyve guest on this host carrying one agent (SPEC §5 bhyve placement)."""
+    """A vm-bhyve guest on this host carrying one agent (docs/design.md#placement)."""
 
     name: str
     agent: str

@@ -16,10 +16,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-# FREEBSD.md §1.2 / §4.1 / SPEC §4: the name becomes the rc.d `name` (shell identifier),
+# docs/freebsd.md#service-and-variable-names, docs/freebsd.md#bastille-create:
+# the name becomes the rc.d `name` (shell identifier),
 # the user, the tmux session and the prefix of VNET jail names (no `-` or `_`).
 AGENT_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
-# FREEBSD.md §4.1: Bastille VNET jail names: letters and digits only, not all digits.
+# docs/freebsd.md#bastille-create: Bastille VNET jail names: letters and digits only, not all digits.
 VNET_JAIL_NAME_RE = re.compile(r"^[A-Za-z0-9]+$")
 BCP47_RE = re.compile(r"^[a-z]{2,3}(-[A-Z][a-z]{3})?(-(?:[A-Z]{2}|[0-9]{3}))?$")
 SUBNET_BASE_RE = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
@@ -27,9 +28,9 @@ SUBNET_BASE_RE = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
 JAIL_ROLES = ("git", "cms", "ollama", "llamacpp", "db")
 LLM_ROLES = frozenset({"ollama", "llamacpp"})
 DEFAULT_JAILS = ("git", "cms", "ollama", "db")
-# Clawdie slot map (FREEBSD.md §9, newest): .1 gateway, .2 git, .3 cms, .4 local AI, .5 db.
+# Clawdie slot map (docs/freebsd.md#clawdie-conventions, newest): .1 gateway, .2 git, .3 cms, .4 local AI, .5 db.
 SLOT = {"gateway": 1, "git": 2, "cms": 3, "ollama": 4, "llamacpp": 4, "db": 5}
-# The older map some installs still carry (FREEBSD.md §9): db .3, cms .4, llama .5, git .6.
+# The older map some installs still carry (docs/freebsd.md#clawdie-conventions): db .3, cms .4, llama .5, git .6.
 OLD_SLOT = {"git": 6, "cms": 4, "ollama": 5, "llamacpp": 5, "db": 3}
 
 ROLE_KEYS: dict[str, tuple[str, str]] = {
@@ -93,7 +94,7 @@ SECRET_KEY_RE = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVAT
 
 
 def is_secret_key(key: str) -> bool:
-    """Keys whose values are never printed, diffed or logged (SPEC §2, §6)."""
+    """Keys whose values are never printed, diffed or logged (docs/design.md#secrets)."""
     return key not in OWNED and bool(SECRET_KEY_RE.search(key))
 
 
@@ -154,7 +155,7 @@ class Agent(BaseModel):
     soul_repo: str | None = Field(default=None, alias="SOUL_REPO")
     soul_ref: str | None = Field(default=None, alias="SOUL_REF")
     requires: tuple[str, ...] = Field(default=(), alias="AGENT_REQUIRES")
-    # rctl(8) limits (FREEBSD.md §6): for the agent's user, and for each of its own jails.
+    # rctl(8) limits (docs/freebsd.md#rctl): for the agent's user, and for each of its own jails.
     memory_limit: str | None = Field(default=None, alias="AGENT_MEMORY_LIMIT")
     maxproc: int | None = Field(default=None, alias="AGENT_MAXPROC", ge=1)
     pcpu: int | None = Field(default=None, alias="AGENT_PCPU", ge=1, le=6400)
@@ -178,8 +179,8 @@ class Agent(BaseModel):
         if not AGENT_NAME_RE.match(v):
             raise ValueError(
                 "must be lowercase letters and digits, start with a letter, at most 16 "
-                "characters: it becomes the rc.d name (a shell identifier, FREEBSD.md §1.2) "
-                "and the prefix of Bastille VNET jail names (no '-' or '_', §4.1)"
+                "characters: it becomes the rc.d name (a shell identifier, docs/freebsd.md#service-and-variable-names) "
+                "and the prefix of Bastille VNET jail names (no '-' or '_', docs/freebsd.md#bastille-create)"
             )
         return v
 
@@ -195,7 +196,7 @@ class Agent(BaseModel):
     @classmethod
     def _subnet(cls, v: IPv4Network) -> IPv4Network:
         if v.prefixlen != 24:
-            raise ValueError("must be a /24 (one per agent, SPEC §4)")
+            raise ValueError("must be a /24 (one per agent, README.md#the-agent-env)")
         return v
 
     @field_validator("jail_roles", mode="before")
@@ -238,14 +239,14 @@ class Agent(BaseModel):
     @classmethod
     def _rctl_size(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^[0-9]+[kKmMgGtT]?$", v):
-            raise ValueError("must be an rctl amount such as 2G or 512m (FREEBSD.md §6)")
+            raise ValueError("must be an rctl amount such as 2G or 512m (docs/freebsd.md#rctl)")
         return v
 
     @field_validator("vm_memory", "vm_disk")
     @classmethod
     def _size(cls, v: str) -> str:
         if not re.match(r"^[0-9]+[KMGT]?$", v):
-            raise ValueError("must be a size such as 2G or 512M (vm-bhyve syntax, FREEBSD.md §5)")
+            raise ValueError("must be a size such as 2G or 512M (vm-bhyve syntax, docs/freebsd.md#vm-bhyve)")
         return v
 
     # -- derived views -----------------------------------------------------------
@@ -325,7 +326,7 @@ def derive_defaults(values: Mapping[str, str], only_host: str | None) -> dict[st
             out.setdefault(ip_key, f"{base}.{SLOT[role]}")
     out.setdefault("WARDEN_JAILS", " ".join(DEFAULT_JAILS))
     for role, (_, jail_key) in ROLE_KEYS.items():
-        # FREEBSD.md §9: `<agent><role>`, not Clawdie's `<agent>-<role>` (Bastille §4.1).
+        # `<agent><role>`, not Clawdie's `<agent>-<role>` (docs/freebsd.md#clawdie-conventions).
         out.setdefault(jail_key, f"{name}{role}")
     out.setdefault("CONTROLPLANE_API_PORT", str(DEFAULT_API_PORT))
     out.setdefault("AGENT_DIR", f"/home/{name}/clawdie")

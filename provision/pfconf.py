@@ -1,8 +1,8 @@
 """Hooking warden's anchor into the operator's /etc/pf.conf, once, in section order.
 
 pfctl enforces options → ethernet → normalization → queueing → translation → filtering
-(FREEBSD.md §3.1).  A single include mixing nat and pass lines only fits at one exact
-boundary (§3.2), so instead we add three lines the operator can read (§3.5):
+(docs/freebsd.md#pf-statement-order).  A single include mixing nat and pass lines only fits at
+one exact boundary, so instead we add three lines the operator can read (docs/freebsd.md#pf-anchors):
 
     nat-anchor "warden"                                   # after the last translation rule
     anchor "warden"                                       # after the last filter rule
@@ -68,7 +68,7 @@ def classify(statement: str) -> str | None:
 
 
 def section_order_errors(text: str) -> list[tuple[int, str]]:
-    """(1-based line, pfctl's message) for each statement out of §3.1 order."""
+    """(1-based line, pfctl's message) for each statement out of pfctl's order (docs/freebsd.md#pf-statement-order)."""
     errors: list[tuple[int, str]] = []
     reached = 0
     for start, _, body in _statements(text):

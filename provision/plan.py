@@ -3,10 +3,10 @@
 Render, read every live file we own or edit in one SSH round (remote.py), compare.
 Edited files are shown as the whole file that would result, computed by the functions
 the Ansible roles use (hostfiles.py), so the plan and the apply cannot disagree about a
-line: rc.conf with sysrc(8) semantics (FREEBSD.md §2.3: last occurrence replaced, list
+line: rc.conf with sysrc(8) semantics (docs/freebsd.md#sysrc: last occurrence replaced, list
 items merged, the operator's lines kept), pf.conf with the anchor hooks placed in
-pfctl's section order (§3.1, §3.5), rctl.conf with our managed block (§6).  Owned files are compared as the apply's
-`warden_files` module compares them: content, mode, owner and group.
+pfctl's section order (docs/freebsd.md#pf-anchors), rctl.conf with our managed block (docs/freebsd.md#rctl).
+Owned files are compared as the apply's `warden_files` module compares them: content, mode, owner and group.
 
 Secrets never reach the output: changes are found on the raw bytes, but every line
 is printed through a mask — values of secret-looking keys everywhere, and in files
@@ -315,7 +315,7 @@ def choose_targets(
     """Which machines to plan; a message instead if ONLY names none of them.
 
     Inventory hosts always.  A bhyve guest (GUESTS: name → its host) is a host of its
-    own (SPEC §5) but is not in hosts.yml: it is planned when ssh_config has a `Host`
+    own (docs/design.md#placement) but is not in hosts.yml: it is planned when ssh_config has a `Host`
     block naming it (typically HostName + ProxyJump through its host); otherwise it is
     listed as not planned, or is an error when asked for by name.
     """

@@ -1,7 +1,7 @@
 """Problems are values: checks return them, the CLI prints them, nothing raises halfway.
 
 A fleet with ten mistakes should show ten lines, each naming the file, the key and the
-fix, so the operator can mend them all in one pass (SPEC §4).
+fix, so the operator can mend them all in one pass (README.md#what-invoke-check-refuses).
 """
 
 from __future__ import annotations

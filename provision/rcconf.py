@@ -1,7 +1,7 @@
 """rc.conf edited the way sysrc(8) edits it, as pure functions on text.
 
 sysrc replaces the LAST assignment of a variable in the file that holds it, appends to
-the file otherwise, and writes `name="value"` (FREEBSD.md §2.3).  Every other line of
+the file otherwise, and writes `name="value"` (docs/freebsd.md#sysrc).  Every other line of
 the operator's file stays byte-for-byte as it was; `plan` diffs the result and the
 Ansible role writes the same result, so both agree on every line.
 
@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # FREEBSD.md §1.2: shell identifiers only
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # docs/freebsd.md#service-and-variable-names: shell identifiers only
 _ASSIGN = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 _UNSAFE = re.compile(r'["$`\\\n]')
 
@@ -95,7 +95,9 @@ def read_vars(text: str) -> dict[str, str]:
 
 def _check(name: str, value: str | None = None) -> None:
     if not NAME_RE.match(name):
-        raise ValueError(f"rc.conf variable {name!r} is not a shell identifier (FREEBSD.md §1.2)")
+        raise ValueError(
+            f"rc.conf variable {name!r} is not a shell identifier (docs/freebsd.md#service-and-variable-names)"
+        )
     if value is not None and _UNSAFE.search(value):
         raise ValueError(f"rc.conf value for {name} contains a quote, $, backquote, backslash or newline: {value!r}")
 
@@ -157,7 +159,7 @@ def edits_needed(text: str, edits: Sequence[Edit]) -> list[Edit]:
 def alias_edits(interface: str, cidrs: Sequence[str], existing: dict[str, str]) -> list[Edit]:
     """`ifconfig_<if>_aliasN` for CIDRS numbered 0..n-1, and deletes for stale higher N.
 
-    network.subr has stopped at the first missing or empty aliasN (FREEBSD.md §2.1), so
+    network.subr has stopped at the first missing or empty aliasN (docs/freebsd.md#interface-aliases), so
     numbering is contiguous from 0 and never leaves an empty variable behind.
     """
     prefix = f"ifconfig_{interface}_alias"

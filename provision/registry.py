@@ -1,4 +1,4 @@
-"""The agent registry: one directory per agent holding its `.env` (SPEC §4).
+"""The agent registry: one directory per agent holding its `.env` (README.md#the-agent-env).
 
 Loading never stops at the first bad file: every file's problems are collected so that
 `invoke check` can show them all.  Adding and removing are done under one file lock so
@@ -138,7 +138,7 @@ def next_free_subnet(pool: IPv4Network, taken: Sequence[IPv4Network]) -> IPv4Net
     """The lowest /24 of POOL that overlaps nothing TAKEN.
 
     Sort the taken networks once and sweep: O(n log n), not a /24-by-/24 scan against
-    every agent (SPEC §10).
+    every agent (docs/design.md#quality-bars).
     """
     relevant = sorted((int(n.network_address), int(n.broadcast_address)) for n in taken if n.overlaps(pool))
     candidate = int(pool.network_address) if pool.prefixlen <= 24 else None
@@ -166,7 +166,7 @@ def next_free_port(agents: Sequence[Agent], raw_ports: Sequence[int] = ()) -> in
 
 
 def next_free_vm_ip(host: Host, agents: Sequence[Agent]) -> IPv4Address:
-    """Guests get uplink addresses from .10 upward; .1 is the host's (FREEBSD.md §5 switch)."""
+    """Guests get uplink addresses from .10 upward; .1 is the host's (docs/freebsd.md#vm-bhyve)."""
     used = {a.vm_ip for a in agents if a.vm_ip is not None}
     for offset in range(10, host.vm_uplink.num_addresses - 1):
         ip = host.vm_uplink.network_address + offset
@@ -217,7 +217,8 @@ def add_agent(agents_dir: Path, hosts: list[Host], req: AddRequest) -> tuple[Age
     if not AGENT_NAME_RE.match(req.name):
         raise RegistryError(
             f"agent name {req.name!r} is not valid: lowercase letters and digits, starting with "
-            "a letter, at most 16 characters (rc.d name and VNET jail prefix: FREEBSD.md §1.2, §4.1)",
+            "a letter, at most 16 characters (rc.d name and VNET jail prefix: "
+            "docs/freebsd.md#service-and-variable-names, docs/freebsd.md#bastille-create)",
             f"use e.g. {''.join(c for c in req.name.lower() if c.isalnum())[:16] or 'atlas'!r}",
         )
     with locked(agents_dir):

@@ -1,6 +1,6 @@
 """Reading a host's live files: one SSH connection, one exec channel, one round trip.
 
-`invoke plan` must not open a connection per file (SPEC §10): the whole read is one
+`invoke plan` must not open a connection per file (docs/design.md#quality-bars): the whole read is one
 POSIX sh script, sent on the channel's stdin to `/bin/sh -s`, which prints every file
 framed by its byte length (see `read_script`).  The command line itself carries no
 data, so the login shell of the remote user (FreeBSD root had csh before 14.0) never
@@ -10,7 +10,7 @@ SSH follows the operator's own settings as Ansible's ssh connection would: the
 inventory's `ansible_*` variables, then `~/.ssh/config` (`PROVISION_SSH_CONFIG` points
 elsewhere), the agent, key files and known_hosts.  An unknown or changed host key is
 refused, never accepted.  paramiko is imported only inside the functions that connect,
-so that importing `provision` stays fast (SPEC §3).
+so that importing `provision` stays fast (docs/design.md#architecture).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ _LS_FIELDS = re.compile(r"^([-a-zA-Z.+@]{10,12}) +\d+ +(\d+) +(\d+) +(\d+) ")
 # both FreeBSD sh and dash and the `ls` dates three words; `set -f` keeps words from
 # being globbed.  Files are tested with builtins, then read in batches: one `ls -ldnL`
 # (POSIX long format, numeric ids, symlinks followed) and one `cat` per batch, so the
-# number of processes does not grow with the number of agents (SPEC §10).  A size that
+# number of processes does not grow with the number of agents (docs/design.md#quality-bars).  A size that
 # changes between `ls` and `cat` breaks the framing and is reported, never guessed.
 # The previous apply's manifest is JSON: with each object on a line of its own (tr), sed
 # lists every `"path": "/..."` so that files of removed agents are read in this same
@@ -579,7 +579,7 @@ def _connect(t: Target, sock: Any = None) -> paramiko.SSHClient:
                 client.load_host_keys(known)
             except (OSError, paramiko.SSHException):
                 continue
-    # Never accept an unknown key (SPEC §6): StrictHostKeyChecking=no in ssh_config
+    # Never accept an unknown key (docs/design.md#secrets): StrictHostKeyChecking=no in ssh_config
     # does not change this; the operator verifies the host once with ssh.
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     if sock is None and t.proxy_command:

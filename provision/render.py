@@ -45,12 +45,13 @@ HEADER = "Managed by warden-provision: local edits are overwritten by the next a
 PF_ANCHOR = "warden"
 PF_ANCHOR_FILE = "/etc/pf.warden.conf"
 PF_FALLBACK_FILE = "/etc/pf.warden-fallback.conf"
-VM_SWITCH = "warden"  # vm-bhyve manual switch bound to the host's bridge (FREEBSD.md §5)
-GUEST_EXT_IF = "vtnet0"  # the guest's virtio-net NIC on that switch (network0_type, §5)
-GUEST_BRIDGE = "warden0"  # a guest is a host of its own: its own warden0 (FREEBSD.md §9 placement)
+VM_SWITCH = "warden"  # vm-bhyve manual switch bound to the host's bridge (docs/freebsd.md#vm-bhyve)
+GUEST_EXT_IF = "vtnet0"  # the guest's virtio-net NIC on that switch (network0_type, docs/freebsd.md#vm-bhyve)
+GUEST_BRIDGE = "warden0"  # a guest is a host of its own: its own warden0 (docs/design.md#placement)
 GUEST_BRIDGE_CLONE = "bridge0"
-RESTART_DELAY = 5  # daemon(8) -R: seconds before a crashed agent is restarted (§1.6)
-STOP_TIMEOUT = 30  # seconds the wrapper waits for the agent after SIGTERM (rc.subr waits forever, §1.6)
+RESTART_DELAY = 5  # daemon(8) -R: seconds before a crashed agent is restarted (docs/freebsd.md#supervision-with-daemon)
+# seconds the wrapper waits for the agent after SIGTERM (rc.subr waits forever, docs/freebsd.md#rcd-scripts)
+STOP_TIMEOUT = 30
 
 
 class RenderError(Exception):
@@ -105,7 +106,7 @@ class RenderedHost:
 
 
 def layouts(fleet: Fleet) -> list[HostLayout]:
-    """One layout per inventory host, plus one per bhyve guest (a host of its own, SPEC §5)."""
+    """One layout per inventory host, plus one per bhyve guest (a host of its own, docs/design.md#placement)."""
     out: list[HostLayout] = []
     for host in sorted(fleet.hosts, key=lambda h: h.name):
         mine = sorted(fleet.agents_on(host.name), key=lambda a: a.name)
@@ -138,7 +139,7 @@ def layouts(fleet: Fleet) -> list[HostLayout]:
                     links=host.agent_links,
                     vm_uplink=host.vm_uplink,
                     parent=host.name,
-                    # FREEBSD.md §5: the host owns .1 of the uplink on its warden0 (the switch).
+                    # docs/freebsd.md#vm-bhyve: the host owns .1 of the uplink on its warden0 (the switch).
                     uplink_gateway=host.vm_uplink.network_address + 1,
                     uplink_ip=agent.vm_ip,
                     peers=[g for g in guests if g is not agent],
@@ -182,7 +183,8 @@ def _host_origin(layout: HostLayout) -> str:
 def _net_of(agent: Agent) -> str:
     """How an agent's traffic looks on this machine's bridge: its /24, or a guest's uplink /32."""
     if agent.placement == "bhyve" and agent.vm_ip is not None:
-        return f"{agent.vm_ip}/32"  # the guest NATs its /24 behind its uplink address (FREEBSD.md §3.4)
+        # the guest NATs its /24 behind its uplink address (docs/freebsd.md#nat-and-forwarding)
+        return f"{agent.vm_ip}/32"
     return str(agent.subnet)
 
 
@@ -199,7 +201,8 @@ def _rc_conf(layout: HostLayout) -> tuple[list[RcEdit], list[str]]:
     bridge, clone = layout.bridge, layout.bridge_clone
     cidrs = _gateways(layout)
     edits: list[RcEdit] = [
-        # FREEBSD.md §2.2, §2.3: the clone joins the operator's list (sysrc `+=`, never a
+        # docs/freebsd.md#the-warden0-bridge, docs/freebsd.md#sysrc:
+        # the clone joins the operator's list (sysrc `+=`, never a
         # clobbering set), is renamed, and is configured under its new name.  The clone is
         # bridge0 unless the inventory says `warden_bridge_clone` (a host that already
         # clones a bridge0 for something else names a free bridgeN there).
@@ -207,30 +210,31 @@ def _rc_conf(layout: HostLayout) -> tuple[list[RcEdit], list[str]]:
         RcEdit("set", f"ifconfig_{clone}_name", bridge),
         RcEdit("set", f"ifconfig_{bridge}", f"inet {cidrs[0]} up" if cidrs else "up"),
     ]
-    # FREEBSD.md §2.1: aliases numbered from 0 without a gap, never an empty aliasN.
+    # docs/freebsd.md#interface-aliases: aliases numbered from 0 without a gap, never an empty aliasN.
     for edit in alias_edits(bridge, cidrs[1:], {}):
         assert isinstance(edit, Set)
         edits.append(RcEdit("set", edit.name, edit.value))
     if layout.parent is not None and layout.vm_uplink is not None:
-        # The guest's NIC on the host's switch, and the host as its default router (§5).
+        # The guest's NIC on the host's switch, and the host as its default router (docs/freebsd.md#vm-bhyve).
         edits.append(
             RcEdit("set", f"ifconfig_{layout.ext_if}", f"inet {layout.uplink_ip}/{layout.vm_uplink.prefixlen}")
         )
         edits.append(RcEdit("set", "defaultrouter", str(layout.uplink_gateway)))
     edits += [
-        RcEdit("set", "gateway_enable", "YES"),  # FREEBSD.md §3.4, §8.12: forwarding for NAT
-        RcEdit("set", "pf_enable", "YES"),  # §3.6
-        # §3.6: when /etc/pf.conf fails to load at start, rc.d/pf loads fallback rules only
+        RcEdit("set", "gateway_enable", "YES"),  # docs/freebsd.md#nat-and-forwarding: forwarding for NAT
+        RcEdit("set", "pf_enable", "YES"),  # docs/freebsd.md#loading-pf
+        # When /etc/pf.conf fails to load at start, rc.d/pf loads fallback rules only
         # if pf_fallback_rules_enable is set.  Which rules: pf_fallback_rules_file if it
         # exists, else pf_fallback_rules, default "block drop log all", which locks SSH out
-        # (rc.d/pf pf_fallback() and rc.conf(5); not yet in FREEBSD.md).  So we name our
+        # (rc.d/pf pf_fallback() and rc.conf(5); docs/freebsd.md#loading-pf).  So we name our
         # own file, which keeps SSH open.
         RcEdit("set", "pf_fallback_rules_enable", "YES"),
         RcEdit("set", "pf_fallback_rules_file", PF_FALLBACK_FILE),
     ]
     if layout.guests:
-        edits += [RcEdit("set", "vm_enable", "YES"), RcEdit("set", "vm_dir", layout.vm_dir)]  # §5 setup
-    edits += [RcEdit("set", f"{a.name}_enable", "YES") for a in layout.agents]  # §1.4 rcvar
+        # vm-bhyve setup: docs/freebsd.md#vm-bhyve
+        edits += [RcEdit("set", "vm_enable", "YES"), RcEdit("set", "vm_dir", layout.vm_dir)]
+    edits += [RcEdit("set", f"{a.name}_enable", "YES") for a in layout.agents]  # rcvar: docs/freebsd.md#rcd-scripts
     return edits, [f"ifconfig_{bridge}_alias"]
 
 
@@ -284,10 +288,10 @@ def _jails(layout: HostLayout) -> list[JailSpec]:
     for name in sorted(owner):
         agent, jail = owner[name]
         cidr = f"{jail.ip}/{agent.subnet.prefixlen}"
-        thick = jail.role == "db"  # FREEBSD.md §9: db is a thick jail (-T)
-        # FREEBSD.md §4.1: options before NAME RELEASE IP INTERFACE; -B bridged VNET on an
+        thick = jail.role == "db"  # docs/freebsd.md#clawdie-conventions: db is a thick jail (-T)
+        # docs/freebsd.md#bastille-create: options before NAME RELEASE IP INTERFACE; -B bridged VNET on an
         # existing bridge, -M static MAC, -g the agent's gateway (a VNET jail without a
-        # default route is a provisioning defect, §9).
+        # default route is a provisioning defect, docs/freebsd.md#clawdie-conventions).
         args = ["create", "-B", *(["-T"] if thick else []), "-M", "-g", str(agent.gateway)]
         args += [name, layout.release, cidr, layout.bridge]
         specs.append(
@@ -299,7 +303,8 @@ def _jails(layout: HostLayout) -> list[JailSpec]:
                 bridge=layout.bridge,
                 mac=jail_mac(layout.name, name),
                 release=layout.release,
-                hostname=f"{name}.{agent.name}.home.arpa",  # §9: home.arpa, never .local
+                # docs/freebsd.md#clawdie-conventions: home.arpa, never .local
+                hostname=f"{name}.{agent.name}.home.arpa",
                 create_args=args,
                 template=f"warden/{jail.role}",
                 agents=sorted(users[name]),
@@ -333,7 +338,7 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
             requires=list(agent.requires),
             desc=f"{agent.assistant_name}, AI agent {agent.name}",
             directory=agent.directory,
-            # FREEBSD.md §1.3: _env is split on whitespace; locale names have no spaces.
+            # docs/freebsd.md#rcsubr-knobs: _env is split on whitespace; locale names have no spaces.
             env=f"LANG={agent.system_locale} LC_ALL={agent.system_locale}",
             user=agent.user,
             wrapper=wrapper,
@@ -412,7 +417,7 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
             "usr/local/etc/warden/jails/jail.conf.j2",
             header=host_header,
             jail=jail,
-            cidr=jail.create_args[-2],  # NAME RELEASE IP INTERFACE close the argv (§4.1)
+            cidr=jail.create_args[-2],  # NAME RELEASE IP INTERFACE close the argv (docs/freebsd.md#bastille-create)
             thick="YES" if jail.thick else "NO",
             create_command=shlex.join(["bastille", *jail.create_args]),
         )

@@ -1,4 +1,4 @@
-"""Soul repos: fetched at a ref, validated, pinned to a commit, bundled for the hosts (SPEC §8).
+"""Soul repos: fetched at a ref, validated, pinned to a commit, bundled for the hosts (README.md#soul-repos).
 
 Git is the real `git` CLI.  A soul repo is checked before it goes anywhere: the core
 files, the manifest against its schema, and no secrets, chat logs, lock files or runtime
@@ -129,7 +129,7 @@ def _matches(rel: str, patterns: tuple[str, ...]) -> str | None:
 
 
 def validate(checkout: Path, agent_name: str, secret_values: Mapping[str, str], source: Path) -> list[Problem]:
-    """Every rule of SPEC §8 against the files of CHECKOUT; [] when the soul may go to a host."""
+    """Every rule of README.md#soul-repos against the files of CHECKOUT; [] when the soul may go to a host."""
     problems: list[Problem] = []
 
     def bad(rel: str, line: int | None, rule: str, message: str, fix: str) -> None:

@@ -1,4 +1,4 @@
-"""The `manifest.json` of a layered soul repo, schema `clawdie.layered-soul.v1` (SPEC §8).
+"""The `manifest.json` of a layered soul repo, schema `clawdie.layered-soul.v1` (README.md#soul-repos).
 
 The model is the schema: `python -m provision.soul_manifest` rewrites the published
 JSON Schema at schemas/clawdie.layered-soul.v1.json from it, and a test keeps the two

@@ -62,7 +62,8 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[AgentStatus]:
         for jail in a.jails:
             facts = s.get(f"jail.{jail.name}", "")
             running = facts.startswith("running")
-            ip_ok = f"inet {jail.ip}/" in facts  # Bastille writes ifconfig_vnet0 in the jail (FREEBSD.md §4.2)
+            # Bastille writes ifconfig_vnet0 in the jail (docs/freebsd.md#bastille-vnet-jails)
+            ip_ok = f"inet {jail.ip}/" in facts
             row.jails.append(
                 f"{jail.name} {jail.ip} " + ("up" if running and ip_ok else "wrong IP" if running else "down")
             )

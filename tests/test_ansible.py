@@ -189,7 +189,7 @@ def test_removing_an_agent_removes_what_the_tool_put_there(registry: Registry, t
     iris_env = registry.agents / "iris/.env"
     iris_env.write_text(iris_env.read_text() + "AGENT_MAXPROC=64\n")
     assert playbook(registry).returncode == 0
-    assert testhost.state()["rctl"] == ["user:iris:maxproc:deny=64"]  # applied live (FREEBSD.md §6)
+    assert testhost.state()["rctl"] == ["user:iris:maxproc:deny=64"]  # applied live (docs/freebsd.md#rctl)
     assert "user:iris:maxproc:deny=64" in (testhost.root / "etc/rctl.conf").read_text()
     shutil.rmtree(registry.agents / "iris")
     result = playbook(registry)

@@ -1,4 +1,4 @@
-"""Every rule of SPEC §4, each with an input that breaks a naive implementation."""
+"""Every rule of README.md#what-invoke-check-refuses, each with an input that breaks a naive implementation."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def test_clawdie_style_hyphenated_jail_name_is_refused_with_the_fix(registry: Re
     (p,) = [p for p in problems_of(registry) if p.rule == "jail-name"]
     assert p.locations[0].file == path and p.locations[0].line == 3
     assert "CMS_JAIL_NAME=atlascms" in p.fix
-    assert "§4.1" in p.message
+    assert "docs/freebsd.md#bastille-create" in p.message
 
 
 def test_underscore_and_all_digit_jail_names_are_refused(registry: Registry) -> None:

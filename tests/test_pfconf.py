@@ -1,4 +1,4 @@
-"""Hooking the warden anchor into an operator's pf.conf in pfctl's section order (FREEBSD.md §3)."""
+"""Hooking the warden anchor into an operator's pf.conf in pfctl's order (docs/freebsd.md#pf-statement-order)."""
 
 from __future__ import annotations
 

@@ -119,7 +119,7 @@ def test_fresh_host_shows_everything_added_and_exits_2(registry: Registry, testh
     # the operator's pf.conf gets our lines, and keeps its own mode and owner
     assert "changed: /etc/pf.conf" in out and "changed: /etc/pf.conf  mode" not in out
     assert "changes pending on fbsd1 (exit 2)" in out
-    # one SSH connection and one exec channel for the whole host (SPEC §10)
+    # one SSH connection and one exec channel for the whole host (docs/design.md#quality-bars)
     assert testhost.connection_count() == 1
     assert (remote.STATS.connections, remote.STATS.channels) == (before[0] + 1, before[1] + 1)
     assert testhost.log.read_text().count("Starting session: command") == 1

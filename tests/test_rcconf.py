@@ -1,4 +1,4 @@
-"""rc.conf edits with sysrc(8) semantics (FREEBSD.md §2.3), checked against a real sh."""
+"""rc.conf edits with sysrc(8) semantics (docs/freebsd.md#sysrc), checked against a real sh."""
 
 from __future__ import annotations
 

@@ -175,23 +175,28 @@ def test_manifest_json_round_trips(example: Path) -> None:
 
 def test_rc_d_script_follows_rc_subr_and_daemon_rules(example: Path) -> None:
     text = (example / "fbsd1/usr/local/etc/rc.d/hermes").read_text()
-    assert "# PROVIDE: hermes\n# REQUIRE: LOGIN NETWORKING atlas\n# KEYWORD: shutdown\n" in text  # §1.1
+    # docs/freebsd.md#rcd-scripts
+    assert "# PROVIDE: hermes\n# REQUIRE: LOGIN NETWORKING atlas\n# KEYWORD: shutdown\n" in text
     assert 'name="hermes"\nrcvar="hermes_enable"\n' in text
-    assert text.index('load_rc_config "$name"') < text.index(': "${hermes_enable:=NO}"')  # §1.1
-    assert 'command="/usr/sbin/daemon"' in text and "\nprocname=" not in text  # §1.5: procname stays daemon
+    assert text.index('load_rc_config "$name"') < text.index(': "${hermes_enable:=NO}"')  # docs/freebsd.md#rcd-scripts
+    # docs/freebsd.md#rcd-scripts: procname stays daemon
+    assert 'command="/usr/sbin/daemon"' in text and "\nprocname=" not in text
     args = re.search(r'command_args="([^"]*)"', text)
     assert args is not None
     argv = args.group(1).split()
-    assert argv[-2:] == ["hermes", "/home/hermes/clawdie/run-hermes.sh"] and argv[-3] == "-u"  # §1.6: -u
+    # docs/freebsd.md#supervision-with-daemon: -u
+    assert argv[-2:] == ["hermes", "/home/hermes/clawdie/run-hermes.sh"] and argv[-3] == "-u"
     for flag in ("-r", "-H"):
         assert flag in argv
     assert argv[argv.index("-R") + 1] == "5" and argv[argv.index("-t") + 1] == "${name}"
     assert argv[argv.index("-P") + 1] == "${pidfile}" and argv[argv.index("-p") + 1] == "${child_pidfile}"
-    assert argv[argv.index("-o") + 1] == "${logfile}" and "-c" not in argv  # §1.6: -c would chdir to /
+    # docs/freebsd.md#supervision-with-daemon: -c would chdir to /
+    assert argv[argv.index("-o") + 1] == "${logfile}" and "-c" not in argv
     assert 'logfile="/home/hermes/clawdie/logs/${name}.log"' in text
-    assert "hermes_user" not in text.replace("hermes_user would", "")  # §1.6 pitfall
+    assert "hermes_user" not in text.replace("hermes_user would", "")  # docs/freebsd.md#supervision-with-daemon
     assert ': "${hermes_chdir=/home/hermes/clawdie}"' in text
-    assert ': "${hermes_env=LANG=sl_SI.UTF-8 LC_ALL=sl_SI.UTF-8}"' in text  # §1.3, §7
+    # docs/freebsd.md#rcsubr-knobs, docs/freebsd.md#locales-and-login-classes
+    assert ': "${hermes_env=LANG=sl_SI.UTF-8 LC_ALL=sl_SI.UTF-8}"' in text
     assert "env_file=" not in text and "_env_file}" not in text and ". .env" not in text
 
 
@@ -203,9 +208,10 @@ def test_pf_anchor_lists_subnets_nats_and_isolates(example: Path) -> None:
     assert 'ext_if = "vtnet0"' in pf
     assert 'warden_net = "{ 10.0.0.0/24 10.0.1.0/24 }"' in pf
     assert "table <warden_agents> const { 10.0.0.0/24, 10.0.1.0/24 }" in pf
-    assert "\nnat on $ext_if from $warden_net to any -> ($ext_if)\n" in pf  # §3.4
+    assert "\nnat on $ext_if from $warden_net to any -> ($ext_if)\n" in pf  # docs/freebsd.md#nat-and-forwarding
     block = "block drop in quick on $bridge from <warden_agents> to <warden_agents>"
-    assert pf.index("nat on") < pf.index("pass in") < pf.index(block)  # §3.1 inside the anchor file too
+    # docs/freebsd.md#pf-statement-order inside the anchor file too
+    assert pf.index("nat on") < pf.index("pass in") < pf.index(block)
     # hermes (10.0.0.0/24) reaches the shared ollama jail in atlas's /24, before the block
     exception = "pass in quick on $bridge from 10.0.0.0/24 to 10.0.1.4 keep state"
     assert pf.index(exception) < pf.index(block)
@@ -256,9 +262,11 @@ def test_shared_llm_jail_appears_once_with_both_agents(example: Path) -> None:
     assert shared[0].create_args == [
         "create", "-B", "-M", "-g", "10.0.1.1", "ollama", "15.0-RELEASE", "10.0.1.4/24", "warden0",
     ]  # fmt: skip
-    assert shared[0].hostname == "ollama.atlas.home.arpa"  # §9: home.arpa, the owner's zone
+    # docs/freebsd.md#clawdie-conventions: home.arpa, the owner's zone
+    assert shared[0].hostname == "ollama.atlas.home.arpa"
     db = next(j for j in manifest.jails if j.name == "atlasdb")
-    assert db.create_args[:4] == ["create", "-B", "-T", "-M"] and db.thick  # §9: db is thick
+    # docs/freebsd.md#clawdie-conventions: db is thick
+    assert db.create_args[:4] == ["create", "-B", "-T", "-M"] and db.thick
     assert len({j.mac for j in manifest.jails}) == len(manifest.jails)
     assert all(re.fullmatch(r"02(:[0-9a-f]{2}){5}", j.mac) for j in manifest.jails)
     assert len(list((example / "fbsd1/usr/local/etc/warden/jails").glob("ollama*.conf"))) == 1
@@ -284,7 +292,7 @@ def test_bastillefiles_use_only_bastille_hooks(example: Path) -> None:
         "SERVICE",
         "SYSRC",
         "TAGS",
-    }  # FREEBSD.md §4.3
+    }  # docs/freebsd.md#bastillefile-hooks
     files = sorted(example.glob("*/usr/local/bastille/templates/warden/*/Bastillefile"))
     assert files
     for path in files:
@@ -325,9 +333,10 @@ def test_rc_conf_result_keeps_operator_lines_and_merges_cloned_interfaces(exampl
     assert kept == [line for line in live.splitlines() if not line.startswith("cloned_interfaces")]
     assert 'cloned_interfaces="lo1 bridge0"' in result.splitlines()  # merged in place, never clobbered
     values = read_vars(result)
-    assert values["ifconfig_bridge0_name"] == "warden0"  # §2.2
+    assert values["ifconfig_bridge0_name"] == "warden0"  # docs/freebsd.md#the-warden0-bridge
     assert values["ifconfig_warden0"] == "inet 10.0.0.1/24 up"
-    assert values["ifconfig_warden0_alias0"] == "inet 10.0.1.1/24"  # sorted by subnet, from 0 (§2.1)
+    # sorted by subnet, from 0 (docs/freebsd.md#interface-aliases)
+    assert values["ifconfig_warden0_alias0"] == "inet 10.0.1.1/24"
     assert values["gateway_enable"] == values["pf_enable"] == values["pf_fallback_rules_enable"] == "YES"
     assert values["pf_fallback_rules_file"] == "/etc/pf.warden-fallback.conf"
     assert values["atlas_enable"] == values["hermes_enable"] == "YES"
@@ -360,7 +369,8 @@ def test_removing_an_agent_renumbers_aliases_and_drops_its_subnet_and_enable_lin
     result = rc_conf_result(after, live, before)
     values = read_vars(result)
     assert values["ifconfig_warden0"] == "inet 10.0.1.1/24 up"
-    assert values["ifconfig_warden0_alias0"] == "inet 10.0.3.1/24"  # renumbered, no gap (§2.1)
+    # renumbered, no gap (docs/freebsd.md#interface-aliases)
+    assert values["ifconfig_warden0_alias0"] == "inet 10.0.3.1/24"
     assert "ifconfig_warden0_alias1" not in values and "iris_enable" not in values
     assert values["cloned_interfaces"] == "lo1 bridge0" and values["nova_enable"] == "YES"
     pf = (registry.build / "fbsd1/etc/pf.warden.conf").read_text()

@@ -95,7 +95,7 @@ def test_rc_d_script_hands_rc_subr_daemon_with_supervisor_pidfile_and_locale(exa
         "-r -R 5 -P /var/run/hermes.pid -p /var/run/hermes.child.pid -o /home/hermes/clawdie/logs/hermes.log"
         " -H -t hermes -u hermes /home/hermes/clawdie/run-hermes.sh"
     )
-    assert values["enable"] == "NO"  # default after load_rc_config (§1.1)
+    assert values["enable"] == "NO"  # default after load_rc_config (docs/freebsd.md#rcd-scripts)
     assert values["chdir"] == "/home/hermes/clawdie" and values["env"] == "LANG=sl_SI.UTF-8 LC_ALL=sl_SI.UTF-8"
     assert values["precmd"] == "hermes_prestart"
 
@@ -139,7 +139,7 @@ def double_env(tmp_path: Path) -> dict[str, str]:
     bindir.mkdir(exist_ok=True)
     (bindir / "tmux").write_text(TMUX_DOUBLE)
     (bindir / "tmux").chmod(0o755)
-    # daemon -u may leave LANG from the login class (FREEBSD.md §7): start from another one.
+    # daemon -u may leave LANG from the login class (docs/freebsd.md#locales-and-login-classes): start from another one.
     return {"PATH": f"{bindir}:{os.environ['PATH']}", "TMUX_DOUBLE_DIR": str(tmp_path), "LANG": "C", "LC_ALL": ""}
 
 

@@ -5,7 +5,7 @@ Installed inside the test host's root tree at the FreeBSD paths (sysrc, pfctl,
 ifconfig, service, bastille, vm, pkg, jls, sysctl, kldload, kldstat, rctl,
 freebsd-version), one file dispatching on the name it is called by.  Every call is
 appended to /var/log/warden-doubles.jsonl; state lives in /var/db/warden-doubles/.
-Each behaviour follows ../shared/FREEBSD.md (section cited); where that file is
+Each behaviour follows docs/freebsd.md (section cited); where that page is
 silent the double does the least that lets order and arguments be asserted.
 The doubles run inside the chroot, so "/" is the test host's tree.
 """
@@ -87,7 +87,7 @@ def die(msg: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-# -- rc.conf reading with sh semantics (FREEBSD.md §2.3: last assignment wins) ------------
+# -- rc.conf reading with sh semantics (docs/freebsd.md#sysrc: last assignment wins) ------
 
 _ASSIGN = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 
@@ -110,7 +110,7 @@ def rc_vars(path: Path = RC_CONF) -> dict[str, str]:
     return out
 
 
-# -- sysrc (FREEBSD.md §2.3) -------------------------------------------------------------
+# -- sysrc (docs/freebsd.md#sysrc) --------------------------------------------------------
 
 
 def sysrc(argv: list[str]) -> int:
@@ -195,14 +195,14 @@ def sysrc(argv: list[str]) -> int:
     return status
 
 
-# -- pfctl (FREEBSD.md §3) ---------------------------------------------------------------
+# -- pfctl (docs/freebsd.md#pf-statement-order) -------------------------------------------
 
 ORDER = ["options", "ethernet", "normalization", "queueing", "translation", "filtering"]
 ORDER_ERROR = "Rules must be in order: options, ethernet, normalization, queueing, translation, filtering"
 
 
 def _pf_statements(path: Path, seen: set[Path]) -> list[tuple[Path, int, str]]:
-    """Statements of PATH with `include` followed lexically (§3.2); continuations joined."""
+    """Statements of PATH with `include` followed lexically (docs/freebsd.md#pf-statement-order); lines joined."""
     if path in seen:
         return []
     seen.add(path)
@@ -257,7 +257,10 @@ def _section(body: str) -> str | None:
 
 
 def pf_check(path: Path, macros: dict[str, str] | None = None) -> list[str]:
-    """pfctl -nf: section order (§3.1), nat needs `->` (§3.4), defined macros, loaded anchor files."""
+    """pfctl -nf: section order, nat needs `->`, defined macros, loaded anchor files.
+
+    docs/freebsd.md#pf-statement-order, docs/freebsd.md#nat-and-forwarding, docs/freebsd.md#pf-anchors.
+    """
     errors: list[str] = []
     if not path.exists():
         return [f"pfctl: {path}: No such file or directory"]
@@ -283,7 +286,8 @@ def pf_check(path: Path, macros: dict[str, str] | None = None) -> list[str]:
             if body.startswith("load") and not lm:
                 errors.append(f"{file}:{line}: syntax error")
             elif lm:
-                # The anchor file is parsed separately: main-ruleset macros are not visible (§3.5).
+                # The anchor file is parsed separately: main-ruleset macros are not visible
+                # (docs/freebsd.md#pf-anchors).
                 errors.extend(pf_check(Path(lm.group(2)), {}))
             continue
         if section == "translation" and body.split()[0] in ("nat", "rdr", "binat") and "->" not in body:
@@ -441,7 +445,7 @@ def pfctl(argv: list[str]) -> int:
     return 1
 
 
-# -- ifconfig (FREEBSD.md §2.2, §2.4) ------------------------------------------------------
+# -- ifconfig (docs/freebsd.md#the-warden0-bridge) ----------------------------------------
 
 
 def _mask(prefix: int) -> str:
@@ -516,7 +520,7 @@ def ifconfig(argv: list[str]) -> int:
 
 def _rename(ifs: dict[str, Any], old: str, new: str) -> int:
     if len(new) > 15:
-        die("ifconfig: ioctl SIOCSIFNAME (set name): Invalid argument", 1)  # IFNAMSIZ, §2.2
+        die("ifconfig: ioctl SIOCSIFNAME (set name): Invalid argument", 1)  # docs/freebsd.md#interface-name-length
     if new in ifs:
         die("ifconfig: ioctl SIOCSIFNAME (set name): File exists", 1)
     ifs[new] = ifs.pop(old)
@@ -534,7 +538,7 @@ def _show(name: str, i: dict[str, Any]) -> None:
         print(f"\tmember: {m} flags=143<LEARNING,DISCOVER,AUTOEDGE,AUTOPTP>")
 
 
-# -- service (FREEBSD.md §1.4, §3.6) -------------------------------------------------------
+# -- service (docs/freebsd.md#rcd-scripts, docs/freebsd.md#loading-pf) --------------------
 
 
 def service(argv: list[str]) -> int:
@@ -552,7 +556,7 @@ def service(argv: list[str]) -> int:
         rules = rc_vars().get("pf_rules", "/etc/pf.conf")
         if verb in ("check",):
             return pfctl(["-n", "-f", rules])
-        if verb in ("reload", "resync"):  # -n -f then -f, keeps states (§3.6)
+        if verb in ("reload", "resync"):  # -n -f then -f, keeps states (docs/freebsd.md#loading-pf)
             return pfctl(["-n", "-f", rules]) or pfctl(["-f", rules])
         if verb in ("start", "restart", "onestart"):
             pfctl(["-F", "all"])
@@ -605,7 +609,7 @@ def service(argv: list[str]) -> int:
     return 0
 
 
-# -- bastille (FREEBSD.md §4) -------------------------------------------------------------
+# -- bastille (docs/freebsd.md#bastille-create) -------------------------------------------
 
 BASTILLE = Path("/usr/local/bastille")
 
@@ -684,7 +688,7 @@ def _bastille_create(st: dict[str, Any], args: list[str]) -> int:
     if not re.match(r"^[A-Za-z0-9_-]+$", name) or name[0] in "-_" or name.isdigit():
         die(f"Invalid jail name: {name}", 1)
     vnet = opts["bridge"] or opts["vnet"]
-    if vnet and re.search(r"[-_]", name):  # §4.1: VNET names take no '-' or '_'
+    if vnet and re.search(r"[-_]", name):  # docs/freebsd.md#bastille-create: VNET names take no '-' or '_'
         die("VNET jail names may not contain (-|_) characters.", 1)
     if name in st["jails"]:
         die(f"Jail already exists: {name}", 1)
@@ -694,7 +698,7 @@ def _bastille_create(st: dict[str, Any], args: list[str]) -> int:
         die(f"Interface is not a bridge: {iface}", 1)
     jdir = BASTILLE / "jails" / name
     (jdir / "root/etc").mkdir(parents=True, exist_ok=True)
-    epair = f"e0a_{name}" if len(f"e0a_{name}") < 16 else "e0a_bastille0"  # §4.2
+    epair = f"e0a_{name}" if len(f"e0a_{name}") < 16 else "e0a_bastille0"  # docs/freebsd.md#bastille-vnet-jails
     lines = [
         f"{name} {{",
         "  vnet;",
@@ -706,7 +710,7 @@ def _bastille_create(st: dict[str, Any], args: list[str]) -> int:
         "  mount.devfs;",
     ]
     if opts["mac"]:
-        # FREEBSD.md §4.2: with -M Bastille pins both epair ends to static MACs it derives
+        # docs/freebsd.md#bastille-vnet-jails: with -M Bastille pins both epair ends to static MACs it derives
         # itself; the double derives them from the name (the exact derivation is Bastille's).
         d = hashlib.sha256(name.encode()).hexdigest()
         mac = f"58:9c:fc:{d[0:2]}:{d[2:4]}:{d[4]}"
@@ -749,7 +753,7 @@ def jls(argv: list[str]) -> int:
     return 0
 
 
-# -- vm-bhyve (FREEBSD.md §5) -------------------------------------------------------------
+# -- vm-bhyve (docs/freebsd.md#vm-bhyve) --------------------------------------------------
 
 
 def vm(argv: list[str]) -> int:
@@ -872,7 +876,7 @@ def kldload(argv: list[str]) -> int:
 
 
 def rctl(argv: list[str]) -> int:
-    """rctl -a RULE / -r FILTER / list (FREEBSD.md §6)."""
+    """rctl -a RULE / -r FILTER / list (docs/freebsd.md#rctl)."""
     with State() as st:
         rules: list[str] = st["rctl"]
         if st["sysctl"].get("kern.racct.enable") != "1":

@@ -104,7 +104,7 @@ class TestHost:
                 "pass in on $ext_if proto tcp to port ssh keep state\n"
             )
         (self.root / "usr/local/bastille/releases/15.0-RELEASE").mkdir(parents=True, exist_ok=True)
-        # A host prepared for Bastille VNET jails has its devfs ruleset (FREEBSD.md §4.2).
+        # A host prepared for Bastille VNET jails has its devfs ruleset (docs/freebsd.md#bastille-vnet-jails).
         (self.root / "etc/devfs.rules").write_text("[bastille_vnet=13]\nadd include $devfsrules_jail_vnet\n")
 
     def _install_sshd(self) -> None:

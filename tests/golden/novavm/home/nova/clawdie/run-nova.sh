@@ -4,13 +4,13 @@
 # Rendered from agents/nova/.env (agent nova) and hosts.yml (host novavm).
 #
 # The process daemon(8) supervises for /usr/local/etc/rc.d/nova, run as nova
-# (FREEBSD.md §1.6, §9). It starts the agent in a tmux session named "nova" and
+# (daemon(8); warden-provision docs/freebsd.md). It starts the agent in a tmux session named "nova" and
 # stays in the foreground while that session lives, so daemon(8) restarts the agent when
 # it dies; on SIGTERM (`service nova stop`) it stops the agent and ends the session.
 #
 # The agent's .env is read by the agent itself (Clawdie loads .env from its working
 # directory). No shell ever reads it: not this script, not the rc.d script, so a value
-# in it such as $(...) or `...` stays a string (FREEBSD.md §1.3).
+# in it such as $(...) or `...` stays a string (sh(1) "Parameter Expansion").
 
 set -u
 
@@ -20,7 +20,7 @@ agent_command='node dist/index.js'
 stop_timeout=30
 
 # daemon -u applies the user's login class to this process (daemon.c restrict_process:
-# setusercontext LOGIN_SETALL), which can set LANG to the class default (FREEBSD.md §7):
+# setusercontext LOGIN_SETALL), which can set LANG to the class default (login.conf(5) lang):
 # pin the agent's locale here. A tmux server that is already running keeps its own
 # environment, so the session gets the locale explicitly below.
 LANG="en_US.UTF-8"
@@ -30,7 +30,7 @@ export LANG LC_ALL
 cd "$agent_dir" || exit 1
 
 # SIGTERM from daemon(8): SIGTERM to the agent's process group, wait up to $stop_timeout s
-# (rc.subr waits for daemon without a timeout, FREEBSD.md §1.4), then KILL and end the session.
+# (rc.subr(8) waits for daemon without a timeout: wait_for_pids), then KILL and end the session.
 # (SC2329: called by the trap below, which shellcheck does not follow.)
 # shellcheck disable=SC2329
 stop_agent()
