@@ -69,10 +69,17 @@ def add_agent(
     cli.run(cli.add_agent, name, subnet=subnet, host=host, placement=placement, settings_kv=kv, share_llm=share_llm)
 
 
-@task(help={"name": "the agent to remove", "yes": "do not ask for confirmation"})
-def remove_agent(c: Context, name: str, yes: bool = False) -> None:
-    """Delete agents/<name>/; the next render renumbers aliases and drops its PF entry."""
-    cli.run(cli.remove_agent, name, yes=yes)
+@task(
+    help={
+        "name": "the agent to remove",
+        "yes": "do not ask for confirmation",
+        "dry_run": "say what would be removed and what depends on it; remove nothing",
+        "force": "remove even when that loses a soul repo's unpushed work or breaks agents that depend on it",
+    }
+)
+def remove_agent(c: Context, name: str, yes: bool = False, dry_run: bool = False, force: bool = False) -> None:
+    """Delete agents/<name>/ after saying what goes; the next apply removes it from its host."""
+    cli.run(cli.remove_agent, name, yes=yes, dry_run=dry_run, force=force)
 
 
 @task(name="list")

@@ -24,10 +24,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from provision import remote  # noqa: E402
+from provision.cli import plan_command  # noqa: E402
 from provision.hostfiles import EDITED, edited_results  # noqa: E402
 from provision.manifest import LIVE_MANIFEST_PATH, Manifest  # noqa: E402
 from provision.models import Host  # noqa: E402
-from provision.plan import paths_to_read, plan_command  # noqa: E402
+from provision.plan import paths_to_read  # noqa: E402
 from provision.settings import Settings  # noqa: E402
 from tests.hostkit.testhost import TestHost  # noqa: E402
 

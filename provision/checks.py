@@ -19,11 +19,11 @@ from .models import (
     SLOT,
     VNET_JAIL_NAME_RE,
     Agent,
+    Fleet,
     Host,
     jail_mac,
 )
 from .problems import Location, Problem, Severity
-from .registry import Fleet
 
 # RFC 1918: the only ranges an agent /24 may come from.
 # Special-purpose ranges that are not RFC 1918 but that Python may not call private.

@@ -9,44 +9,34 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .problems import Problem, Severity
+from .output import console, print_error, print_problems
+from .problems import Problem
 from .settings import Settings
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from .registry import Fleet
+    from .models import Fleet
 
 
 class CommandError(Exception):
     """A failure the user caused or can fix; printed without a traceback, exit 1."""
 
 
-def console(stderr: bool = False) -> Console:
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
-
-
 def load(settings: Settings | None = None) -> tuple[Settings, Fleet]:
+    """The inventory and the registry; a missing or mistyped agents directory is an error."""
     from .inventory import load_inventory
-    from .registry import load_fleet
+    from .registry import RegistryError, load_fleet
 
     settings = settings or Settings.from_env()
     hosts, host_problems = load_inventory(settings.inventory)
-    return settings, load_fleet(settings.agents_dir, hosts, host_problems)
-
-
-def print_problems(problems: Sequence[Problem], out: Console) -> None:
-    for p in problems:
-        style = "red" if p.severity is Severity.ERROR else "yellow"
-        where = "; ".join(str(loc) for loc in p.locations)
-        out.print(f"[{style}]{p.severity.value}[/{style}] {where}", markup=True)
-        out.print(f"    {p.message}", markup=False)
-        out.print(f"    fix: {p.fix}", markup=False)
+    try:
+        return settings, load_fleet(settings.agents_dir, hosts, host_problems)
+    except RegistryError as exc:
+        raise CommandError(str(exc)) from None
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -63,7 +53,7 @@ def add_agent(
     from rich.table import Table
 
     from .inventory import load_inventory
-    from .registry import AddRequest, RegistryError
+    from .registry import AddRequest, RegistryError, prepare_agents_dir
     from .registry import add_agent as do_add
 
     settings = Settings.from_env()
@@ -80,6 +70,8 @@ def add_agent(
         print_problems(problems, console(stderr=True))
         raise CommandError(f"fix {settings.inventory} first")
     try:
+        if prepare_agents_dir(settings.agents_dir):
+            out.print(f"created the agents directory {settings.agents_dir}")
         agent, values = do_add(
             settings.agents_dir,
             hosts,
@@ -111,28 +103,55 @@ def _shared_llm_settings(settings: Settings, owner_name: str) -> dict[str, str]:
     return {ip_key: str(jail.ip), name_key: jail.name, "WARDEN_JAILS": " ".join(roles), "AGENT_HOST": owner.host}
 
 
-def remove_agent(name: str, yes: bool = False) -> int:
-    from .registry import RegistryError, env_path
+def remove_agent(name: str, yes: bool = False, dry_run: bool = False, force: bool = False) -> int:
+    """Say what goes and what depends on it; delete agents/<name>/ when confirmed.
+
+    Work only this directory holds (a soul repo with uncommitted or unpushed commits,
+    files the tool did not write) and agents that share its jails or require it make
+    the removal refuse unless --force (docs/registry.md).
+    """
+    from .registry import RegistryError, removal_plan
     from .registry import remove_agent as do_remove
 
-    settings = Settings.from_env()
-    path = env_path(settings.agents_dir, name)
-    if not path.exists():
-        raise CommandError(f"{path}: no agent {name!r} (fix: check the name with `invoke list`)")
+    settings, fleet = load()
+    try:
+        plan = removal_plan(settings.agents_dir, name, fleet)
+    except RegistryError as exc:
+        raise CommandError(str(exc)) from None
+    out = console()
+    out.print(f"remove agent {name}: delete {plan.directory}/", markup=False)
+    for entry in plan.contents:
+        out.print(f"    {entry}", markup=False)
+    for why in plan.lost_work:
+        out.print(f"[yellow]  would lose:[/yellow] {why}", markup=True)
+    for dep in plan.dependents:
+        out.print(f"[yellow]  would break:[/yellow] {dep}", markup=True)
+    out.print(
+        "  on the next apply its service, files and gateway address go from its host; "
+        "its jails and their data stay unless you pass -e destroy_jails=true",
+        markup=False,
+    )
+    if dry_run:
+        out.print("dry run: nothing removed")
+        return 0
+    if plan.needs_force and not force:
+        causes = "; ".join([*plan.lost_work, *plan.dependents])
+        raise CommandError(
+            f"not removing {name}: {causes} (fix: commit and push the soul's work or change the dependent "
+            f"agents first, or pass --force to remove anyway)"
+        )
     if not yes:
         if not sys.stdin.isatty():
             raise CommandError(f"refusing to remove {name} without confirmation: not on a terminal (fix: pass --yes)")
-        answer = input(f"remove agent {name} ({path.parent})? [y/N] ")
+        answer = input(f"remove agent {name} ({plan.directory})? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
-            console().print("nothing removed")
+            out.print("nothing removed")
             return 1
     try:
-        removed = do_remove(settings.agents_dir, name)
+        do_remove(settings.agents_dir, name, fleet.hosts, force=force)
     except RegistryError as exc:
         raise CommandError(str(exc)) from None
-    console().print(
-        f"removed agent {name} ({removed}); `invoke render` renumbers the warden0 aliases and drops its PF entry"
-    )
+    out.print(f"removed agent {name}; `invoke render` renumbers the warden0 aliases and drops its PF entry")
     return 0
 
 
@@ -266,30 +285,35 @@ def graph(output: str | None = None, png: bool = False) -> int:
     return 0
 
 
-def render(host: str | None = None) -> int:
-    """Check, then render build/<host>/ for every machine (or one); print the tree written."""
+def render(host: str | None = None, settings: Settings | None = None, out: Console | None = None) -> int:
+    """Check, then render build/<host>/ for every machine (or one); print the tree written.
+
+    Nothing is written when the registry has errors or the fleet cannot be rendered.
+    """
     from rich.tree import Tree
 
     from .checks import run_checks
-    from .render import render_fleet
+    from .manifest import MANIFEST_RELPATH
+    from .render import layouts, render_fleet
 
-    settings, fleet = load()
-    problems = run_checks(fleet)
-    if any(p.is_error for p in problems):
-        print_problems([p for p in problems if p.is_error], console(stderr=True))
-        raise CommandError("the registry has errors; nothing rendered (fix them, see `invoke check`)")
-    names = {h.name for h in fleet.hosts} | {a.vm_name for a in fleet.agents if a.placement == "bhyve"}
+    settings, fleet = load(settings)
+    problems = [p for p in run_checks(fleet) if p.is_error]  # render_problems is part of it
+    if problems:
+        print_problems(problems, out or console(stderr=True))
+        raise CommandError("the registry has errors; nothing rendered (fix: see `invoke check`)")
+    names = [lay.name for lay in layouts(fleet)]
     if host is not None and host not in names:
-        raise CommandError(f"no host {host!r} in {settings.inventory} (hosts: {', '.join(sorted(names))})")
-    rendered = render_fleet(fleet, settings.build_dir, only=[host] if host else None)
-    out = console()
-    for r in rendered:
+        raise CommandError(f"no host {host!r} in {settings.inventory} (hosts: {', '.join(names)})")
+    out = out or console()
+    for r in render_fleet(fleet, settings.build_dir, only=[host] if host else None):
         tree = Tree(f"[bold]{r.directory}[/bold]  ({len(r.manifest.agents)} agent(s))")
         for entry in r.manifest.files:
-            owner = f" [dim]{entry.agent}[/dim]" if entry.agent else ""
-            tree.add(f"{entry.path.lstrip('/')}  [dim]{entry.mode}[/dim]{owner}  {entry.purpose}")
+            who = f" [dim]{entry.agent}[/dim]" if entry.agent else ""
+            tree.add(
+                f"{entry.path.lstrip('/')}  [dim]{entry.mode} {entry.owner}:{entry.group}[/dim]{who}  {entry.purpose}"
+            )
         tree.add(
-            f".warden/manifest.json  [dim]rc.conf: {len(r.manifest.rc_conf)} settings, "
+            f"{MANIFEST_RELPATH}  [dim]rc.conf: {len(r.manifest.rc_conf)} edits, "
             f"jails: {len(r.manifest.jails)}, guests: {len(r.manifest.guests)}[/dim]"
         )
         out.print(tree)
@@ -298,9 +322,58 @@ def render(host: str | None = None) -> int:
 
 def plan(host: str | None = None) -> int:
     """Render, read each host's live files over one SSH connection, print diffs; 0/2/1 exit."""
-    from .plan import plan_command
-
     return plan_command(Settings.from_env(), host)
+
+
+def plan_command(settings: Settings, host: str | None = None) -> int:
+    """Render, read each host's live files (one SSH connection each), print diffs and a summary.
+
+    Returns the exit status: 0 no changes, 2 changes pending, 1 an error on any host.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import diffview
+    from .checks import run_checks
+    from .models import Host
+    from .plan import HostPlan, choose_targets, paths_to_read, plan_host
+    from .remote import RemoteError, fetch, ssh_config_path
+    from .render import layouts, render_fleet
+
+    out, err = console(), console(stderr=True)
+    try:
+        _, fleet = load(settings)
+    except CommandError as exc:
+        print_error(err, str(exc))
+        return 1
+    problems = [p for p in run_checks(fleet) if p.is_error]
+    if problems:
+        print_problems(problems, err)
+        print_error(err, "the registry has errors; nothing planned (fix them, see `invoke check`)")
+        return 1
+    guests = {lay.name: lay.parent for lay in layouts(fleet) if lay.parent}
+    chosen = choose_targets(fleet.hosts, guests, host, ssh_config_path())
+    if isinstance(chosen, str):
+        print_error(err, f"{chosen} — {settings.inventory}")
+        return 1
+    rendered = {r.name: r for r in render_fleet(fleet, settings.build_dir, only=[h.name for h in chosen.hosts])}
+
+    def one(target: Host) -> HostPlan:
+        r = rendered[target.name]
+        try:
+            live = fetch(target, paths_to_read(r.manifest))
+        except RemoteError as exc:
+            return HostPlan(target.name, error=str(exc))
+        return plan_host(r.manifest, r.directory, live)
+
+    plans: list[HostPlan] = []
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(chosen.hosts)))) as pool:
+        for hp in pool.map(one, chosen.hosts):  # hosts read in parallel, printed in order
+            diffview.print_host(out, err, hp)
+            plans.append(hp)
+    for hp in chosen.errors:
+        print_error(err, hp.error or "")
+        plans.append(hp)
+    return diffview.print_summary(out, plans, chosen.notes)
 
 
 def _agent(name: str) -> tuple[Settings, Any]:

@@ -9,22 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .output import console, print_error
+from .plan import FileChange, HostPlan, exit_status
+
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from .plan import FileChange, HostPlan
-
-
-def console(stderr: bool = False) -> Console:
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
-
-
-def print_error(err: Console, message: str) -> None:
-    from rich.text import Text
-
-    err.print(Text.assemble(("error:", "bold red"), " ", message))
+__all__ = ["console", "print_change", "print_error", "print_host", "print_summary"]
 
 
 def _style(line: str) -> str:
@@ -74,8 +65,6 @@ def print_summary(out: Console, plans: Sequence[HostPlan], notes: Sequence[str] 
     """The table of every host, the notes, a one-line verdict; returns the exit status."""
     from rich.table import Table
     from rich.text import Text
-
-    from .plan import exit_status
 
     table = Table("host", "added", "changed", "removed", "agents added", "agents removed", title="plan")
     for hp in plans:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .problems import Problem
 
 # docs/freebsd.md#service-and-variable-names, docs/freebsd.md#bastille-create:
 # the name becomes the rc.d `name` (shell identifier),
@@ -356,3 +359,20 @@ def pydantic_messages(exc: ValidationError) -> list[tuple[str, str]]:
             msg = "is required"
         out.append((key, msg))
     return out
+
+
+@dataclass
+class Fleet:
+    """Everything the checks and the renderer look at, loaded once."""
+
+    hosts: list[Host]
+    agents: list[Agent]
+    problems: list[Problem] = field(default_factory=list)
+    # Raw values for agents whose model did not validate: still used by fleet checks.
+    raw: dict[Path, dict[str, str]] = field(default_factory=dict)
+
+    def host(self, name: str) -> Host | None:
+        return next((h for h in self.hosts if h.name == name), None)
+
+    def agents_on(self, host: str) -> list[Agent]:
+        return [a for a in self.agents if a.host == host]

@@ -33,11 +33,10 @@ from .models import OWNED, is_secret_key
 if TYPE_CHECKING:
     from .models import Host
     from .remote import LiveFiles, Stat
-    from .settings import Settings
 
 PASSWD = "/etc/passwd"  # read to compare owners by name, as the apply does
 GROUP = "/etc/group"
-__all__ = ["EDITED", "MASK", "plan_command"]
+__all__ = ["EDITED", "MASK", "choose_targets", "exit_status", "paths_to_read", "plan_host"]
 MASK = "********"
 
 _ASSIGN = re.compile(r"^(\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*)(.*?)(\r?\n?)$", re.S)
@@ -341,55 +340,6 @@ def choose_targets(
         else:
             out.notes.append(f"not planned: {name} ({why})")
     return out
-
-
-def plan_command(settings: Settings, host: str | None = None) -> int:
-    """Render, read each host's live files (one SSH connection each), print diffs and a summary.
-
-    Returns the exit status: 0 no changes, 2 changes pending, 1 an error on any host.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from . import diffview
-    from .checks import run_checks
-    from .cli import print_problems
-    from .inventory import load_inventory
-    from .registry import load_fleet
-    from .remote import RemoteError, fetch, ssh_config_path
-    from .render import layouts, render_fleet
-
-    out, err = diffview.console(), diffview.console(stderr=True)
-    hosts, host_problems = load_inventory(settings.inventory)
-    fleet = load_fleet(settings.agents_dir, hosts, host_problems)
-    problems = [p for p in run_checks(fleet) if p.is_error]
-    if problems:
-        print_problems(problems, err)
-        diffview.print_error(err, "the registry has errors; nothing planned (fix them, see `invoke check`)")
-        return 1
-    guests = {lay.name: lay.parent for lay in layouts(fleet) if lay.parent}
-    chosen = choose_targets(fleet.hosts, guests, host, ssh_config_path())
-    if isinstance(chosen, str):
-        diffview.print_error(err, f"{chosen} — {settings.inventory}")
-        return 1
-    rendered = {r.name: r for r in render_fleet(fleet, settings.build_dir, only=[h.name for h in chosen.hosts])}
-
-    def one(target: Host) -> HostPlan:
-        r = rendered[target.name]
-        try:
-            live = fetch(target, paths_to_read(r.manifest))
-        except RemoteError as exc:
-            return HostPlan(target.name, error=str(exc))
-        return plan_host(r.manifest, r.directory, live)
-
-    plans: list[HostPlan] = []
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(chosen.hosts)))) as pool:
-        for hp in pool.map(one, chosen.hosts):  # hosts read in parallel, printed in order
-            diffview.print_host(out, err, hp)
-            plans.append(hp)
-    for hp in chosen.errors:
-        diffview.print_error(err, hp.error or "")
-        plans.append(hp)
-    return diffview.print_summary(out, plans, chosen.notes)
 
 
 def exit_status(plans: Sequence[HostPlan]) -> int:

@@ -23,6 +23,7 @@ from .models import (
     OWNED_KEYS,
     ROLE_KEYS,
     Agent,
+    Fleet,
     Host,
     derive_defaults,
     pydantic_messages,
@@ -35,25 +36,86 @@ BASE_DERIVED = frozenset({"WARDEN_SUBNET", "WARDEN_GATEWAY", *(ip for ip, _ in R
 LOCK_NAME = ".registry.lock"
 
 
-@dataclass
-class Fleet:
-    """Everything the checks and the renderer look at, loaded once."""
+class RegistryError(Exception):
+    """A registry command refused: the cause and, separately, the fix in the user's terms."""
 
-    hosts: list[Host]
-    agents: list[Agent]
-    problems: list[Problem] = field(default_factory=list)
-    # Raw values for agents whose model did not validate: still used by fleet checks.
-    raw: dict[Path, dict[str, str]] = field(default_factory=dict)
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
 
-    def host(self, name: str) -> Host | None:
-        return next((h for h in self.hosts if h.name == name), None)
+    def __str__(self) -> str:
+        return f"{self.message} (fix: {self.fix})"
 
-    def agents_on(self, host: str) -> list[Agent]:
-        return [a for a in self.agents if a.host == host]
+
+def agent_dir(agents_dir: Path, name: str) -> Path:
+    """agents/<name>, only for a valid agent name whose directory stays inside the registry.
+
+    A registry command never touches a path outside the agents directory: the name is
+    checked before it becomes a path (`/tmp/x`, `../x`, `atlas\n` are refused), and a
+    directory that is a symlink out of the registry is refused too (docs/registry.md).
+    """
+    if not AGENT_NAME_RE.fullmatch(name):
+        raise RegistryError(
+            f"{name!r} is not an agent name: lowercase letters and digits, starting with a letter, "
+            "at most 16 characters",
+            "give the agent's name as `invoke list` shows it",
+        )
+    root = agents_dir.resolve()
+    path = agents_dir / name
+    if path.is_symlink() or path.resolve().parent != root:
+        raise RegistryError(
+            f"{path} is a symlink (to {path.resolve()}): a registry command only works inside {root}",
+            f"replace the link by the agent's directory, or remove it by hand if {name} is not an agent",
+        )
+    return path
 
 
 def env_path(agents_dir: Path, name: str) -> Path:
-    return agents_dir / name / ENV_NAME
+    return agent_dir(agents_dir, name) / ENV_NAME
+
+
+def require_agents_dir(agents_dir: Path) -> None:
+    """A missing or mistyped agents directory is an error, never "no agents" (docs/registry.md).
+
+    Reading zero agents from a typo would make the next apply remove every agent.
+    """
+    if agents_dir.is_dir():
+        return
+    if agents_dir.exists():
+        raise RegistryError(
+            f"the agents directory {agents_dir} is not a directory",
+            "point PROVISION_AGENTS_DIR at the directory that holds <agent>/.env files",
+        )
+    raise RegistryError(
+        f"the agents directory {agents_dir} does not exist",
+        "check PROVISION_AGENTS_DIR for a typo, or create the first agent with `invoke add-agent NAME`",
+    )
+
+
+def prepare_agents_dir(agents_dir: Path) -> bool:
+    """Create the agents directory for a first `add-agent`; True when it was created.
+
+    Only its last component is created: a missing parent is more likely a typo in
+    PROVISION_AGENTS_DIR than a wish for a new tree.
+    """
+    if agents_dir.is_dir():
+        return False
+    if agents_dir.exists():
+        require_agents_dir(agents_dir)  # raises: it is a file
+    if not agents_dir.parent.is_dir():
+        raise RegistryError(
+            f"the agents directory {agents_dir} does not exist, nor does its parent {agents_dir.parent}",
+            "check PROVISION_AGENTS_DIR for a typo, or create the parent directory first",
+        )
+    agents_dir.mkdir(mode=0o700)
+    return True
+
+
+def suggest_name(wrong: str) -> str:
+    """A valid agent name close to WRONG: lowercase letters and digits, starting with a letter."""
+    kept = "".join(c for c in wrong.lower() if c.isascii() and c.isalnum()).lstrip("0123456789")
+    return kept[:16] or "atlas"
 
 
 def iter_env_files(agents_dir: Path) -> list[Path]:
@@ -100,6 +162,8 @@ _FIXES = {
 
 
 def load_fleet(agents_dir: Path, hosts: list[Host], host_problems: Sequence[Problem] = ()) -> Fleet:
+    """Every agent of the registry; a missing agents directory raises RegistryError."""
+    require_agents_dir(agents_dir)
     fleet = Fleet(hosts=hosts, agents=[], problems=list(host_problems))
     for path in iter_env_files(agents_dir):
         try:
@@ -181,18 +245,10 @@ def next_free_vm_ip(host: Host, agents: Sequence[Agent]) -> IPv4Address:
 # -- add / remove ----------------------------------------------------------------------
 
 
-class RegistryError(Exception):
-    def __init__(self, message: str, fix: str) -> None:
-        super().__init__(f"{message} (fix: {fix})")
-        self.message = message
-        self.fix = fix
-
-
 @contextmanager
 def locked(agents_dir: Path, timeout: float = 60) -> Iterator[None]:
     from filelock import FileLock
 
-    agents_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(agents_dir / LOCK_NAME), timeout=timeout):
         yield
 
@@ -214,13 +270,14 @@ def add_agent(agents_dir: Path, hosts: list[Host], req: AddRequest) -> tuple[Age
     """
     from .checks import check_fleet
 
-    if not AGENT_NAME_RE.match(req.name):
+    if not AGENT_NAME_RE.fullmatch(req.name):
         raise RegistryError(
             f"agent name {req.name!r} is not valid: lowercase letters and digits, starting with "
-            "a letter, at most 16 characters (rc.d name and VNET jail prefix: "
+            "a letter, at most 16 characters (it becomes the rc.d name and the VNET jail prefix: "
             "docs/freebsd.md#service-and-variable-names, docs/freebsd.md#bastille-create)",
-            f"use e.g. {''.join(c for c in req.name.lower() if c.isalnum())[:16] or 'atlas'!r}",
+            f"use e.g. {suggest_name(req.name)!r}",
         )
+    prepare_agents_dir(agents_dir)
     with locked(agents_dir):
         path = env_path(agents_dir, req.name)
         if path.exists():
@@ -289,11 +346,101 @@ def _choose_host(hosts: Sequence[Host], wanted: str | None) -> Host:
     )
 
 
-def remove_agent(agents_dir: Path, name: str) -> Path:
+@dataclass(frozen=True)
+class Removal:
+    """What `remove-agent` would delete, and what would break or be lost (docs/registry.md).
+
+    Computed before anything is deleted so the prompt, `--dry-run` and the refusal all
+    say the same thing.
+    """
+
+    name: str
+    directory: Path
+    contents: tuple[str, ...]  # entries of agents/<name>/, each with a short description
+    lost_work: tuple[str, ...]  # data only this directory holds (a soul repo's unpushed work, own files)
+    dependents: tuple[str, ...]  # agents whose registry entries name this one
+
+    @property
+    def needs_force(self) -> bool:
+        return bool(self.lost_work or self.dependents)
+
+
+def _git_lines(repo: Path, *args: str) -> list[str] | None:
+    """Output lines of a read-only git command in REPO, or None when it is not a repository."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.splitlines() if done.returncode == 0 else None
+
+
+def _describe_entry(entry: Path) -> tuple[str, str | None]:
+    """(description, why-it-would-be-lost or None) for one entry of an agent's directory."""
+    rel = entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else "")
+    if entry.name == ENV_NAME:
+        return f"{rel} (the agent's settings)", None
+    if entry.is_symlink() or not entry.is_dir():
+        return rel, f"{rel} is not written by the tool"
+    status = _git_lines(entry, "status", "--porcelain")
+    if status is None:
+        return rel, f"{rel} is not written by the tool"
+    unpushed = _git_lines(entry, "log", "--oneline", "--branches", "--not", "--remotes") or []
+    lost = []
+    if status:
+        lost.append(f"{len(status)} uncommitted change(s)")
+    if unpushed:
+        lost.append(f"{len(unpushed)} commit(s) on no remote")
+    why = f"{rel} is a git repository with {' and '.join(lost)}" if lost else None
+    return f"{rel} (a git repository)", why
+
+
+def removal_plan(agents_dir: Path, name: str, fleet: Fleet | None = None) -> Removal:
+    """What removing NAME deletes, the work it would lose, and the agents that name it."""
+    directory = agent_dir(agents_dir, name)
+    path = directory / ENV_NAME
+    if not path.is_file():
+        known = ", ".join(p.parent.name for p in iter_env_files(agents_dir)) or "none"
+        raise RegistryError(f"no agent {name!r} in {agents_dir} (agents: {known})", "check the name with `invoke list`")
+    contents, lost = [], []
+    for entry in sorted(directory.iterdir()):
+        if entry.name == LOCK_NAME:
+            continue
+        what, why = _describe_entry(entry)
+        contents.append(what)
+        if why:
+            lost.append(why)
+    dependents: list[str] = []
+    if fleet is not None:
+        me = next((a for a in fleet.agents if a.name == name), None)
+        mine = {(j.name, j.ip) for j in me.jails} if me else set()
+        for other in fleet.agents:
+            if other.name == name:
+                continue
+            for jail in other.jails:
+                if (jail.name, jail.ip) in mine:
+                    dependents.append(f"{other.name} shares {name}'s {jail.role} jail {jail.name} ({jail.ip})")
+            if name in other.requires:
+                dependents.append(f"{other.name} requires {name} (AGENT_REQUIRES in {other.source})")
+    return Removal(name, directory, tuple(contents), tuple(lost), tuple(dependents))
+
+
+def remove_agent(agents_dir: Path, name: str, hosts: list[Host] | None = None, force: bool = False) -> Removal:
+    """Delete agents/<name>/ under the registry lock, unless that loses work or breaks others.
+
+    The plan is recomputed under the lock, so what is deleted is what was checked.
+    """
+    require_agents_dir(agents_dir)
     with locked(agents_dir):
-        path = env_path(agents_dir, name)
-        if not path.exists():
-            known = ", ".join(p.parent.name for p in iter_env_files(agents_dir)) or "none"
-            raise RegistryError(f"{path}: no agent {name!r} (agents: {known})", "check the name with `invoke list`")
-        shutil.rmtree(path.parent)
-        return path.parent
+        fleet = load_fleet(agents_dir, hosts) if hosts is not None else None
+        plan = removal_plan(agents_dir, name, fleet)
+        if plan.needs_force and not force:
+            causes = [*plan.lost_work, *plan.dependents]
+            raise RegistryError(
+                f"removing {name} would {'lose work' if plan.lost_work else 'break other agents'}: "
+                + "; ".join(causes),
+                "commit and push the work, or change the dependent agents first; or pass --force to remove anyway",
+            )
+        shutil.rmtree(plan.directory)
+        return plan

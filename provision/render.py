@@ -13,7 +13,7 @@ The pipeline, all pure until the last step:
 
 `render_problems` lists what a fleet must fix before it can be rendered (today: a host
 with agents to NAT but no `warden_ext_if`); `render_fleet` refuses such a fleet before
-writing anything, and `render_command` is the whole `invoke render` for the CLI.
+writing anything; `invoke render` (cli.py) prints the tree it wrote.
 """
 
 from __future__ import annotations
@@ -30,14 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 from .limits import host_rules
 from .manifest import MANIFEST_RELPATH, FileEntry, GuestSpec, JailSpec, Manifest, RcEdit
-from .models import LLM_ROLES, Agent, jail_mac
+from .models import LLM_ROLES, Agent, Fleet, jail_mac
 from .problems import Problem
 from .rcconf import Set, alias_edits
-from .registry import Fleet
-from .settings import REPO_ROOT, Settings
+from .settings import REPO_ROOT
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    pass
 
 TEMPLATES = REPO_ROOT / "templates"
 # Two comment lines at the top of every file ("# " + HEADER): who manages it, from what.
@@ -585,46 +584,3 @@ def render_fleet(fleet: Fleet, build_dir: Path, only: Sequence[str] | None = Non
     rendered = [render_layout(lay, jenv) for lay in chosen]
     build_dir.mkdir(parents=True, exist_ok=True)
     return [write_host(build_dir, manifest, files) for manifest, files in rendered]
-
-
-def render_command(settings: Settings | None = None, host: str | None = None, out: Console | None = None) -> int:
-    """`invoke render [--host H]`: check, render, print the tree written; 0 ok, 1 refused.
-
-    Nothing is written when the registry has errors or the fleet cannot be rendered.
-    """
-    from rich.console import Console
-    from rich.tree import Tree
-
-    from .checks import run_checks
-    from .inventory import load_inventory
-    from .registry import load_fleet
-
-    settings = settings or Settings.from_env()
-    out = out or Console(highlight=False, soft_wrap=True)
-    hosts, host_problems = load_inventory(settings.inventory)
-    fleet = load_fleet(settings.agents_dir, hosts, host_problems)
-    problems = [p for p in run_checks(fleet) if p.is_error]  # render_problems is part of it
-    if problems:
-        for p in problems:
-            out.print(f"[red]error[/red] {'; '.join(str(loc) for loc in p.locations)}")
-            out.print(f"    {p.message}", markup=False)
-            out.print(f"    fix: {p.fix}", markup=False)
-        out.print("[red]error:[/red] nothing rendered (fix the problems above, see `invoke check`)")
-        return 1
-    names = [lay.name for lay in layouts(fleet)]
-    if host is not None and host not in names:
-        out.print(f"[red]error:[/red] no host {host!r} in {settings.inventory} (hosts: {', '.join(names)})")
-        return 1
-    for r in render_fleet(fleet, settings.build_dir, only=[host] if host else None):
-        tree = Tree(f"[bold]{r.directory}[/bold]  ({len(r.manifest.agents)} agent(s))")
-        for entry in r.manifest.files:
-            who = f" [dim]{entry.agent}[/dim]" if entry.agent else ""
-            tree.add(
-                f"{entry.path.lstrip('/')}  [dim]{entry.mode} {entry.owner}:{entry.group}[/dim]{who}  {entry.purpose}"
-            )
-        tree.add(
-            f"{MANIFEST_RELPATH}  [dim]rc.conf: {len(r.manifest.rc_conf)} edits, "
-            f"jails: {len(r.manifest.jails)}, guests: {len(r.manifest.guests)}[/dim]"
-        )
-        out.print(tree)
-    return 0

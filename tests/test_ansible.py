@@ -192,6 +192,9 @@ def test_removing_an_agent_removes_what_the_tool_put_there(registry: Registry, t
     assert testhost.state()["rctl"] == ["user:iris:maxproc:deny=64"]  # applied live (docs/freebsd.md#rctl)
     assert "user:iris:maxproc:deny=64" in (testhost.root / "etc/rctl.conf").read_text()
     shutil.rmtree(registry.agents / "iris")
+    guarded = playbook(registry, "-e", "warden_max_removals=0")  # 1 removal > 0: the guard stops it
+    assert guarded.returncode != 0 and "would remove 1 of the 3 agent(s) on fbsd1 (iris)" in guarded.stdout
+    assert (testhost.root / "usr/local/etc/rc.d/iris").exists()
     result = playbook(registry)
     assert result.returncode == 0, result.stdout[-4000:]
     root = testhost.root
@@ -209,6 +212,13 @@ def test_removing_an_agent_removes_what_the_tool_put_there(registry: Registry, t
     assert playbook(registry, "-e", "destroy_jails=true").returncode == 0
     assert "novacms" not in testhost.state()["jails"]
     assert recap(playbook(registry))["changed"] == 0
+    # The last agent: a registry that suddenly has none for this host is refused, then allowed.
+    shutil.rmtree(registry.agents / "atlas")
+    guarded = playbook(registry)
+    assert guarded.returncode != 0 and "would remove 1 of the 1 agent(s) on fbsd1 (atlas)" in guarded.stdout
+    assert "warden_allow_removal=true" in guarded.stdout and (root / "usr/local/etc/rc.d/atlas").exists()
+    assert playbook(registry, "-e", "warden_allow_removal=true").returncode == 0
+    assert not (root / "usr/local/etc/rc.d/atlas").exists()
 
 
 def test_a_pf_load_that_cuts_ssh_is_rolled_back_and_the_play_says_so(registry: Registry, testhost: TestHost) -> None:

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from provision import remote
+from provision.cli import plan_command
 from provision.hostfiles import EDITED, edited_results, pf_conf_result
 from provision.manifest import LIVE_MANIFEST_PATH, Manifest
 from provision.pfconf import section_order_errors
-from provision.plan import MASK, plan_command
+from provision.plan import MASK
 from provision.settings import Settings
 from tests.hostkit.testhost import TestHost
 

@@ -18,13 +18,15 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from provision.cli import CommandError
+from provision.cli import render as render_command
 from provision.hostfiles import pf_conf_result, rc_conf_edits, rc_conf_result
 from provision.inventory import load_inventory
 from provision.manifest import Manifest, RcEdit
 from provision.pfconf import section_order_errors
 from provision.rcconf import read_vars
 from provision.registry import load_fleet
-from provision.render import RenderError, render_command, render_fleet, render_problems
+from provision.render import RenderError, render_fleet, render_problems
 
 from .conftest import REPO, Registry
 from .update_golden import EXAMPLE, GOLDEN, render_example
@@ -430,7 +432,7 @@ def test_a_host_with_agents_but_no_ext_if_is_refused_with_the_fix(registry: Regi
 def test_render_command_prints_the_tree_it_wrote(registry: Registry) -> None:
     three_agents(registry)
     buf = io.StringIO()
-    assert render_command(registry.settings(), out=Console(file=buf, width=200)) == 0
+    assert render_command(settings=registry.settings(), out=Console(file=buf, width=200)) == 0
     text = buf.getvalue()
     assert str(registry.build / "fbsd1") in text and "usr/local/etc/rc.d/iris  0755 root:wheel iris" in text
     assert ".warden/manifest.json" in text
@@ -439,10 +441,12 @@ def test_render_command_prints_the_tree_it_wrote(registry: Registry) -> None:
 def test_render_command_refuses_errors_and_writes_nothing(registry: Registry) -> None:
     registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nCMS_JAIL_NAME=atlas-cms\n")
     buf = io.StringIO()
-    assert render_command(registry.settings(), out=Console(file=buf, width=200)) == 1
+    with pytest.raises(CommandError, match="nothing rendered"):
+        render_command(settings=registry.settings(), out=Console(file=buf, width=200))
     assert "CMS_JAIL_NAME" in buf.getvalue() and not registry.build.exists()
-    buf = io.StringIO()
-    assert render_command(registry.settings(), host="nope", out=Console(file=buf, width=200)) == 1
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\n")
+    with pytest.raises(CommandError, match="no host 'nope'"):
+        render_command(host="nope", settings=registry.settings(), out=Console(file=buf, width=200))
 
 
 def test_invoke_render_refuses_a_registry_with_errors(registry: Registry) -> None:

@@ -1,0 +1,38 @@
+"""How commands print: one console factory, problems and errors in one format.
+
+This is the layer above the pipeline (checks, plan): those return values, and only the
+commands (`cli.py`) and the views (`diffview.py`) print them, through here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .problems import Problem, Severity
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def print_problems(problems: Sequence[Problem], out: Console) -> None:
+    """Each problem as three lines: severity and where, the message, the fix."""
+    for p in problems:
+        style = "red" if p.severity is Severity.ERROR else "yellow"
+        where = "; ".join(str(loc) for loc in p.locations)
+        out.print(f"[{style}]{p.severity.value}[/{style}] {where}", markup=True)
+        out.print(f"    {p.message}", markup=False)
+        out.print(f"    fix: {p.fix}", markup=False)
+
+
+def print_error(err: Console, message: str) -> None:
+    """One `error: …` line; the message is printed as text, never as markup."""
+    from rich.text import Text
+
+    err.print(Text.assemble(("error:", "bold red"), " ", message))
