@@ -128,7 +128,7 @@ def remove_agent(name: str, yes: bool = False, dry_run: bool = False, force: boo
         out.print(f"[yellow]  would break:[/yellow] {dep}", markup=True)
     out.print(
         "  on the next apply its service, files and gateway address go from its host; "
-        "its jails and their data stay unless you pass -e destroy_jails=true",
+        "its jails and their data stay unless you pass -e warden_destroy_jails=true",
         markup=False,
     )
     if dry_run:

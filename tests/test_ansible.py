@@ -209,7 +209,7 @@ def test_removing_an_agent_removes_what_the_tool_put_there(registry: Registry, t
     assert state["rctl"] == [] and "iris" not in (testhost.root / "etc/rctl.conf").read_text()
     assert state["jails"]["iriscms"]["running"] is False  # stopped, kept
     shutil.rmtree(registry.agents / "nova")
-    assert playbook(registry, "-e", "destroy_jails=true").returncode == 0
+    assert playbook(registry, "-e", "warden_destroy_jails=true").returncode == 0
     assert "novacms" not in testhost.state()["jails"]
     assert recap(playbook(registry))["changed"] == 0
     # The last agent: a registry that suddenly has none for this host is refused, then allowed.
@@ -238,17 +238,39 @@ def test_a_pf_load_that_cuts_ssh_is_rolled_back_and_the_play_says_so(registry: R
 
 def test_tags_and_one_agent_runs(registry: Registry, testhost: TestHost) -> None:
     setup(registry, testhost)
+    # The operator's own inventory may use `agent` and `destroy_jails`: they must not collide.
+    inventory = yaml.safe_load(registry.inventory.read_text())
+    inventory["all"]["hosts"]["fbsd1"].update({"agent": "atlas", "destroy_jails": True})
+    registry.inventory.write_text(yaml.safe_dump(inventory))
     only_pf = playbook(registry, "--tags", "pf")
     assert only_pf.returncode == 0, only_pf.stdout[-3000:]
     assert (testhost.root / "etc/pf.warden.conf").exists()
     assert not (testhost.root / "usr/local/etc/rc.d/atlas").exists()
     assert not any(c["cmd"] == "bastille" for c in testhost.calls())
-    one = playbook(registry, "--tags", "agents", "-e", "agent=atlas")
+    one = playbook(registry, "--tags", "agents", "-e", "warden_agent=atlas")
     assert one.returncode == 0, one.stdout[-3000:]
     assert (testhost.root / "usr/local/etc/rc.d/atlas").exists()
     assert not (testhost.root / "usr/local/etc/rc.d/iris").exists()
+    every = playbook(registry, "--tags", "agents")  # the inventory's `agent: atlas` restricts nothing
+    assert every.returncode == 0, every.stdout[-3000:]
+    assert (testhost.root / "usr/local/etc/rc.d/iris").exists()
     limited = playbook(registry, "--limit", "nosuchhost")
     assert "no hosts matched" in limited.stdout or limited.returncode != 0
+
+
+@pytest.mark.parametrize("tags", [(), ("--tags", "pf"), ("--tags", "agents,network")])
+def test_the_sample_host_is_never_applied_under_any_tag(registry: Registry, tags: tuple[str, ...]) -> None:
+    """The bundled sample host (ansible_connection: local) would be the controller itself."""
+    registry.inventory.write_text(
+        (REPO / "inventory/hosts.yml").read_text().replace("examples/host", str(REPO / "examples/host"))
+    )
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\n")
+    result = playbook(registry, "--check", *tags)
+    assert result.returncode == 0, result.stdout[-3000:]
+    ran = re.findall(r"^(ok|changed|fatal|failed): \[example\]", result.stdout, re.M)
+    assert ran == [], result.stdout[-3000:]
+    counts = recap(result, "example")
+    assert counts["ok"] == counts["changed"] == counts["failed"] == counts["unreachable"] == 0
 
 
 def test_a_registry_with_errors_stops_before_any_host_is_touched(registry: Registry, testhost: TestHost) -> None:
