@@ -634,8 +634,6 @@ def check_fleet(fleet: Fleet) -> list[Problem]:
     for a in fleet.agents:
         where = placement_host(a)
         ip_users[a.gateway].append((a, "WARDEN_GATEWAY", "gateway"))
-        if a.vm_ip is not None:
-            ip_users[a.vm_ip].append((a, "WARDEN_VM_IP", "vm"))
         for jail in a.jails:
             ip_key, name_key = ROLE_KEYS[jail.role]
             ip_users[jail.ip].append((a, ip_key, jail.name))
@@ -696,13 +694,19 @@ def check_fleet(fleet: Fleet) -> list[Problem]:
         where = placement_host(a)
         per_host[(where, "CONTROLPLANE_API_PORT", a.api_port)].append((a, "CONTROLPLANE_API_PORT"))
         per_host[(where, "AGENT_DIR", a.directory)].append((a, "AGENT_DIR"))
+        if a.vm_ip is not None:
+            # The VM uplink is per host: each host's guests sit on that host's own vm-bhyve
+            # switch behind its own NAT (docs/design.md#placement), so only one host's guests
+            # must differ; the allocator (registry.next_free_vm_ip) counts the same way.
+            per_host[(a.host, "WARDEN_VM_IP", a.vm_ip)].append((a, "WARDEN_VM_IP"))
+    fixes = {
+        "CONTROLPLANE_API_PORT": "give each agent on the host its own port (3100, 3101, …)",
+        "AGENT_DIR": "give each agent its own directory, e.g. /home/<agent>/clawdie",
+        "WARDEN_VM_IP": "give each bhyve agent on the host its own uplink address (from .10 up)",
+    }
     for (where, key, value), holders in per_host.items():
         if len(holders) > 1:
-            fix = (
-                "give each agent on the host its own port (3100, 3101, …)"
-                if key == "CONTROLPLANE_API_PORT"
-                else "give each agent its own directory, e.g. /home/<agent>/clawdie"
-            )
+            fix = fixes[key]
             out.append(
                 Problem(
                     tuple(_loc(a, k) for a, k in holders),

@@ -226,3 +226,21 @@ def test_importing_the_cli_does_not_import_heavy_modules() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_bhyve_agents_on_two_hosts_each_get_their_hosts_first_uplink_address(registry: Registry) -> None:
+    """The VM uplink is per host: the allocator and check agree (docs/design.md#placement)."""
+    registry.write_inventory(TWO_HOSTS)
+    for name, host in (("nova", "fbsd1"), ("vega", "fbsd2")):
+        result = invoke(registry, "add-agent", name, "--host", host, "--placement", "bhyve")
+        assert result.returncode == 0, result.stderr
+        assert EnvFile.load(registry.agents / name / ".env").values()["WARDEN_VM_IP"] == "10.255.0.10"
+    assert invoke(registry, "check").returncode == 0
+    # On one host the same address twice is refused.
+    registry.write_env(
+        "lyra",
+        "AGENT_NAME=lyra\nAGENT_HOST=fbsd1\nAGENT_PLACEMENT=bhyve\nAGENT_SUBNET_BASE=10.0.9\n"
+        "CONTROLPLANE_API_PORT=3109\nWARDEN_VM_IP=10.255.0.10\n",
+    )
+    result = invoke(registry, "check")
+    assert result.returncode == 1 and "WARDEN_VM_IP=10.255.0.10 is used by 2 agents on fbsd1" in result.stdout
