@@ -171,10 +171,12 @@ def list_agents() -> int:
     return 0
 
 
-def check() -> int:
+def check(settings: Settings | None = None, fleet: Fleet | None = None) -> int:
+    """Every problem of the registry and the inventory, each with file:line, key and fix."""
     from .checks import run_checks
 
-    settings, fleet = load()
+    if settings is None or fleet is None:
+        settings, fleet = load()
     problems = run_checks(fleet)
     soul = _soul_problems(settings, fleet)
     problems.extend(soul)
@@ -188,6 +190,22 @@ def check() -> int:
         return 1
     out.print(f"[green]{summary}[/green]")
     return 0
+
+
+def prepare() -> int:
+    """site.yml's controller step: check, render every machine, bundle the souls — one process.
+
+    One interpreter start and one registry load instead of three (docs/design.md#quality-bars);
+    the first error stops it before anything is rendered.
+    """
+    from .render import render_fleet
+
+    settings, fleet = load()
+    if check(settings, fleet):
+        return 1
+    rendered = render_fleet(fleet, settings.build_dir)
+    console().print(f"rendered {len(rendered)} machine(s) into {settings.build_dir}")
+    return souls(settings, fleet)
 
 
 def _soul_problems(settings: Settings, fleet: Fleet) -> list[Problem]:
@@ -446,14 +464,15 @@ def soul_init(name: str, dest: str | None = None, author: str = "warden-provisio
     return 0
 
 
-def souls() -> int:
+def souls(settings: Settings | None = None, fleet: Fleet | None = None) -> int:
     """Bundle every agent's pinned soul for the hosts (run by site.yml after check)."""
     import json
 
     from .checks import placement_host
     from .soul import prepare_bundles
 
-    settings, fleet = load()
+    if settings is None or fleet is None:
+        settings, fleet = load()
     wanted = [(placement_host(a), a.name, a.soul_repo, a.soul_ref) for a in fleet.agents if a.soul_repo]
     bundles = prepare_bundles(wanted, settings.build_dir, settings.cache_dir / "souls")
     by_agent = {a.name: a for a in fleet.agents}
