@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
 
 from .models import (
+    COMMIT_RE,
     LLM_ROLES,
     OLD_SLOT,
     ROLE_KEYS,
@@ -237,7 +238,6 @@ RESERVED_USERS = frozenset(
 RESERVED_DB_PREFIXES = frozenset({"system"})  # docs/freebsd.md#clawdie-conventions: shared platform DBs
 
 IFNAMSIZ_MAX = 15  # docs/freebsd.md#interface-name-length: interface names are limited to 15 characters
-INTERFACE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]*[0-9]$")
 
 
 def _loc(agent: Agent, key: str | None = None) -> Location:
@@ -257,7 +257,7 @@ def known_system_locale(name: str) -> bool:
     """`ll_CC.UTF-8` with a language/territory pair that exists (docs/freebsd.md#locales-and-login-classes)."""
     if name == "C.UTF-8":
         return True
-    m = re.match(r"^([a-z]{2,3})_([A-Z]{2})\.UTF-8$", name)
+    m = re.fullmatch(r"([a-z]{2,3})_([A-Z]{2})\.UTF-8", name)
     if not m:
         return False
     return f"{m.group(1)}_{m.group(2).lower()}" in pylocale.locale_alias
@@ -321,12 +321,25 @@ def check_agent(agent: Agent, hosts: dict[str, Host]) -> list[Problem]:
 
     out.extend(_check_network(agent))
     out.extend(_check_jail_names(agent))
+    if agent.soul_repo and not (agent.soul_ref and COMMIT_RE.fullmatch(agent.soul_ref)):
+        # docs/security.md: what ships is exactly the commit that was checked, so the
+        # ref must not move between `invoke check` and the apply's bundle.
+        ref = f"SOUL_REF={agent.soul_ref}" if agent.soul_ref else "SOUL_REF is not set: it"
+        add(
+            Problem(
+                (_loc(agent, "SOUL_REF" if agent.soul_ref else "SOUL_REPO"),),
+                f"{ref} is not a full commit hash; a branch or tag can move after the check, "
+                "and the apply must ship exactly the commit that was checked",
+                f"run `invoke soul-pin {agent.name}` to write the 40-character commit it resolves to now",
+                rule="soul-ref",
+            )
+        )
     if not known_system_locale(agent.system_locale):
         hint = agent.system_locale
-        m = re.match(r"^([a-z]{2,3}_[A-Z]{2})\.(?:utf-?8|UTF8|UTF-8)$", agent.system_locale, re.I)
+        m = re.fullmatch(r"([a-z]{2,3}_[A-Z]{2})\.(?:utf-?8|UTF8|UTF-8)", agent.system_locale, re.I)
         if m:
             hint = f"{m.group(1)}.UTF-8"
-        elif "." not in agent.system_locale and re.match(r"^[a-z]{2,3}_[A-Z]{2}$", agent.system_locale):
+        elif "." not in agent.system_locale and re.fullmatch(r"[a-z]{2,3}_[A-Z]{2}", agent.system_locale):
             hint = f"{agent.system_locale}.UTF-8"
         elif not agent.system_locale.endswith("UTF-8"):
             hint = "en_US.UTF-8"
@@ -475,7 +488,7 @@ def _check_jail_names(agent: Agent) -> list[Problem]:
     out: list[Problem] = []
     for jail in agent.jails:
         key = ROLE_KEYS[jail.role][1]
-        if not VNET_JAIL_NAME_RE.match(jail.name) or jail.name.isdigit():
+        if not VNET_JAIL_NAME_RE.fullmatch(jail.name) or jail.name.isdigit():
             fixed = re.sub(r"[^A-Za-z0-9]", "", jail.name) or f"{agent.name}{jail.role}"
             out.append(
                 Problem(
@@ -503,26 +516,9 @@ def _check_jail_names(agent: Agent) -> list[Problem]:
 
 
 def check_host(host: Host) -> list[Problem]:
+    # Interface names, vm_dir and the release are validated by the Host model (inventory.py
+    # reports them with their rule and fix): a value that fails never reaches a template.
     out: list[Problem] = []
-    if len(host.bridge) > IFNAMSIZ_MAX or not INTERFACE_RE.match(host.bridge):
-        out.append(
-            Problem(
-                (_host_loc(host, "warden_bridge"),),
-                f"warden_bridge={host.bridge} is not a valid interface name (letters/digits, ending in a "
-                "digit, at most 15 characters: docs/freebsd.md#interface-name-length)",
-                "use e.g. warden_bridge: warden0",
-                rule="bridge-name",
-            )
-        )
-    if host.ext_if is not None and (len(host.ext_if) > IFNAMSIZ_MAX or not INTERFACE_RE.match(host.ext_if)):
-        out.append(
-            Problem(
-                (_host_loc(host, "warden_ext_if"),),
-                f"warden_ext_if={host.ext_if} is not an interface name",
-                "use the uplink's name as `ifconfig -l` prints it, e.g. vtnet0",
-                rule="ext-if",
-            )
-        )
     if host.pool.prefixlen > 24:
         out.append(
             Problem(

@@ -31,6 +31,21 @@ WARDEN_VARS = {
 }
 
 
+# Rule and fix for each inventory value the Host model refuses ({name}: the host).
+_FIXES = {
+    "name": ("host-name", "rename the host in the inventory: letters, digits, '.', '-', e.g. fbsd1"),
+    "warden_bridge": ("bridge-name", "use e.g. warden_bridge: warden0"),
+    "warden_bridge_clone": ("bridge-name", "use a free bridge on the host, e.g. warden_bridge_clone: bridge1"),
+    "warden_ext_if": ("ext-if", "use the uplink's name as `ifconfig -l` prints it, e.g. warden_ext_if: vtnet0"),
+    "warden_release": (
+        "release",
+        "use a release name as `bastille bootstrap` takes it, e.g. warden_release: 15.0-RELEASE",
+    ),
+    "warden_vm_dir": ("vm-dir", "use an absolute path or zfs:pool/dataset, e.g. warden_vm_dir: /vm"),
+    "warden_agent_links": ("agent-links", "list pairs of agent names, e.g. warden_agent_links: [[atlas, hermes]]"),
+}
+
+
 class _LineLoader(yaml.SafeLoader):
     """SafeLoader that remembers the line of each mapping key, for error messages."""
 
@@ -97,7 +112,7 @@ def load_inventory(path: Path) -> tuple[list[Host], list[Problem]]:
     problems: list[Problem] = []
     for name in sorted(found):
         hvars, line = found[name]
-        fields: dict[str, Any] = {"name": name, "source": path, "line": line}
+        fields: dict[str, Any] = {"name": str(name), "source": path, "line": line}
         for var, field in WARDEN_VARS.items():
             if var in hvars and hvars[var] is not None:
                 fields[field] = hvars[var]
@@ -110,12 +125,14 @@ def load_inventory(path: Path) -> tuple[list[Host], list[Problem]]:
             for err in exc.errors():
                 field = str(err["loc"][0]) if err.get("loc") else "?"
                 var = next((k for k, f in WARDEN_VARS.items() if f == field), field)
+                message = str(err["msg"]).removeprefix("Value error, ")
+                rule, fix = _FIXES.get(var, ("inventory-value", f"set {var} on host {{name}} to a valid value"))
                 problems.append(
                     Problem(
-                        (Location(path, line, f"{name}.{var}"),),
-                        f"{var}: {err['msg']}",
-                        f"set {var} on host {name} to a valid value",
-                        rule="inventory-value",
+                        (Location(path, line, f"{name}.{var}" if var != "name" else str(name)),),
+                        f"{var}: {message}" if var != "name" else f"host {name!r} {message}",
+                        fix.format(name=name),
+                        rule=rule,
                     )
                 )
     return hosts, problems

@@ -9,24 +9,56 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+# Every pattern here is used with re.fullmatch, never with `$`: `$` also matches before
+# a final newline, and "t1git\n" would pass (docs/security.md, "Values and secrets").
 
 from .problems import Problem
 
 # docs/freebsd.md#service-and-variable-names, docs/freebsd.md#bastille-create:
 # the name becomes the rc.d `name` (shell identifier),
 # the user, the tmux session and the prefix of VNET jail names (no `-` or `_`).
-AGENT_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
+AGENT_NAME_RE = re.compile(r"[a-z][a-z0-9]{0,15}")
 # docs/freebsd.md#bastille-create: Bastille VNET jail names: letters and digits only, not all digits.
-VNET_JAIL_NAME_RE = re.compile(r"^[A-Za-z0-9]+$")
-BCP47_RE = re.compile(r"^[a-z]{2,3}(-[A-Z][a-z]{3})?(-(?:[A-Z]{2}|[0-9]{3}))?$")
-SUBNET_BASE_RE = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
+VNET_JAIL_NAME_RE = re.compile(r"[A-Za-z0-9]+")
+# What a jail name key may hold at all (checks.py explains the Bastille rule above).
+JAIL_NAME_CHARS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+BCP47_RE = re.compile(r"[a-z]{2,3}(-[A-Z][a-z]{3})?(-(?:[A-Z]{2}|[0-9]{3}))?")
+SUBNET_BASE_RE = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})")
+# An inventory host name (a DNS name or an address): it names build/<host>/ and appears
+# in rendered comments.
+HOST_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+# SYSTEM_LOCALE's characters; checks.py decides whether it names a UTF-8 locale.
+LOCALE_CHARS_RE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+RCTL_AMOUNT_RE = re.compile(r"[0-9]{1,15}[kKmMgGtT]?")
+VM_SIZE_RE = re.compile(r"[0-9]{1,15}[KMGT]?")
+# An AGENT_DIR component: no blanks, quotes or shell characters; "." and ".." refused apart.
+PATH_PART_RE = re.compile(r"[A-Za-z0-9_.-]{1,255}")
+# A git ref as SOUL_REF may name it (git check-ref-format, without the exotic forms).
+GIT_REF_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]{0,254}")
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+# docs/freebsd.md#interface-name-length: interface names, at most 15 characters (IFNAMSIZ - 1).
+INTERFACE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,13}[0-9]")
+# A release Bastille bootstraps: 15.0-RELEASE, 14.3-RELEASE-p2, 15.0-BETA3, 16.0-CURRENT.
+RELEASE_RE = re.compile(r"[0-9]{1,2}\.[0-9]-(?:RELEASE(?:-p[0-9]{1,3})?|BETA[0-9]{1,2}|RC[0-9]{1,2}|STABLE|CURRENT)")
+# vm_dir: a path, or vm-bhyve's "zfs:pool/dataset" (docs/freebsd.md#vm-bhyve).
+VM_DIR_RE = re.compile(r"(?:zfs:[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*|(?:/[A-Za-z0-9_.-]+)+)")
+
+# ASSISTANT_NAME is shown, never parsed: letters of any script (with their combining
+# marks), digits, spaces and simple punctuation; no quotes, `$`, backquote, backslash or
+# control characters, and not longer than a name.
+ASSISTANT_NAME_MAX = 64
+ASSISTANT_NAME_PUNCT = frozenset(" .,-()!?:")
+AGENT_COMMAND_MAX = 1024
+SOUL_REPO_MAX = 2048
 
 JAIL_ROLES = ("git", "cms", "ollama", "llamacpp", "db")
 LLM_ROLES = frozenset({"ollama", "llamacpp"})
@@ -179,7 +211,7 @@ class Agent(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not AGENT_NAME_RE.match(v):
+        if not AGENT_NAME_RE.fullmatch(v):
             raise ValueError(
                 "must be lowercase letters and digits, start with a letter, at most 16 "
                 "characters: it becomes the rc.d name (a shell identifier, docs/freebsd.md#service-and-variable-names) "
@@ -190,7 +222,7 @@ class Agent(BaseModel):
     @field_validator("subnet_base")
     @classmethod
     def _base(cls, v: str) -> str:
-        m = SUBNET_BASE_RE.match(v)
+        m = SUBNET_BASE_RE.fullmatch(v)
         if not m or any(int(o) > 255 or (len(o) > 1 and o[0] == "0") for o in m.groups()):
             raise ValueError("must be the first three octets of a /24, e.g. 10.0.1")
         return v
@@ -217,16 +249,96 @@ class Agent(BaseModel):
     @field_validator("display_locale", "assistant_locale")
     @classmethod
     def _bcp47(cls, v: str) -> str:
-        if not BCP47_RE.match(v):
+        if not BCP47_RE.fullmatch(v):
             raise ValueError("must be a BCP 47 tag such as en-US or sl-SI")
         return v
 
     @field_validator("directory")
     @classmethod
-    def _dir(cls, v: str) -> str:
-        if not v.startswith("/") or ".." in v.split("/") or not re.match(r"^[A-Za-z0-9_./-]+$", v):
-            raise ValueError("must be an absolute path of letters, digits, '_', '.', '-', '/'")
-        return v.rstrip("/") or "/"
+    def _dir(cls, v: str, info: ValidationInfo) -> str:
+        """The agent's own home or below: root makes this directory the agent's (docs/security.md)."""
+        name = info.data.get("name")
+        parts = v.rstrip("/").split("/")
+        if (
+            len(v) > 1024
+            or parts[0] != ""
+            or not all(PATH_PART_RE.fullmatch(p) and p not in (".", "..") for p in parts[1:])
+        ):
+            raise ValueError("must be an absolute path of letters, digits, '_', '.', '-', without '.' or '..' parts")
+        home = parts[1:3] if parts[1:2] == ["home"] else parts[1:4]
+        if name is not None and home not in (["home", name], ["usr", "home", name]):
+            raise ValueError(
+                f"is outside the home of agent {name}: the apply gives the agent's user this directory, "
+                f"so it must be /home/{name} or a directory below it (or the same under /usr/home)"
+            )
+        return "/".join(parts)
+
+    @field_validator("assistant_name")
+    @classmethod
+    def _display(cls, v: str) -> str:
+        ok = (
+            0 < len(v) <= ASSISTANT_NAME_MAX
+            and v == v.strip()
+            and unicodedata.category(v[0])[0] in "LN"
+            and all(
+                unicodedata.category(c)[0] in "LM" or unicodedata.category(c) == "Nd" or c in ASSISTANT_NAME_PUNCT
+                for c in v
+            )
+        )
+        if not ok:
+            raise ValueError(
+                f"must be a display name of at most {ASSISTANT_NAME_MAX} characters: letters of any script, "
+                "digits, spaces and . , - ( ) ! ? : — no quotes, $, backquote, backslash or control characters"
+            )
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if not HOST_NAME_RE.fullmatch(v):
+            raise ValueError("must be an inventory host name (letters, digits, '.', '-', '_')")
+        return v
+
+    @field_validator("git_jail", "cms_jail", "ollama_jail", "llamacpp_jail", "db_jail")
+    @classmethod
+    def _jail_chars(cls, v: str) -> str:
+        if not JAIL_NAME_CHARS_RE.fullmatch(v):
+            raise ValueError("must be a jail name: letters and digits, at most 64 characters (docs/freebsd.md#bastille-create)")
+        return v
+
+    @field_validator("system_locale")
+    @classmethod
+    def _locale_chars(cls, v: str) -> str:
+        if not LOCALE_CHARS_RE.fullmatch(v):
+            raise ValueError("must be a locale name such as en_US.UTF-8 (letters, digits, '_', '.', '-', '@')")
+        return v
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: str) -> str:
+        if not v.strip() or len(v) > AGENT_COMMAND_MAX or not v.isprintable():
+            raise ValueError(
+                f"must be one line of at most {AGENT_COMMAND_MAX} printable characters (the command /bin/sh runs "
+                "as the agent's user)"
+            )
+        return v
+
+    @field_validator("soul_repo")
+    @classmethod
+    def _soul_repo(cls, v: str | None) -> str | None:
+        if v is not None and not soul_repo_ok(v):
+            raise ValueError(
+                "must be a git URL (https://, ssh://, git://, file://, user@host:path) or an absolute path, "
+                f"at most {SOUL_REPO_MAX} characters, without blanks or control characters"
+            )
+        return v
+
+    @field_validator("soul_ref")
+    @classmethod
+    def _soul_ref(cls, v: str | None) -> str | None:
+        if v is not None and (not GIT_REF_RE.fullmatch(v) or ".." in v or v.endswith((".lock", "/", "."))):
+            raise ValueError("must be a git commit, branch or tag name (letters, digits, '_', '.', '/', '-')")
+        return v
 
     @field_validator("requires", mode="before")
     @classmethod
@@ -234,21 +346,21 @@ class Agent(BaseModel):
         if isinstance(v, str):
             v = tuple(part for part in re.split(r"[\s,]+", v) if part)
         for name in v:
-            if not AGENT_NAME_RE.match(name):
+            if not AGENT_NAME_RE.fullmatch(name):
                 raise ValueError(f"{name!r} is not an agent name (space-separated agent names expected)")
         return tuple(v)
 
     @field_validator("memory_limit", "jail_memory_limit")
     @classmethod
     def _rctl_size(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^[0-9]+[kKmMgGtT]?$", v):
+        if v is not None and not RCTL_AMOUNT_RE.fullmatch(v):
             raise ValueError("must be an rctl amount such as 2G or 512m (docs/freebsd.md#rctl)")
         return v
 
     @field_validator("vm_memory", "vm_disk")
     @classmethod
     def _size(cls, v: str) -> str:
-        if not re.match(r"^[0-9]+[KMGT]?$", v):
+        if not VM_SIZE_RE.fullmatch(v):
             raise ValueError("must be a size such as 2G or 512M (vm-bhyve syntax, docs/freebsd.md#vm-bhyve)")
         return v
 
@@ -308,6 +420,61 @@ class Host(BaseModel):
     line: int | None = None
     ansible_vars: Mapping[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not HOST_NAME_RE.fullmatch(v):
+            raise ValueError("is not a host name: letters, digits, '.', '-', '_', at most 63 characters")
+        return v
+
+    @field_validator("ext_if", "bridge", "bridge_clone")
+    @classmethod
+    def _interface(cls, v: str | None) -> str | None:
+        if v is not None and not INTERFACE_RE.fullmatch(v):
+            raise ValueError(
+                f"{v!r} is not a valid interface name (letters/digits, ending in a digit, at most 15 characters: "
+                "docs/freebsd.md#interface-name-length)"
+            )
+        return v
+
+    @field_validator("vm_dir")
+    @classmethod
+    def _vm_dir(cls, v: str) -> str:
+        if not VM_DIR_RE.fullmatch(v) or any(p in (".", "..") for p in v.split("/")) or len(v) > 1024:
+            raise ValueError(f"{v!r} is not an absolute path or zfs:pool/dataset (vm-bhyve vm_dir, docs/freebsd.md#vm-bhyve)")
+        return v
+
+    @field_validator("release")
+    @classmethod
+    def _release(cls, v: str) -> str:
+        if not RELEASE_RE.fullmatch(v):
+            raise ValueError(f"{v!r} is not a FreeBSD release name such as 15.0-RELEASE (bastille bootstrap, docs/freebsd.md#jail-release)")
+        return v
+
+    @field_validator("agent_links")
+    @classmethod
+    def _links(cls, v: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        for pair in v:
+            if not all(AGENT_NAME_RE.fullmatch(n) for n in pair):
+                raise ValueError(f"{list(pair)!r} is not a pair of agent names")
+        return v
+
+
+_SCP_LIKE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}@[A-Za-z0-9][A-Za-z0-9.-]{0,252}:[^:\s][^\s]*")
+_URL = re.compile(r"(?:https|http|ssh|git|file)://[^\s]+")
+
+
+def soul_repo_ok(repo: str) -> bool:
+    """A SOUL_REPO git may fetch: a URL of a plain transport, user@host:path, or an absolute path.
+
+    Refused: a leading '-' (git would read an option), `<transport>::<address>` remote
+    helpers such as `ext::` (runs a command) and `fd::` (waits on a descriptor forever,
+    gitremote-helpers(7)), blanks and control characters.
+    """
+    if len(repo) > SOUL_REPO_MAX or not repo.isprintable() or any(c.isspace() for c in repo) or "::" in repo:
+        return False
+    return bool(_URL.fullmatch(repo) or _SCP_LIKE.fullmatch(repo) or (repo.startswith("/") and "\\" not in repo))
+
 
 def derive_defaults(values: Mapping[str, str], only_host: str | None) -> dict[str, str]:
     """Fill every owned key that VALUES leaves out, from AGENT_NAME and AGENT_SUBNET_BASE.
@@ -322,7 +489,7 @@ def derive_defaults(values: Mapping[str, str], only_host: str | None) -> dict[st
         out.setdefault("AGENT_HOST", only_host)
     out.setdefault("AGENT_PLACEMENT", "host")
     base = out.get("AGENT_SUBNET_BASE")
-    if base and SUBNET_BASE_RE.match(base):
+    if base and SUBNET_BASE_RE.fullmatch(base):
         out.setdefault("WARDEN_SUBNET", f"{base}.0/24")
         out.setdefault("WARDEN_GATEWAY", f"{base}.{SLOT['gateway']}")
         for role, (ip_key, _) in ROLE_KEYS.items():

@@ -14,9 +14,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # docs/freebsd.md#service-and-variable-names: shell identifiers only
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # docs/freebsd.md#service-and-variable-names: shell identifiers only
 _ASSIGN = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
-_UNSAFE = re.compile(r'["$`\\\n]')
+_UNSAFE = re.compile(r'["$`\\\x00-\x1f\x7f]')
 
 
 @dataclass(frozen=True)
@@ -94,10 +94,8 @@ def read_vars(text: str) -> dict[str, str]:
 
 
 def _check(name: str, value: str | None = None) -> None:
-    if not NAME_RE.match(name):
-        raise ValueError(
-            f"rc.conf variable {name!r} is not a shell identifier (docs/freebsd.md#service-and-variable-names)"
-        )
+    if not NAME_RE.fullmatch(name):
+        raise ValueError(f"rc.conf variable {name!r} is not a shell identifier (docs/freebsd.md#service-and-variable-names)")
     if value is not None and _UNSAFE.search(value):
         raise ValueError(f"rc.conf value for {name} contains a quote, $, backquote, backslash or newline: {value!r}")
 

@@ -142,11 +142,17 @@ def build_agent(
         if any(key == "AGENT_SUBNET_BASE" for key, _ in messages):
             # The addresses derive from the base: one error for the cause, not one per address.
             messages = [(k, m) for k, m in messages if k in owned or k not in BASE_DERIVED]
+        if any(key == "AGENT_NAME" for key, _ in messages):
+            # Names, directory and display name derive from AGENT_NAME: report the cause only.
+            messages = [(k, m) for k, m in messages if k in owned]
         for key, msg in messages:
             fix = _FIXES.get(key, f"set {key} to a valid value in {path}")
             if key == "AGENT_HOST":
                 names = ", ".join(h.name for h in hosts) or "none in the inventory"
                 fix = f"set AGENT_HOST to one of the inventory hosts ({names})"
+            elif key == "AGENT_DIR":
+                name = derived.get("AGENT_NAME", "<agent>")
+                fix = f"set AGENT_DIR=/home/{name}/clawdie (the default: delete the line) or below /home/{name}"
             problems.append(Problem((Location(path, lines.get(key), key),), f"{key} {msg}", fix, rule="value"))
         return None, problems
     return agent, []
@@ -158,6 +164,15 @@ _FIXES = {
     "AGENT_PLACEMENT": "use AGENT_PLACEMENT=host or AGENT_PLACEMENT=bhyve",
     "WARDEN_SUBNET": "use the agent's /24, e.g. WARDEN_SUBNET=10.0.1.0/24",
     "CONTROLPLANE_API_PORT": "use a free TCP port between 1024 and 65535, e.g. 3101",
+    "ASSISTANT_NAME": "write the name with letters, digits and spaces only, e.g. ASSISTANT_NAME='Živa Novak'",
+    "SYSTEM_LOCALE": "use a FreeBSD locale name, e.g. SYSTEM_LOCALE=en_US.UTF-8 (see `locale -a` on the host)",
+    "AGENT_COMMAND": "write the command on one line, e.g. AGENT_COMMAND='node dist/index.js'",
+    "SOUL_REPO": "use the repo's https:// or ssh:// URL, user@host:path, or an absolute path",
+    "SOUL_REF": "run `invoke soul-pin <agent>` to write the commit SOUL_REF resolves to",
+    **{
+        key: "use letters and digits only, e.g. <agent><role> such as atlasgit"
+        for key in ("GIT_JAIL_NAME", "CMS_JAIL_NAME", "OLLAMA_JAIL_NAME", "LLAMA_CPP_JAIL_NAME", "DB_JAIL_NAME")
+    },
 }
 
 
@@ -312,7 +327,12 @@ def add_agent(agents_dir: Path, hosts: list[Host], req: AddRequest) -> tuple[Age
         if agent is None:
             raise RegistryError("; ".join(p.message for p in problems), problems[0].fix)
         trial = Fleet(hosts=hosts, agents=[*fleet.agents, agent], raw=fleet.raw)
-        mine = [p for p in check_fleet(trial) if p.is_error and any(loc.file == path for loc in p.locations)]
+        # A branch SOUL_REF is fine here: `invoke soul-pin` turns it into the commit check wants.
+        mine = [
+            p
+            for p in check_fleet(trial)
+            if p.is_error and p.rule != "soul-ref" and any(loc.file == path for loc in p.locations)
+        ]
         if mine:
             raise RegistryError("; ".join(str(p) for p in mine), mine[0].fix)
         items = [(k, full[k]) for k in OWNED_KEYS if full.get(k, "") != ""]

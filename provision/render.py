@@ -28,6 +28,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .escape import comment, register
 from .limits import host_rules
 from .manifest import MANIFEST_RELPATH, FileEntry, GuestSpec, JailSpec, Manifest, RcEdit
 from .models import LLM_ROLES, Agent, Fleet, jail_mac
@@ -39,8 +40,9 @@ if TYPE_CHECKING:
     pass
 
 TEMPLATES = REPO_ROOT / "templates"
-# Two comment lines at the top of every file ("# " + HEADER): who manages it, from what.
-HEADER = "Managed by warden-provision: local edits are overwritten by the next apply.\n# Rendered from {origin}."
+# Two comment lines at the top of every file ("# " + HEADER through escape.comment, which
+# starts each line of it with "# "): who manages it, from what.
+HEADER = "Managed by warden-provision: local edits are overwritten by the next apply.\nRendered from {origin}."
 PF_ANCHOR = "warden"
 PF_ANCHOR_FILE = "/etc/pf.warden.conf"
 PF_FALLBACK_FILE = "/etc/pf.warden-fallback.conf"
@@ -329,19 +331,31 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
         header = _header(_agent_origin(agent, layout))
         rc_d = f"/usr/local/etc/rc.d/{agent.name}"
         wrapper = f"{agent.directory}/run-{agent.name}.sh"
+        logdir = f"{agent.directory}/logs"
+        logfile = f"{logdir}/{agent.name}.log"
+        pidfile, child_pidfile = f"/var/run/{agent.name}.pid", f"/var/run/{agent.name}.child.pid"
         add(
             FileEntry(rc_d, "0755", agent=agent.name, purpose="rc.d service: daemon(8) supervising the wrapper"),
             "usr/local/etc/rc.d/agent.j2",
             header=header,
             name=agent.name,
+            rcvar=agent.rcvar,
             requires=list(agent.requires),
             desc=f"{agent.assistant_name}, AI agent {agent.name}",
             directory=agent.directory,
             # docs/freebsd.md#rcsubr-knobs: _env is split on whitespace; locale names have no spaces.
             env=f"LANG={agent.system_locale} LC_ALL={agent.system_locale}",
             user=agent.user,
-            wrapper=wrapper,
             restart_delay=RESTART_DELAY,
+            pidfile=pidfile,
+            child_pidfile=child_pidfile,
+            logdir=logdir,
+            logfile=logfile,
+            # daemon(8) argv after the program name (docs/freebsd.md#supervision-with-daemon), one word per item.
+            daemon_args=[
+                *("-r", "-R", str(RESTART_DELAY), "-P", pidfile, "-p", child_pidfile),
+                *("-o", logfile, "-H", "-t", agent.name, "-u", agent.user, wrapper),
+            ],
         )
         add(
             FileEntry(
@@ -358,7 +372,7 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
             user=agent.user,
             session=agent.tmux_session,
             directory=agent.directory,
-            command=shlex.quote(agent.command),
+            command=agent.command,
             locale=agent.system_locale,
             stop_timeout=STOP_TIMEOUT,
         )
@@ -366,7 +380,7 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
         text = agent.source.read_text(encoding="utf-8") if agent.source.is_file() else ""
         origin = f"{_env_origin(agent)}, copied whole for agent {agent.name}: edit it there"
         files[env_path] = (
-            f"# {_header(origin)}\n{text}",
+            f"# {comment(_header(origin))}\n{text}",
             FileEntry(
                 env_path,
                 "0600",
@@ -475,15 +489,18 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
 def _env() -> Any:
     import jinja2
 
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
+        # Not HTML: each format has its own filter, written at every `{{ }}` (escape.py;
+        # tests/test_escape.py refuses a template output without one).
         autoescape=False,
         auto_reload=False,  # templates do not change during a render: no stat per file rendered
     )
+    return register(env)
 
 
 def _write_file(path: str, data: bytes, mode: int, atomic: bool) -> None:

@@ -236,10 +236,13 @@ def test_same_api_port_on_one_host_collides_but_not_across_hosts(registry: Regis
     assert rules(registry) == []
 
 
-def test_same_data_directory_on_one_host_collides(registry: Registry) -> None:
-    agent(registry, "atlas", "10.0.1", "AGENT_DIR=/srv/agent\n")
-    agent(registry, "iris", "10.0.2", "AGENT_DIR=/srv/agent\nCONTROLPLANE_API_PORT=3101\n")
-    assert rules(registry) == ["duplicate-agent_dir"]
+def test_same_data_directory_on_one_host_is_refused_as_outside_the_home(registry: Registry) -> None:
+    # Two agents can no longer share a directory: each one's is in its own home (docs/security.md).
+    agent(registry, "atlas", "10.0.1", "AGENT_DIR=/home/atlas/agent\n")
+    path = agent(registry, "iris", "10.0.2", "AGENT_DIR=/home/atlas/agent\nCONTROLPLANE_API_PORT=3101\n")
+    (p,) = problems_of(registry)
+    assert (p.rule, p.locations[0].file, p.locations[0].key) == ("value", path, "AGENT_DIR")
+    assert "outside the home of agent iris" in p.message and "AGENT_DIR=/home/iris/clawdie" in p.fix
 
 
 def test_derived_mac_collision_is_reported(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:

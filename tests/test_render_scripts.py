@@ -114,7 +114,7 @@ def agent_with_evil_env(registry: Registry, tmp_path: Path) -> tuple[Path, Path,
     canary = tmp_path / "pwned"
     env_text = (
         "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nSYSTEM_LOCALE=sl_SI.UTF-8\n"
-        f"AGENT_DIR={agent_dir}\nAGENT_COMMAND=./fake-agent\n"
+        "AGENT_DIR=/home/atlas/clawdie\nAGENT_COMMAND=./fake-agent\n"
         f"EVIL='$(touch {canary}1)'\n"
         f'QUOTED="a \\"b\\" `touch {canary}2`"\n'
         f"SPACED='x; touch {canary}3 && echo  two  spaces'\n"
@@ -125,13 +125,16 @@ def agent_with_evil_env(registry: Registry, tmp_path: Path) -> tuple[Path, Path,
     fleet = load_fleet(registry.agents, hosts)
     assert not fleet.problems, fleet.problems
     render_fleet(fleet, registry.build)
-    rendered = registry.build / "fbsd1" / str(agent_dir).lstrip("/")
+    rendered = registry.build / "fbsd1/home/atlas/clawdie"
     shutil.copy(rendered / ".env", agent_dir / ".env")  # installed as Ansible would
+    # AGENT_DIR must be in the agent's home: run the wrapper moved to this test's directory.
+    wrapper = tmp_path / "run-atlas.sh"
+    wrapper.write_text((rendered / "run-atlas.sh").read_text().replace("/home/atlas/clawdie", str(agent_dir)))
     # The fake agent reads its .env the way a dotenv parser does (as data) and reports.
     fake = agent_dir / "fake-agent"
     fake.write_text('#!/bin/sh\nprintf "%s %s %s\\n" "$LANG" "$LC_ALL" "$PWD" > seen\ncp .env seen.env\n')
     fake.chmod(0o755)
-    return rendered / "run-atlas.sh", agent_dir, str(canary)
+    return wrapper, agent_dir, str(canary)
 
 
 def double_env(tmp_path: Path) -> dict[str, str]:

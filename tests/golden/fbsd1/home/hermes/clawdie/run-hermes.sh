@@ -14,8 +14,8 @@
 
 set -u
 
-session="hermes"
-agent_dir="/home/hermes/clawdie"
+session=hermes
+agent_dir=/home/hermes/clawdie
 agent_command='node dist/index.js'
 stop_timeout=30
 
@@ -23,8 +23,8 @@ stop_timeout=30
 # setusercontext LOGIN_SETALL), which can set LANG to the class default (login.conf(5) lang):
 # pin the agent's locale here. A tmux server that is already running keeps its own
 # environment, so the session gets the locale explicitly below.
-LANG="sl_SI.UTF-8"
-LC_ALL="sl_SI.UTF-8"
+LANG=sl_SI.UTF-8
+LC_ALL=sl_SI.UTF-8
 export LANG LC_ALL
 
 cd "$agent_dir" || exit 1

@@ -14,8 +14,8 @@
 
 set -u
 
-session="nova"
-agent_dir="/home/nova/clawdie"
+session=nova
+agent_dir=/home/nova/clawdie
 agent_command='node dist/index.js'
 stop_timeout=30
 
@@ -23,8 +23,8 @@ stop_timeout=30
 # setusercontext LOGIN_SETALL), which can set LANG to the class default (login.conf(5) lang):
 # pin the agent's locale here. A tmux server that is already running keeps its own
 # environment, so the session gets the locale explicitly below.
-LANG="en_US.UTF-8"
-LC_ALL="en_US.UTF-8"
+LANG=en_US.UTF-8
+LC_ALL=en_US.UTF-8
 export LANG LC_ALL
 
 cd "$agent_dir" || exit 1
