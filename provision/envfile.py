@@ -20,7 +20,7 @@ from pathlib import Path
 from dotenv.parser import parse_stream
 
 BOM = "\ufeff"
-_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_./:,@%+=-]*$")
+_SAFE_VALUE = re.compile(r"[A-Za-z0-9_./:,@%+=-]*")  # fullmatch: `$` would let "x\n" through
 
 
 class EnvFileError(ValueError):
@@ -174,7 +174,7 @@ def quote(value: str) -> str:
     Single quotes are literal in both; a value containing a single quote falls back to
     double quotes with the characters both treat specially escaped.
     """
-    if _SAFE_VALUE.match(value):
+    if _SAFE_VALUE.fullmatch(value):
         return value
     if "'" not in value and "\n" not in value and "\\" not in value:
         return f"'{value}'"

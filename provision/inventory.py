@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from .models import Host
+from .models import Host, shown
 from .problems import Location, Problem
 
 WARDEN_VARS = {
@@ -130,7 +130,7 @@ def load_inventory(path: Path) -> tuple[list[Host], list[Problem]]:
                 problems.append(
                     Problem(
                         (Location(path, line, f"{name}.{var}" if var != "name" else str(name)),),
-                        f"{var}: {message}" if var != "name" else f"host {name!r} {message}",
+                        f"{var}: {message}" if var != "name" else f"host {shown(str(name))} {message}",
                         fix.format(name=name),
                         rule=rule,
                     )

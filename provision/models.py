@@ -18,10 +18,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from .problems import Problem
+
 # Every pattern here is used with re.fullmatch, never with `$`: `$` also matches before
 # a final newline, and "t1git\n" would pass (docs/security.md, "Values and secrets").
-
-from .problems import Problem
 
 # docs/freebsd.md#service-and-variable-names, docs/freebsd.md#bastille-create:
 # the name becomes the rc.d `name` (shell identifier),
@@ -133,6 +133,11 @@ def is_secret_key(key: str) -> bool:
     return key not in OWNED and bool(SECRET_KEY_RE.search(key))
 
 
+def shown(value: str, limit: int = 40) -> str:
+    """VALUE as an error message may quote it: repr'd (line breaks visible), cut to LIMIT."""
+    return repr(value[:limit]) + ("…" if len(value) > limit else "")
+
+
 class Jail(BaseModel):
     """One Bastille VNET service jail as an agent sees it."""
 
@@ -241,7 +246,7 @@ class Agent(BaseModel):
             v = tuple(v.split())
         for role in v:
             if role not in JAIL_ROLES:
-                raise ValueError(f"unknown jail role {role!r}; known: {' '.join(JAIL_ROLES)}")
+                raise ValueError(f"unknown jail role {shown(role)}; known: {' '.join(JAIL_ROLES)}")
         if len(set(v)) != len(v):
             raise ValueError("lists a role twice")
         return tuple(v)
@@ -303,7 +308,7 @@ class Agent(BaseModel):
     @classmethod
     def _jail_chars(cls, v: str) -> str:
         if not JAIL_NAME_CHARS_RE.fullmatch(v):
-            raise ValueError("must be a jail name: letters and digits, at most 64 characters (docs/freebsd.md#bastille-create)")
+            raise ValueError("must be a jail name: letters and digits, at most 64 (docs/freebsd.md#bastille-create)")
         return v
 
     @field_validator("system_locale")
@@ -347,7 +352,7 @@ class Agent(BaseModel):
             v = tuple(part for part in re.split(r"[\s,]+", v) if part)
         for name in v:
             if not AGENT_NAME_RE.fullmatch(name):
-                raise ValueError(f"{name!r} is not an agent name (space-separated agent names expected)")
+                raise ValueError(f"{shown(name)} is not an agent name (space-separated agent names expected)")
         return tuple(v)
 
     @field_validator("memory_limit", "jail_memory_limit")
@@ -432,7 +437,7 @@ class Host(BaseModel):
     def _interface(cls, v: str | None) -> str | None:
         if v is not None and not INTERFACE_RE.fullmatch(v):
             raise ValueError(
-                f"{v!r} is not a valid interface name (letters/digits, ending in a digit, at most 15 characters: "
+                f"{shown(v)} is not a valid interface name (letters/digits, ending in a digit, at most 15 characters: "
                 "docs/freebsd.md#interface-name-length)"
             )
         return v
@@ -441,14 +446,16 @@ class Host(BaseModel):
     @classmethod
     def _vm_dir(cls, v: str) -> str:
         if not VM_DIR_RE.fullmatch(v) or any(p in (".", "..") for p in v.split("/")) or len(v) > 1024:
-            raise ValueError(f"{v!r} is not an absolute path or zfs:pool/dataset (vm-bhyve vm_dir, docs/freebsd.md#vm-bhyve)")
+            raise ValueError(f"{shown(v)} is not an absolute path or zfs:pool/dataset (docs/freebsd.md#vm-bhyve)")
         return v
 
     @field_validator("release")
     @classmethod
     def _release(cls, v: str) -> str:
         if not RELEASE_RE.fullmatch(v):
-            raise ValueError(f"{v!r} is not a FreeBSD release name such as 15.0-RELEASE (bastille bootstrap, docs/freebsd.md#jail-release)")
+            raise ValueError(
+                f"{shown(v)} is not a FreeBSD release name such as 15.0-RELEASE (docs/freebsd.md#jail-release)"
+            )
         return v
 
     @field_validator("agent_links")
@@ -456,7 +463,7 @@ class Host(BaseModel):
     def _links(cls, v: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
         for pair in v:
             if not all(AGENT_NAME_RE.fullmatch(n) for n in pair):
-                raise ValueError(f"{list(pair)!r} is not a pair of agent names")
+                raise ValueError(f"{shown(str(list(pair)))} is not a pair of agent names")
         return v
 
 

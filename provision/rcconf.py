@@ -95,7 +95,9 @@ def read_vars(text: str) -> dict[str, str]:
 
 def _check(name: str, value: str | None = None) -> None:
     if not NAME_RE.fullmatch(name):
-        raise ValueError(f"rc.conf variable {name!r} is not a shell identifier (docs/freebsd.md#service-and-variable-names)")
+        raise ValueError(
+            f"rc.conf variable {name!r} is not a shell identifier (docs/freebsd.md#service-and-variable-names)"
+        )
     if value is not None and _UNSAFE.search(value):
         raise ValueError(f"rc.conf value for {name} contains a quote, $, backquote, backslash or newline: {value!r}")
 

@@ -178,20 +178,23 @@ def test_manifest_json_round_trips(example: Path) -> None:
 
 def test_rc_d_script_follows_rc_subr_and_daemon_rules(example: Path) -> None:
     text = (example / "fbsd1/usr/local/etc/rc.d/hermes").read_text()
-    assert "# PROVIDE: hermes\n# REQUIRE: LOGIN NETWORKING atlas\n# KEYWORD: shutdown\n" in text  # docs/freebsd.md#rcd-scripts
+    # docs/freebsd.md#rcd-scripts
+    assert "# PROVIDE: hermes\n# REQUIRE: LOGIN NETWORKING atlas\n# KEYWORD: shutdown\n" in text
     assert "name=hermes\nrcvar=hermes_enable\n" in text
     assert text.index('load_rc_config "$name"') < text.index(': "${hermes_enable:=NO}"')  # docs/freebsd.md#rcd-scripts
     assert 'command="/usr/sbin/daemon"' in text and "\nprocname=" not in text  # procname stays daemon
     args = re.search(r"command_args='([^']*)'", text)
     assert args is not None
     argv = shlex.split(args.group(1))  # rc.subr evals command_args: one more round of sh words
-    assert argv[-2:] == ["hermes", "/home/hermes/clawdie/run-hermes.sh"] and argv[-3] == "-u"  # docs/freebsd.md#supervision-with-daemon
+    # docs/freebsd.md#supervision-with-daemon: -u
+    assert argv[-2:] == ["hermes", "/home/hermes/clawdie/run-hermes.sh"] and argv[-3] == "-u"
     for flag in ("-r", "-H"):
         assert flag in argv
     assert argv[argv.index("-R") + 1] == "5" and argv[argv.index("-t") + 1] == "hermes"
     assert argv[argv.index("-P") + 1] == "/var/run/hermes.pid"
     assert argv[argv.index("-p") + 1] == "/var/run/hermes.child.pid"
-    assert argv[argv.index("-o") + 1] == "/home/hermes/clawdie/logs/hermes.log" and "-c" not in argv  # -c would chdir to /
+    # -c would chdir to /
+    assert argv[argv.index("-o") + 1] == "/home/hermes/clawdie/logs/hermes.log" and "-c" not in argv
     assert "pidfile=/var/run/hermes.pid\n" in text and "logfile=/home/hermes/clawdie/logs/hermes.log\n" in text
     assert "hermes_user" not in text.replace("hermes_user would", "")  # docs/freebsd.md#supervision-with-daemon
     assert '[ -n "${hermes_chdir+set}" ] || hermes_chdir=/home/hermes/clawdie\n' in text
