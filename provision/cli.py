@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from .models import Fleet
+    from .render import RenderedHost
 
 
 class CommandError(Exception):
@@ -312,7 +313,7 @@ def render(host: str | None = None, settings: Settings | None = None, out: Conso
 
     from .checks import run_checks
     from .manifest import MANIFEST_RELPATH
-    from .render import layouts, render_fleet
+    from .render import layouts
 
     settings, fleet = load(settings)
     problems = [p for p in run_checks(fleet) if p.is_error]  # render_problems is part of it
@@ -323,7 +324,7 @@ def render(host: str | None = None, settings: Settings | None = None, out: Conso
     if host is not None and host not in names:
         raise CommandError(f"no host {host!r} in {settings.inventory} (hosts: {', '.join(names)})")
     out = out or console()
-    for r in render_fleet(fleet, settings.build_dir, only=[host] if host else None):
+    for r in write_build(fleet, settings, only=[host] if host else None):
         tree = Tree(f"[bold]{r.directory}[/bold]  ({len(r.manifest.agents)} agent(s))")
         for entry in r.manifest.files:
             who = f" [dim]{entry.agent}[/dim]" if entry.agent else ""
@@ -336,6 +337,21 @@ def render(host: str | None = None, settings: Settings | None = None, out: Conso
         )
         out.print(tree)
     return 0
+
+
+def write_build(fleet: Fleet, settings: Settings, only: list[str] | None) -> list[RenderedHost]:
+    """render_fleet, with a failed write (a full disk) as one message: the previous build stays."""
+    from .render import render_fleet
+
+    try:
+        return render_fleet(fleet, settings.build_dir, only=only)
+    except OSError as exc:
+        where = exc.filename or settings.build_dir
+        raise CommandError(
+            f"cannot write the build under {settings.build_dir} ({where}: {exc.strerror or exc}); nothing "
+            f"rendered, the previous build is kept as it was (fix: free space or fix permissions there, "
+            "then run `invoke render` again)"
+        ) from None
 
 
 def plan(host: str | None = None) -> int:
@@ -355,7 +371,7 @@ def plan_command(settings: Settings, host: str | None = None) -> int:
     from .models import Host
     from .plan import HostPlan, choose_targets, paths_to_read, plan_host
     from .remote import RemoteError, fetch, ssh_config_path
-    from .render import layouts, render_fleet
+    from .render import layouts
 
     out, err = console(), console(stderr=True)
     try:
@@ -373,7 +389,7 @@ def plan_command(settings: Settings, host: str | None = None) -> int:
     if isinstance(chosen, str):
         print_error(err, f"{chosen} — {settings.inventory}")
         return 1
-    rendered = {r.name: r for r in render_fleet(fleet, settings.build_dir, only=[h.name for h in chosen.hosts])}
+    rendered = {r.name: r for r in write_build(fleet, settings, only=[h.name for h in chosen.hosts])}
 
     def one(target: Host) -> HostPlan:
         r = rendered[target.name]

@@ -18,21 +18,23 @@ writing anything; `invoke render` (cli.py) prints the tree it wrote.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shlex
 import shutil
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .escape import comment, register
+from .escape import UnsafeValue, comment, register
 from .limits import host_rules
 from .manifest import MANIFEST_RELPATH, FileEntry, GuestSpec, JailSpec, Manifest, RcEdit
 from .models import LLM_ROLES, Agent, Fleet, jail_mac
-from .problems import Problem
+from .problems import Location, Problem
 from .rcconf import Set, alias_edits
 from .settings import REPO_ROOT
 
@@ -503,86 +505,183 @@ def _env() -> Any:
     return register(env)
 
 
-def _write_file(path: str, data: bytes, mode: int, atomic: bool) -> None:
-    """Write PATH whole with MODE exactly (not filtered by the umask); ATOMIC: via a rename."""
-    tmp = path + ".warden-new" if atomic else path
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+STAGED = ".warden-new"  # a file written in full, waiting for its rename
+LOCK_NAME = ".render.lock"  # in build/: one render writes there at a time
+
+
+def _write_file(path: str, data: bytes, mode: int) -> None:
+    """Write PATH whole with MODE exactly (not filtered by the umask), and fsync it.
+
+    os.write may write less than asked (a full disk, a signal): loop until every byte
+    is written, or raise — a short file is never left behind (docs/security.md).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            if written <= 0:
+                raise OSError(errno.EIO, "write wrote nothing", path)
+            view = view[written:]
         os.fchmod(fd, mode)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
     finally:
         os.close(fd)
-    if atomic:
-        os.replace(tmp, path)
 
 
 def _same(path: str, data: bytes, mode: int) -> bool:
-    st = os.stat(path)
-    if stat.S_IMODE(st.st_mode) != mode or st.st_size != len(data):
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode or st.st_size != len(data):
         return False
     with open(path, "rb") as fh:
         return fh.read() == data
 
 
-def _sync_tree(root: str, items: Sequence[tuple[str, bytes, int]], live: bool) -> None:
-    """Make ROOT hold exactly ITEMS (relative path, bytes, mode), written in their order.
+def _safe_rel(rel: str) -> str:
+    """REL, refused if it would leave the host's tree (models.py refuses such paths first)."""
+    norm = os.path.normpath(rel)
+    if os.path.isabs(norm) or norm == ".." or norm.startswith("../"):
+        raise RenderError([Problem((Location(Path(rel)),), f"{rel} leaves the build tree", "report this as a bug")])
+    return norm
+
+
+@dataclass
+class _Staged:
+    """A host tree written in full beside the live one: commit() makes it live, abort() drops it."""
+
+    commit: Callable[[], None]
+    abort: Callable[[], None]
+
+
+def _stage_sync(root: str, items: Sequence[tuple[str, bytes, int]]) -> _Staged:
+    """Stage every changed file of ROOT as `<file>.warden-new`, fsynced; nothing live changes yet.
 
     Unchanged files are left alone (a re-render, as every `invoke plan` does, mostly
-    reads); changed ones are replaced atomically; files no item names are removed,
-    and the directories they leave empty.  In a LIVE tree (one readers may look at)
-    every write goes through a rename; a fresh one is renamed into place whole.
+    reads).  The commit renames the staged files into place in ITEMS' order (the
+    manifest last), removes files no item names and the directories they leave empty.
     """
     existing: set[str] = set()
     for dirpath, _, names in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
         existing.update(os.path.normpath(os.path.join(rel_dir, n)) for n in names)
-    wanted = {rel for rel, _, _ in items}
-    for rel in existing - wanted:
-        os.unlink(os.path.join(root, rel))
-    made: set[str] = set()
-    for rel, data, mode in items:
-        path = os.path.join(root, rel)
-        if rel in existing:
-            if _same(path, data, mode):
+    staged: list[tuple[str, str]] = []
+    made: list[str] = []
+
+    def abort() -> None:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+
+    try:
+        for rel, data, mode in items:
+            path = os.path.join(root, rel)
+            if rel in existing and _same(path, data, mode):
                 continue
-        else:
             parent = os.path.dirname(path)
-            if parent not in made:
-                os.makedirs(parent, exist_ok=True)
-                made.add(parent)
-        _write_file(path, data, mode, atomic=live)
-    for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):
-        if dirpath != root and not os.listdir(dirpath):
-            os.rmdir(dirpath)
+            if not os.path.isdir(parent):
+                missing = []
+                while parent != root and not os.path.lexists(parent):
+                    missing.append(parent)
+                    parent = os.path.dirname(parent)
+                for d in reversed(missing):
+                    os.mkdir(d)
+                    made.append(d)
+            if os.path.isdir(path) and not os.path.islink(path):
+                raise IsADirectoryError(errno.EISDIR, "a directory is where a file goes", path)
+            tmp = path + STAGED
+            _write_file(tmp, data, mode)
+            staged.append((tmp, path))
+        for d in {os.path.dirname(p) for _, p in staged}:
+            _fsync_dir(d)
+    except BaseException:
+        abort()
+        raise
+
+    def commit() -> None:
+        for tmp, path in staged:
+            os.replace(tmp, path)
+        wanted = {rel for rel, _, _ in items}
+        for rel in existing - wanted:
+            os.unlink(os.path.join(root, rel))
+        for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):
+            if dirpath != root and not os.listdir(dirpath):
+                os.rmdir(dirpath)
+
+    return _Staged(commit, abort)
+
+
+def _stage_fresh(build_dir: Path, host: str, items: Sequence[tuple[str, bytes, int]]) -> _Staged:
+    """Write the whole tree to build/.<host>.new, fsynced; commit swaps it with build/<host>."""
+    root = build_dir / host
+    tmp, old = build_dir / f".{host}.new", build_dir / f".{host}.old"
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        for rel, data, mode in items:
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_file(str(path), data, mode)
+        for dirpath, _, _ in os.walk(tmp):
+            _fsync_dir(dirpath)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    def commit() -> None:
+        if root.exists():
+            root.rename(old)
+        tmp.rename(root)
+        _fsync_dir(str(build_dir))
+        shutil.rmtree(old, ignore_errors=True)
+
+    return _Staged(commit, lambda: shutil.rmtree(tmp, ignore_errors=True))
+
+
+def _items(manifest: Manifest, files: Files) -> list[tuple[str, bytes, int]]:
+    items = [
+        (_safe_rel(path.lstrip("/")), text.encode("utf-8"), int(entry.mode, 8)) for path, (text, entry) in files.items()
+    ]
+    items.sort()
+    items.append((MANIFEST_RELPATH, manifest.to_json().encode("utf-8"), 0o644))
+    return items
+
+
+def _stage_host(build_dir: Path, manifest: Manifest, files: Files) -> tuple[RenderedHost, _Staged]:
+    root = build_dir / manifest.host
+    items = _items(manifest, files)
+    rendered = RenderedHost(manifest.host, root, manifest, [root / rel for rel, _, _ in items[:-1]])
+    if root.is_dir():
+        try:
+            return rendered, _stage_sync(str(root), items)
+        except OSError:
+            pass  # e.g. a directory where a file now goes: rebuild the tree beside it
+    return rendered, _stage_fresh(build_dir, manifest.host, items)
 
 
 def write_host(build_dir: Path, manifest: Manifest, files: Files) -> RenderedHost:
     """Make build/<host>/ hold exactly these files and the manifest; stale files vanish.
 
-    A first render writes the tree next to where it goes and renames it into place, so
-    a reader (plan, Ansible) never sees half a host.  A re-render updates the tree in
-    place: each changed file is replaced atomically, the manifest last.  If the old
-    tree is in the way (a directory where a file now goes), it is rebuilt and swapped.
+    Complete or absent (docs/security.md): every changed file is written in full and
+    fsynced beside the live tree first; only then are they renamed into place, the
+    manifest last.  A failure (a full disk) leaves the previous tree as it was.
     """
-    root = build_dir / manifest.host
-    items = [(path.lstrip("/"), text.encode("utf-8"), int(entry.mode, 8)) for path, (text, entry) in files.items()]
-    items.sort()
-    items.append((MANIFEST_RELPATH, manifest.to_json().encode("utf-8"), 0o644))
-    rendered = RenderedHost(manifest.host, root, manifest, [root / rel for rel, _, _ in items[:-1]])
-    if root.is_dir():
-        try:
-            _sync_tree(str(root), items, live=True)
-            return rendered
-        except OSError:
-            pass
-    tmp, old = build_dir / f".{manifest.host}.new", build_dir / f".{manifest.host}.old"
-    for leftover in (tmp, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    _sync_tree(str(tmp), items, live=False)
-    if root.exists():
-        root.rename(old)
-    tmp.rename(root)
-    shutil.rmtree(old, ignore_errors=True)
+    rendered, staged = _stage_host(build_dir, manifest, files)
+    staged.commit()
     return rendered
 
 
@@ -598,6 +697,23 @@ def render_fleet(fleet: Fleet, build_dir: Path, only: Sequence[str] | None = Non
         raise RenderError(problems)
     jenv = _env()
     chosen = [lay for lay in layouts(fleet) if only is None or lay.name in only]
-    rendered = [render_layout(lay, jenv) for lay in chosen]
+    try:
+        rendered = [render_layout(lay, jenv) for lay in chosen]
+    except UnsafeValue as exc:  # models.py refuses such values first: reaching this is a bug
+        raise RenderError([Problem((Location(TEMPLATES),), str(exc), "report this as a bug")]) from None
+    from filelock import FileLock
+
     build_dir.mkdir(parents=True, exist_ok=True)
-    return [write_host(build_dir, manifest, files) for manifest, files in rendered]
+    # One render at a time in build/: two would stage into the same .<host>.new (filelock).
+    with FileLock(str(build_dir / LOCK_NAME), timeout=300):
+        staged: list[tuple[RenderedHost, _Staged]] = []
+        try:
+            for manifest, files in rendered:
+                staged.append(_stage_host(build_dir, manifest, files))
+        except BaseException:
+            for _, stage in staged:
+                stage.abort()
+            raise
+        for _, stage in staged:
+            stage.commit()
+    return [host for host, _ in staged]

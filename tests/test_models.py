@@ -20,7 +20,7 @@ from provision.registry import load_fleet
 from provision.render import render_fleet
 
 from .conftest import REPO, Registry
-from .test_escape import HOSTILE, run_outputs
+from .hostile import HOSTILE, run_outputs
 from .test_registry import invoke
 
 

@@ -457,3 +457,75 @@ def test_invoke_render_refuses_a_registry_with_errors(registry: Registry) -> Non
     )
     assert result.returncode == 1 and "CMS_JAIL_NAME" in result.stderr
     assert not registry.build.exists()
+
+
+# -- complete or absent (docs/security.md) ---------------------------------------------
+
+
+def full_disk(monkeypatch: pytest.MonkeyPatch, build: Path) -> None:
+    """os.write under BUILD writes 100 bytes, then the disk is full (ENOSPC); other fds as usual."""
+    real_write, seen = os.write, set()
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = ""
+        if not target.startswith(str(build)):
+            return real_write(fd, data)
+        if fd in seen:
+            raise OSError(28, "No space left on device")
+        seen.add(fd)
+        return real_write(fd, bytes(data[:100]))
+
+    monkeypatch.setattr(os, "write", write)
+
+
+def test_a_render_on_a_full_disk_exits_1_and_keeps_the_previous_build(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    three_agents(registry)
+    assert render_command(settings=registry.settings(), out=Console(file=io.StringIO())) == 0
+    before = tree(registry.build)
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nASSISTANT_NAME=Živa\n")
+    full_disk(monkeypatch, registry.build)
+    with pytest.raises(CommandError) as exc:
+        render_command(settings=registry.settings(), out=Console(file=io.StringIO()))
+    message = str(exc.value)
+    assert "No space left on device" in message and "the previous build is kept" in message
+    assert str(registry.build) in message and "invoke render" in message
+    monkeypatch.undo()
+    assert tree(registry.build) == before  # the rc.d script and .env of the last good render, whole
+    assert not [p for p in registry.build.rglob("*") if p.name.endswith(".warden-new") or ".new" in p.name]
+
+
+def test_a_first_render_on_a_full_disk_leaves_no_tree(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    three_agents(registry)
+    registry.build.mkdir()
+    full_disk(monkeypatch, registry.build)
+    with pytest.raises(CommandError, match="No space left on device"):
+        render_command(settings=registry.settings(), out=Console(file=io.StringIO()))
+    monkeypatch.undo()
+    assert sorted(p.name for p in registry.build.iterdir()) == [".render.lock"]
+
+
+def test_eight_renders_at_once_into_a_fresh_build_all_succeed(registry: Registry) -> None:
+    three_agents(registry)
+    env = {**os.environ, **registry.env()}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "provision", "render"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    results = [(p.wait(timeout=300), p.stderr.read() if p.stderr else "") for p in procs]
+    assert [code for code, _ in results] == [0] * 8, [err for _, err in results if err]
+    once = registry.root / "once"
+    hosts, _ = load_inventory(registry.inventory)
+    render_fleet(load_fleet(registry.agents, hosts), once)
+    assert tree(registry.build / "fbsd1") == tree(once / "fbsd1")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from provision.inventory import load_inventory
 from provision.registry import load_fleet
-from provision.render import render_fleet
+from provision.render import LOCK_NAME, render_fleet
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "fleet"
@@ -25,6 +25,7 @@ def render_example(out: Path) -> None:
     fleet = load_fleet(EXAMPLE / "agents", hosts)
     assert not fleet.problems, fleet.problems
     render_fleet(fleet, out)
+    (out / LOCK_NAME).unlink()  # render's lock on the build directory, not a rendered file
 
 
 def main() -> None:
