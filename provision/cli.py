@@ -12,6 +12,7 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .masking import mask_url_credentials
 from .output import console, print_error, print_problems
 from .problems import Problem
 from .settings import Settings
@@ -83,7 +84,7 @@ def add_agent(
     out.print(f"added agent [bold]{agent.name}[/bold] → {agent.source}")
     table = Table("key", "value", title="derived values written to the .env", title_justify="left")
     for key, value in values.items():
-        table.add_row(key, value)
+        table.add_row(key, mask_url_credentials(value))
     out.print(table)
     return 0
 
@@ -432,7 +433,8 @@ def soul_check(name: str) -> int:
     if problems:
         console().print(f"[red]soul of {name}: {len(problems)} problem(s)[/red]")
         return 1
-    console().print(f"[green]soul of {name}: {agent.soul_repo} at {agent.soul_ref or 'HEAD'} is valid[/green]")
+    shown = mask_url_credentials(agent.soul_repo)
+    console().print(f"soul of {name}: {shown} at {agent.soul_ref or 'HEAD'} is valid", style="green", markup=False)
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from .masking import url_credentials
 from .problems import Problem
 
 # Every pattern here is used with re.fullmatch, never with `$`: `$` also matches before
@@ -125,7 +126,13 @@ OWNED_KEYS = (
 )
 OWNED = frozenset(OWNED_KEYS)
 
-SECRET_KEY_RE = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE)", re.I)
+SECRET_KEY_RE = re.compile(
+    r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|PRIVATE|COOKIE|(?:^|_)(?:PASS|PW|PWD|AUTH|DSN)(?:_|$)",
+    re.I,
+)
+# Keys the tool uses on the controller only: not copied into the .env on the host
+# (docs/security.md#what-reaches-the-host). The host gets the soul as a bundle.
+CONTROLLER_ONLY = frozenset({"SOUL_REPO"})
 
 
 def is_secret_key(key: str) -> bool:
@@ -402,7 +409,13 @@ class Agent(BaseModel):
         return self.lines.get(key)
 
     def secrets(self) -> dict[str, str]:
-        return {k: v for k, v in self.extra.items() if is_secret_key(k) and v}
+        """Values never to be shown or shipped in a soul: secret-looking keys, and the
+        credentials inside any URL (DATABASE_URL=postgres://user:pass@…, SOUL_REPO)."""
+        out = {k: v for k, v in self.extra.items() if is_secret_key(k) and v}
+        for key, value in [*self.extra.items(), ("SOUL_REPO", self.soul_repo or "")]:
+            for n, cred in enumerate(url_credentials(value)):
+                out.setdefault(f"{key}#userinfo{n}", cred)
+        return out
 
 
 class Host(BaseModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .masking import mask_url_credentials
 from .problems import Problem, Severity
 
 if TYPE_CHECKING:
@@ -23,16 +24,19 @@ def console(stderr: bool = False) -> Console:
 
 def print_problems(problems: Sequence[Problem], out: Console) -> None:
     """Each problem as three lines: severity and where, the message, the fix."""
+    from rich.markup import escape
+
     for p in problems:
         style = "red" if p.severity is Severity.ERROR else "yellow"
         where = "; ".join(str(loc) for loc in p.locations)
-        out.print(f"[{style}]{p.severity.value}[/{style}] {where}", markup=True)
-        out.print(f"    {p.message}", markup=False)
-        out.print(f"    fix: {p.fix}", markup=False)
+        # Credentials in URLs never reach the terminal, whatever put them in a message.
+        out.print(f"[{style}]{p.severity.value}[/{style}] {escape(mask_url_credentials(where))}", markup=True)
+        out.print(f"    {mask_url_credentials(p.message)}", markup=False)
+        out.print(f"    fix: {mask_url_credentials(p.fix)}", markup=False)
 
 
 def print_error(err: Console, message: str) -> None:
     """One `error: …` line; the message is printed as text, never as markup."""
     from rich.text import Text
 
-    err.print(Text.assemble(("error:", "bold red"), " ", message))
+    err.print(Text.assemble(("error:", "bold red"), " ", mask_url_credentials(message)))

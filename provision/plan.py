@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from .hostfiles import EDITED, edited_results
 from .manifest import LIVE_MANIFEST_PATH, FileEntry, Manifest
+from .masking import mask_url_credentials
 from .models import OWNED, is_secret_key
 
 if TYPE_CHECKING:
@@ -40,7 +41,6 @@ __all__ = ["EDITED", "MASK", "choose_targets", "exit_status", "paths_to_read", "
 MASK = "********"
 
 _ASSIGN = re.compile(r"^(\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*)(.*?)(\r?\n?)$", re.S)
-_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:)[^@\s/]+@")
 _LINE = re.compile(r"[^\n]*\n|[^\n]+\Z")
 
 
@@ -78,7 +78,7 @@ def _lines(text: str) -> list[str]:
 
 
 def _mask_line(line: str) -> str:
-    line = _URL_PASSWORD.sub(lambda m: m.group(1) + MASK + "@", line)
+    line = mask_url_credentials(line)  # a password or a token used as the user
     m = _ASSIGN.match(line)
     if m and is_secret_key(m.group(2)) and m.group(3):
         return m.group(1) + MASK + m.group(4)

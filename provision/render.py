@@ -30,10 +30,11 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .envfile import EnvFile
 from .escape import UnsafeValue, comment, register
 from .limits import host_rules
 from .manifest import MANIFEST_RELPATH, FileEntry, GuestSpec, JailSpec, Manifest, RcEdit
-from .models import LLM_ROLES, Agent, Fleet, jail_mac
+from .models import CONTROLLER_ONLY, LLM_ROLES, Agent, Fleet, jail_mac
 from .problems import Location, Problem
 from .rcconf import Set, alias_edits
 from .settings import REPO_ROOT
@@ -181,6 +182,21 @@ def _host_origin(layout: HostLayout) -> str:
     if layout.parent is not None:
         return f"{layout.inventory} (host {layout.parent}, bhyve guest {layout.name})"
     return f"{layout.inventory} (host {layout.name})"
+
+
+def _shipped_env(source: Path) -> str:
+    """The agent's .env as its host gets it: every line as written, except the keys the tool
+    uses on the controller only (models.CONTROLLER_ONLY: SOUL_REPO and the credentials in
+    it), each replaced by a comment line (docs/security.md#what-reaches-the-host)."""
+    env = EnvFile.load(source)
+    out = []
+    for line in env.lines:
+        if line.key in CONTROLLER_ONLY:
+            lead = line.text[: len(line.text) - len(line.text.lstrip("\r\n"))]
+            out.append(f"{lead}# {line.key}: kept on the controller (warden-provision docs/security.md){env.newline}")
+        else:
+            out.append(line.text)
+    return "".join(out)
 
 
 def _net_of(agent: Agent) -> str:
@@ -379,8 +395,8 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
             stop_timeout=STOP_TIMEOUT,
         )
         env_path = f"{agent.directory}/.env"
-        text = agent.source.read_text(encoding="utf-8") if agent.source.is_file() else ""
-        origin = f"{_env_origin(agent)}, copied whole for agent {agent.name}: edit it there"
+        text = _shipped_env(agent.source) if agent.source.is_file() else ""
+        origin = f"{_env_origin(agent)}, copied for agent {agent.name} without controller-only keys: edit it there"
         files[env_path] = (
             f"# {comment(_header(origin))}\n{text}",
             FileEntry(

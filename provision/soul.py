@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from .masking import mask_url_credentials, url_credentials
 from .models import is_secret_key
 from .problems import Location, Problem
 from .soul_manifest import SCHEMA_ID, SoulManifest
@@ -90,13 +91,15 @@ def fetch(repo: str, ref: str | None, cache_dir: Path) -> Fetched:
                 _git("clone", "--mirror", "--quiet", repo, str(mirror))
         except SoulError as exc:
             raise SoulError(
-                f"{repo}: cannot fetch ({exc}) (fix: check SOUL_REPO; the repo must be reachable from this machine)"
+                f"{mask_url_credentials(repo)}: cannot fetch ({mask_url_credentials(str(exc))}) "
+                "(fix: check SOUL_REPO; the repo must be reachable from this machine)"
             ) from None
         try:
             commit = _git("--git-dir", str(mirror), "rev-parse", "--verify", f"{ref or 'HEAD'}^{{commit}}")
         except SoulError:
             raise SoulError(
-                f"{repo}: ref {ref!r} not found (fix: set SOUL_REF to a branch, tag or commit that exists)"
+                f"{mask_url_credentials(repo)}: ref {ref!r} not found "
+                "(fix: set SOUL_REF to a branch, tag or commit that exists)"
             ) from None
         tree = cache_dir / f"{key}-{commit}"
         if not tree.exists():
@@ -164,6 +167,8 @@ def validate(checkout: Path, agent_name: str, secret_values: Mapping[str, str], 
                     f'follow schemas/{SCHEMA_ID}.json ("schema": "{SCHEMA_ID}")',
                 )
     secrets = {v for k, v in secret_values.items() if is_secret_key(k) and len(v) >= MIN_SECRET_LEN}
+    # and the credentials inside any URL value (DATABASE_URL=postgres://user:pass@…, SOUL_REPO)
+    secrets |= {c for v in secret_values.values() for c in url_credentials(v) if len(c) >= MIN_SECRET_LEN}
     for rel in files:
         for patterns, rule, what in (
             (CHAT_LOGS, "soul-chat-log", "a raw chat log"),

@@ -75,7 +75,7 @@ def test_in_a_secret_file_only_the_tools_own_keys_show_their_values() -> None:
 def test_outside_secret_files_secret_keys_and_url_passwords_are_masked() -> None:
     text = 'sshd_enable="YES"\nfoo_password="hunter2"\nSOUL_REPO=https://bot:ghp_x@github.com/a/b\nPLAIN=1\n'
     assert mask_secrets(text) == (
-        f'sshd_enable="YES"\nfoo_password={MASK}\nSOUL_REPO=https://bot:{MASK}@github.com/a/b\nPLAIN=1\n'
+        f'sshd_enable="YES"\nfoo_password={MASK}\nSOUL_REPO=https://{MASK}@github.com/a/b\nPLAIN=1\n'
     )
 
 
