@@ -487,12 +487,19 @@ def souls(settings: Settings | None = None, fleet: Fleet | None = None) -> int:
     import json
 
     from .checks import placement_host
-    from .soul import prepare_bundles
+    from .soul import SoulError, prepare_bundles
 
     if settings is None or fleet is None:
         settings, fleet = load()
-    wanted = [(placement_host(a), a.name, a.soul_repo, a.soul_ref) for a in fleet.agents if a.soul_repo]
-    bundles = prepare_bundles(wanted, settings.build_dir, settings.cache_dir / "souls")
+    wanted = [
+        (placement_host(a), a.name, a.soul_repo, a.soul_ref, {**a.extra, **_owned_values(a)})
+        for a in fleet.agents
+        if a.soul_repo
+    ]
+    try:
+        bundles = prepare_bundles(wanted, settings.build_dir, settings.cache_dir / "souls")
+    except SoulError as exc:
+        raise CommandError(str(exc)) from None
     by_agent = {a.name: a for a in fleet.agents}
     for host in {b["host"] for b in bundles} | {h.name for h in fleet.hosts}:
         entries = [

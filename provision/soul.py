@@ -10,9 +10,11 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import os
 import re
+import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,16 @@ RUNTIME_STATE = (
     "cache/*",
 )
 MIN_SECRET_LEN = 8
+# A soul is text people write: caps keep a huge file from costing minutes of scanning.
+MAX_FILE_BYTES = 1 << 20
+MAX_TREE_BYTES = 32 << 20
+MAX_FILES = 5000
+GIT_TIMEOUT = 120  # seconds for any one git call, network ones included
+# Transports git may use for SOUL_REPO (git(1) GIT_ALLOW_PROTOCOL): no `ext::` (runs a
+# command), no `fd::` (reads a descriptor and can wait forever).
+GIT_PROTOCOLS = "file:git:http:https:ssh"
+# The single commit each bundle holds: the checked tree, no history (docs/security.md).
+SNAPSHOT_IDENT = ("warden-provision", "soul@warden.invalid")
 
 
 class SoulError(Exception):
@@ -54,26 +66,115 @@ class SoulError(Exception):
 
 @dataclass(frozen=True)
 class Fetched:
-    path: Path
+    path: Path  # the commit's tree, exported: what validate() reads
     commit: str
+    tree: str = ""  # the tree object: what a bundle ships (snapshot)
+    problems: tuple[Problem, ...] = ()  # tree-level: sizes, submodules
 
 
-def _git(*args: str, cwd: Path | None = None) -> str:
+def _git_env() -> dict[str, str]:
+    return {
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ASKPASS": "true",
+        "SSH_ASKPASS": "true",
+        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+        "GIT_ALLOW_PROTOCOL": GIT_PROTOCOLS,
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(Path.home()),
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+
+
+def _git_run(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None) -> bytes:
+    """Run git with a timeout, no terminal and only the allowed transports; stdout as bytes."""
+    try:
+        result = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            env={**_git_env(), **(env or {})},
+            timeout=GIT_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        raise SoulError(f"git {args[0] if args else ''} timed out after {GIT_TIMEOUT} s") from None
+    if result.returncode != 0:
+        err = result.stderr.decode("utf-8", "replace").strip()
+        raise SoulError(mask_url_credentials(err.splitlines()[-1]) if err else "git failed")
+    return result.stdout
+
+
+def _git(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None) -> str:
+    return _git_run(*args, cwd=cwd, env=env).decode("utf-8", "replace").strip()
+
+
+def _tree_entries(mirror: Path, commit: str) -> list[tuple[str, str, str, int, str]]:
+    """(mode, type, object, size, path) of every entry of COMMIT's tree (git ls-tree -r -l)."""
+    out = _git_run("--git-dir", str(mirror), "ls-tree", "-r", "-l", "-z", "--full-tree", commit)
+    entries = []
+    for item in out.split(b"\0"):
+        if not item:
+            continue
+        meta, path = item.split(b"\t", 1)
+        mode, kind, obj, size = meta.decode().split()
+        entries.append((mode, kind, obj, int(size) if size.isdigit() else 0, path.decode("utf-8", "surrogateescape")))
+    return entries
+
+
+def _tree_problems(entries: list[tuple[str, str, str, int, str]]) -> list[Problem]:
+    out = []
+
+    def bad(rel: str, message: str, fix: str) -> None:
+        out.append(Problem((Location(Path(rel)),), message, fix, rule="soul-size"))
+
+    for mode, kind, _, size, rel in entries:
+        if kind == "blob" and mode != "120000" and size > MAX_FILE_BYTES:
+            bad(
+                rel,
+                f"{rel} is {size} bytes; a soul file may have at most {MAX_FILE_BYTES}",
+                f"remove {rel} from the soul repo (runtime data and media belong elsewhere)",
+            )
+        elif kind == "commit":
+            bad(rel, f"{rel} is a git submodule, which is not checked and not shipped", f"remove the submodule {rel}")
+    total = sum(size for _, kind, _, size, _ in entries if kind == "blob")
+    if total > MAX_TREE_BYTES or len(entries) > MAX_FILES:
+        bad(
+            ".",
+            f"the soul holds {len(entries)} files, {total} bytes; at most {MAX_FILES} files and {MAX_TREE_BYTES} bytes",
+            "keep runtime data, logs and media out of the soul repo",
+        )
+    return out
+
+
+def _export(mirror: Path, entries: list[tuple[str, str, str, int, str]], dest: Path) -> None:
+    """Write every blob and symlink of the tree under DEST as git has them (no .gitattributes
+    export rules, unlike git archive: what is checked is exactly the tree that ships)."""
+    blobs = [e for e in entries if e[1] == "blob" and (e[0] == "120000" or e[3] <= MAX_FILE_BYTES)]
     result = subprocess.run(
-        ["git", *args],
-        cwd=cwd,
+        ["git", "--git-dir", str(mirror), "cat-file", "--batch"],
+        input="".join(f"{obj}\n" for _, _, obj, _, _ in blobs).encode(),
         capture_output=True,
-        text=True,
-        env={
-            "GIT_TERMINAL_PROMPT": "0",
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(Path.home()),
-            "GIT_CONFIG_NOSYSTEM": "1",
-        },
+        env=_git_env(),
+        timeout=GIT_TIMEOUT,
     )
     if result.returncode != 0:
-        raise SoulError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "git failed")
-    return result.stdout.strip()
+        raise SoulError("git cat-file failed")
+    data, pos = result.stdout, 0
+    for mode, _, _, _, rel in blobs:
+        header_end = data.index(b"\n", pos)
+        size = int(data[pos:header_end].split()[2])
+        content = data[header_end + 1 : header_end + 1 + size]
+        pos = header_end + 1 + size + 1
+        parts = rel.split("/")
+        if any(part in ("", ".", "..", ".git") for part in parts):
+            raise SoulError(f"the soul's tree holds an unsafe path {rel!r}")
+        target = dest.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if mode == "120000":
+            target.symlink_to(content.decode("utf-8", "surrogateescape"))
+        else:
+            target.write_bytes(content)
+            target.chmod(0o755 if mode == "100755" else 0o644)
 
 
 def fetch(repo: str, ref: str | None, cache_dir: Path) -> Fetched:
@@ -88,30 +189,32 @@ def fetch(repo: str, ref: str | None, cache_dir: Path) -> Fetched:
             if mirror.exists():
                 _git("--git-dir", str(mirror), "fetch", "--prune", "--quiet", "origin")
             else:
-                _git("clone", "--mirror", "--quiet", repo, str(mirror))
+                # `--` : a SOUL_REPO can never be read as an option (models.py refuses a leading '-' too)
+                _git("clone", "--mirror", "--quiet", "--", repo, str(mirror))
         except SoulError as exc:
             raise SoulError(
                 f"{mask_url_credentials(repo)}: cannot fetch ({mask_url_credentials(str(exc))}) "
                 "(fix: check SOUL_REPO; the repo must be reachable from this machine)"
             ) from None
         try:
-            commit = _git("--git-dir", str(mirror), "rev-parse", "--verify", f"{ref or 'HEAD'}^{{commit}}")
+            commit = _git(
+                "--git-dir", str(mirror), "rev-parse", "--verify", "--end-of-options", f"{ref or 'HEAD'}^{{commit}}"
+            )
+            tree_id = _git("--git-dir", str(mirror), "rev-parse", "--verify", f"{commit}^{{tree}}")
         except SoulError:
             raise SoulError(
                 f"{mask_url_credentials(repo)}: ref {ref!r} not found "
                 "(fix: set SOUL_REF to a branch, tag or commit that exists)"
             ) from None
+        entries = _tree_entries(mirror, commit)
         tree = cache_dir / f"{key}-{commit}"
         if not tree.exists():
             tmp = cache_dir / f".{key}-{commit}.tmp"
-            subprocess.run(["rm", "-rf", str(tmp)], check=True)
+            shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            archive = subprocess.run(
-                ["git", "--git-dir", str(mirror), "archive", commit], capture_output=True, check=True
-            ).stdout
-            subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+            _export(mirror, entries, tmp)
             tmp.rename(tree)
-        return Fetched(tree, commit)
+        return Fetched(tree, commit, tree_id, tuple(_tree_problems(entries)))
 
 
 def pin(repo: str, ref: str | None, cache_dir: Path) -> str:
@@ -138,9 +241,55 @@ def validate(checkout: Path, agent_name: str, secret_values: Mapping[str, str], 
     def bad(rel: str, line: int | None, rule: str, message: str, fix: str) -> None:
         problems.append(Problem((Location(Path(rel), line),), f"soul of {agent_name}: {message}", fix, rule=rule))
 
-    files = sorted(str(p.relative_to(checkout)) for p in checkout.rglob("*") if p.is_file() and ".git" not in p.parts)
+    files: list[str] = []  # regular text files within the caps: what is scanned
+    listed: list[str] = []  # every regular file and symlink: what the name rules see
+    total = 0
+    for rel, entry in _walk(checkout):
+        listed.append(rel)
+        if entry.is_symlink():
+            target = os.readlink(entry.path)
+            inside = os.path.normpath(os.path.join(os.path.dirname(rel), target))
+            if os.path.isabs(target) or inside == ".." or inside.startswith("../") or inside.split("/")[0] == ".git":
+                bad(
+                    rel,
+                    None,
+                    "soul-symlink",
+                    f"{rel} is a symlink to {target[:80]!r}, outside the repo",
+                    f"replace {rel} by the file itself, or remove it",
+                )
+            continue
+        size = entry.stat(follow_symlinks=False).st_size
+        total += size
+        if size > MAX_FILE_BYTES:
+            bad(
+                rel,
+                None,
+                "soul-size",
+                f"{rel} is {size} bytes; a soul file may have at most {MAX_FILE_BYTES}",
+                f"remove {rel} from the soul repo",
+            )
+            continue
+        raw = Path(entry.path).read_bytes()
+        if b"\0" in raw:
+            bad(
+                rel,
+                None,
+                "soul-binary",
+                f"{rel} is not a text file, so it cannot be scanned for secrets",
+                f"remove {rel} from the soul repo (a soul is text)",
+            )
+            continue
+        files.append(rel)
+    if total > MAX_TREE_BYTES:
+        bad(
+            ".",
+            None,
+            "soul-size",
+            f"the soul holds {total} bytes; at most {MAX_TREE_BYTES}",
+            "keep runtime data, logs and media out of the soul repo",
+        )
     for core in CORE_FILES:
-        if core not in files:
+        if core not in listed:
             bad(core, None, "soul-core-file", f"{core} is missing", f"add {core} (core files: {', '.join(CORE_FILES)})")
     if "manifest.json" in files:
         try:
@@ -169,7 +318,7 @@ def validate(checkout: Path, agent_name: str, secret_values: Mapping[str, str], 
     secrets = {v for k, v in secret_values.items() if is_secret_key(k) and len(v) >= MIN_SECRET_LEN}
     # and the credentials inside any URL value (DATABASE_URL=postgres://user:pass@…, SOUL_REPO)
     secrets |= {c for v in secret_values.values() for c in url_credentials(v) if len(c) >= MIN_SECRET_LEN}
-    for rel in files:
+    for rel in listed:
         for patterns, rule, what in (
             (CHAT_LOGS, "soul-chat-log", "a raw chat log"),
             (LOCK_FILES, "soul-lock-file", "a lock file"),
@@ -178,6 +327,7 @@ def validate(checkout: Path, agent_name: str, secret_values: Mapping[str, str], 
             pat = _matches(rel, patterns)
             if pat:
                 bad(rel, None, rule, f"{rel} looks like {what} ({pat})", f"remove {rel} from the soul repo")
+    for rel in files:
         text = (checkout / rel).read_text(encoding="utf-8", errors="replace")
         for lineno, line in enumerate(text.splitlines(), start=1):
             if any(s in line for s in secrets):
@@ -192,25 +342,78 @@ def validate(checkout: Path, agent_name: str, secret_values: Mapping[str, str], 
     return problems
 
 
+# detect-secrets filters that would let a secret through: an inline
+# `pragma: allowlist secret` (anyone who can commit can write it), file extensions it
+# takes for binary (.svg is text), and names it takes for lock or swagger files.
+_UNSAFE_FILTERS = (
+    "detect_secrets.filters.allowlist.is_line_allowlisted",
+    "detect_secrets.filters.heuristic.is_non_text_file",
+    "detect_secrets.filters.heuristic.is_lock_file",
+    "detect_secrets.filters.heuristic.is_swagger_file",
+)
+_JOIN_EDGE = re.compile(r"""[\s"'`+\\,]+""")
+
+
+def _joined(text: str) -> str:
+    """Each line glued to the next without the quotes, blanks, '+' or '\\' between them, so a
+    secret split over two lines is seen whole: line N of the result is lines N and N+1."""
+    lines = text.splitlines()
+    return "".join(
+        _JOIN_EDGE.sub("", a[::-1], count=1)[::-1] + _JOIN_EDGE.sub("", b, count=1) + "\n"
+        for a, b in zip(lines, [*lines[1:], ""], strict=True)
+    )
+
+
 def _scan(checkout: Path, files: list[str], agent_name: str) -> list[Problem]:
+    import tempfile
+
     from detect_secrets.core.secrets_collection import SecretsCollection
     from detect_secrets.settings import default_settings
 
-    found = SecretsCollection(root=str(checkout))
-    with default_settings():
+    found: dict[tuple[str, int], str] = {}
+    with default_settings() as settings, tempfile.TemporaryDirectory() as joined_dir:
+        settings.disable_filters(*_UNSAFE_FILTERS)
+        whole = SecretsCollection(root=str(checkout))
         for rel in files:
-            found.scan_file(rel)
-    out = []
-    for filename, secret in found:
-        out.append(
-            Problem(
-                (Location(Path(filename), secret.line_number),),
-                f"soul of {agent_name}: {filename}:{secret.line_number} looks like a secret ({secret.type})",
-                "remove it from the soul (and rotate it); secrets belong in the agent's .env",
-                rule="soul-secret",
-            )
+            whole.scan_file(rel)
+        for filename, secret in whole:
+            found.setdefault((filename, secret.line_number), secret.type)
+        split = SecretsCollection(root=joined_dir)
+        for rel in files:
+            target = Path(joined_dir, rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(_joined((checkout / rel).read_text(encoding="utf-8", errors="replace")))
+            split.scan_file(rel)
+        for filename, secret in split:
+            if (filename, secret.line_number) not in found and (filename, secret.line_number + 1) not in found:
+                found[(filename, secret.line_number)] = (
+                    f"{secret.type}, split over lines {secret.line_number}-{secret.line_number + 1}"
+                )
+    return [
+        Problem(
+            (Location(Path(filename), line),),
+            f"soul of {agent_name}: {filename}:{line} looks like a secret ({kind})",
+            "remove it from the soul (and rotate it); secrets belong in the agent's .env",
+            rule="soul-secret",
         )
-    return out
+        for (filename, line), kind in sorted(found.items())
+    ]
+
+
+def _walk(root: Path) -> list[tuple[str, os.DirEntry[str]]]:
+    """Every regular file and symlink under ROOT, never following a symlink, sorted."""
+    out: list[tuple[str, os.DirEntry[str]]] = []
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(root / rel_dir if rel_dir else root) as it:
+            for entry in it:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                if entry.is_symlink() or entry.is_file(follow_symlinks=False):
+                    out.append((rel, entry))
+                elif entry.is_dir(follow_symlinks=False) and not (rel_dir == "" and entry.name == ".git"):
+                    stack.append(rel)
+    return sorted(out, key=lambda t: t[0])
 
 
 def check_agent_soul(agent_name: str, env_path: Path, env_values: Mapping[str, str], cache_dir: Path) -> list[Problem]:
@@ -222,21 +425,36 @@ def check_agent_soul(agent_name: str, env_path: Path, env_values: Mapping[str, s
         fetched = fetch(repo, env_values.get("SOUL_REF") or None, cache_dir / "souls")
     except SoulError as exc:
         return [Problem((Location(env_path, None, "SOUL_REPO"),), str(exc), "see the message", rule="soul-fetch")]
-    problems = validate(fetched.path, agent_name, env_values, env_path)
+    problems = [*fetched.problems, *validate(fetched.path, agent_name, env_values, env_path)]
     return [
         Problem((Location(env_path, None, "SOUL_REPO"), *p.locations), p.message, p.fix, rule=p.rule) for p in problems
     ]
 
 
+def snapshot(repo: str, fetched: Fetched, cache_dir: Path) -> str:
+    """A commit of exactly FETCHED's tree, with no parent: what ships, and no unchecked history.
+
+    Author, committer and dates are fixed (the source commit's date), so the same checked
+    tree always gives the same commit and a host that has it is left alone.
+    """
+    mirror = cache_dir / f"{hashlib.sha256(repo.encode()).hexdigest()[:16]}.git"
+    date = _git("--git-dir", str(mirror), "show", "-s", "--format=%cI", fetched.commit)
+    name, email = SNAPSHOT_IDENT
+    ident = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_AUTHOR_DATE": date}
+    ident |= {"GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email, "GIT_COMMITTER_DATE": date}
+    message = f"Soul snapshot of {fetched.commit}, as checked by warden-provision"
+    return _git("--git-dir", str(mirror), "commit-tree", fetched.tree, "-m", message, env=ident)
+
+
 def bundle(repo: str, commit: str, out: Path, cache_dir: Path) -> Path:
-    """A git bundle holding exactly COMMIT, so hosts get the same bytes without reaching REPO."""
+    """A git bundle holding exactly COMMIT (tagged warden-pinned), so hosts need not reach REPO."""
     key = hashlib.sha256(repo.encode()).hexdigest()[:16]
     mirror = cache_dir / f"{key}.git"
     if not mirror.exists():
         fetch(repo, commit, cache_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     _git("--git-dir", str(mirror), "tag", "-f", "warden-pinned", commit)
-    _git("--git-dir", str(mirror), "bundle", "create", str(out), "warden-pinned")
+    _git("--git-dir", str(mirror), "bundle", "create", "--quiet", str(out), "warden-pinned")
     return out
 
 
@@ -280,13 +498,29 @@ def is_commit_hash(ref: str | None) -> bool:
 
 
 def prepare_bundles(
-    agents: list[tuple[str, str, str, str | None]], build_dir: Path, cache_dir: Path
+    agents: Sequence[tuple[str, str, str, str | None, Mapping[str, str]]], build_dir: Path, cache_dir: Path
 ) -> list[dict[str, str]]:
-    """For (host, agent, repo, ref) of each agent with a soul: validate nothing here, bundle the
-    pinned commit into build/<host>/.warden/souls/<agent>.bundle and describe it for the role."""
+    """For (host, agent, repo, ref, .env values) of each agent with a soul: check the pinned
+    commit again, and bundle a one-commit snapshot of exactly its tree into
+    build/<host>/.warden/souls/<agent>.bundle; describe it for the role.
+
+    Raises SoulError when a ref is not a full commit or the tree does not pass validate():
+    nothing is bundled that was not checked (docs/security.md).
+    """
     out = []
-    for host, agent, repo, ref in agents:
+    for host, agent, repo, ref, values in agents:
+        if not is_commit_hash(ref):
+            raise SoulError(
+                f"soul of {agent}: SOUL_REF={ref or ''} is not a full commit hash (fix: run `invoke soul-pin {agent}`)"
+            )
         fetched = fetch(repo, ref, cache_dir)
-        path = bundle(repo, fetched.commit, build_dir / host / ".warden" / "souls" / f"{agent}.bundle", cache_dir)
-        out.append({"host": host, "name": agent, "bundle": str(path), "commit": fetched.commit})
+        problems = [*fetched.problems, *validate(fetched.path, agent, values, Path(".env"))]
+        if problems:
+            raise SoulError(
+                f"soul of {agent} at {ref}: {problems[0].message} (fix: {problems[0].fix}; "
+                f"see `invoke soul-check {agent}`)"
+            )
+        commit = snapshot(repo, fetched, cache_dir)
+        path = bundle(repo, commit, build_dir / host / ".warden" / "souls" / f"{agent}.bundle", cache_dir)
+        out.append({"host": host, "name": agent, "bundle": str(path), "commit": commit, "source": fetched.commit})
     return out

@@ -6,12 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from provision.envfile import EnvFile
-from provision.soul import bundle, check_agent_soul, fetch, init, pin, validate
+from provision.problems import Problem
+from provision.soul import SoulError, bundle, check_agent_soul, fetch, init, pin, prepare_bundles, validate
 from provision.soul_manifest import SCHEMA_FILE, json_schema
 
 from .conftest import REPO, Registry
@@ -177,3 +179,130 @@ def test_soul_init_then_pin_then_check_through_invoke(registry: Registry, tmp_pa
     assert EnvFile.load(registry.agents / "atlas/.env").values()["SOUL_REF"] == git(
         tmp_path / "soul", "rev-parse", "HEAD"
     )
+
+
+# -- what ships is exactly what was checked (docs/security.md) ---------------------------
+
+AWS_EXAMPLE = "AKIAIOSFODNN7EXAMPLE"  # AWS's documented example key, not a credential
+
+
+def soul_problems(tmp_path: Path, files: dict[str, str]) -> list[Problem]:
+    repo = make_repo(tmp_path / "soul", files)
+    return check_agent_soul(
+        "atlas", tmp_path / ".env", {"SOUL_REPO": str(repo), "AGENT_NAME": "atlas"}, tmp_path / "cache"
+    )
+
+
+def test_an_allowlist_pragma_does_not_hide_a_secret(tmp_path: Path) -> None:
+    found = soul_problems(tmp_path, {"USER.md": f"aws_access_key_id = {AWS_EXAMPLE}  # pragma: allowlist secret\n"})
+    assert [(p.rule, str(p.locations[1])) for p in found] == [("soul-secret", "USER.md:1")]
+
+
+def test_a_secret_in_an_svg_is_found(tmp_path: Path) -> None:
+    found = soul_problems(tmp_path, {"skills/logo.svg": f"<svg><!-- aws_access_key_id = {AWS_EXAMPLE} --></svg>\n"})
+    assert [(p.rule, str(p.locations[1])) for p in found] == [("soul-secret", "skills/logo.svg:1")]
+
+
+def test_a_key_split_over_two_lines_is_found(tmp_path: Path) -> None:
+    text = f'notes\naws_access_key_id = "{AWS_EXAMPLE[:10]}" +\n    "{AWS_EXAMPLE[10:]}"\n'
+    found = soul_problems(tmp_path, {"skills/aws.md": text})
+    assert [(p.rule, str(p.locations[1])) for p in found] == [("soul-secret", "skills/aws.md:2")]
+    assert "split over lines 2-3" in found[0].message and AWS_EXAMPLE not in str(found[0])
+
+
+def test_export_ignore_does_not_hide_a_file_from_the_check(tmp_path: Path) -> None:
+    found = soul_problems(
+        tmp_path, {".gitattributes": "secret.md export-ignore\n", "secret.md": f"aws_access_key_id = {AWS_EXAMPLE}\n"}
+    )
+    assert [(p.rule, str(p.locations[1])) for p in found] == [("soul-secret", "secret.md:1")]
+
+
+@pytest.mark.parametrize("target", ["/etc/shadow", "../../..", "../outside.md", "skills/../../x"])
+def test_symlinks_leaving_the_repo_are_refused(tmp_path: Path, target: str) -> None:
+    repo = tmp_path / "soul"
+    make_repo(repo, {})
+    (repo / "link.md").symlink_to(target)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "link")
+    found = check_agent_soul(
+        "atlas", tmp_path / ".env", {"SOUL_REPO": str(repo), "AGENT_NAME": "atlas"}, tmp_path / "cache"
+    )
+    assert [(p.rule, str(p.locations[1])) for p in found] == [("soul-symlink", "link.md")]
+
+
+def test_a_symlink_inside_the_repo_is_fine(tmp_path: Path) -> None:
+    repo = tmp_path / "soul"
+    make_repo(repo, {})
+    (repo / "ME.md").symlink_to("IDENTITY.md")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "link")
+    assert check_agent_soul("atlas", tmp_path / ".env", {"SOUL_REPO": str(repo)}, tmp_path / "cache") == []
+
+
+def test_a_file_over_the_size_cap_is_refused_without_being_scanned(tmp_path: Path) -> None:
+    started = time.monotonic()
+    found = soul_problems(tmp_path, {"memories/curated/dump.md": "x" * (3 << 20) + "\n"})
+    assert [(p.rule, str(p.locations[1])) for p in found] == [("soul-size", "memories/curated/dump.md")]
+    assert time.monotonic() - started < 30
+
+
+def test_soul_repo_fd_3_neither_hangs_nor_fetches(tmp_path: Path) -> None:
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom provision.soul import SoulError, fetch\n"
+        "try:\n    fetch('fd::3', None, Path(sys.argv[1]))\nexcept SoulError as exc:\n    print(exc)\n"
+    )
+    r, w = os.pipe()  # an fd 3 that never says anything: git would wait on it forever
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / "cache")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            pass_fds=(r,) if r == 3 else (),
+            preexec_fn=(lambda: os.dup2(r, 3)) if r != 3 else None,
+        )
+    finally:
+        os.close(r)
+        os.close(w)
+    assert "cannot fetch" in result.stdout, result.stderr
+
+
+def test_an_option_looking_soul_repo_is_never_run(tmp_path: Path) -> None:
+    canary = tmp_path / "pwned"
+    with pytest.raises(SoulError):
+        fetch(f"--upload-pack=touch {canary}", None, tmp_path / "cache")
+    assert not canary.exists()
+
+
+def test_bundling_refuses_a_branch_and_ships_one_commit_of_the_checked_tree(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "soul", {"memories/curated/notes.md": f"aws_access_key_id = {AWS_EXAMPLE}\n"})
+    (repo / "memories/curated/notes.md").write_text("nothing to see\n")
+    git(repo, "commit", "-qam", "remove the key")  # the key stays in the history
+    checked = git(repo, "rev-parse", "HEAD")
+    values = {"AGENT_NAME": "atlas"}
+    cache = tmp_path / "cache"
+    assert check_agent_soul("atlas", tmp_path / ".env", {**values, "SOUL_REPO": str(repo)}, cache) == []
+    (repo / "USER.md").write_text(f"aws_access_key_id = {AWS_EXAMPLE}\n")
+    git(repo, "commit", "-qam", "a newer head, never checked")
+    with pytest.raises(SoulError, match="soul-pin atlas"):
+        prepare_bundles([("fbsd1", "atlas", str(repo), "main", values)], tmp_path / "build", cache)
+    (entry,) = prepare_bundles([("fbsd1", "atlas", str(repo), checked, values)], tmp_path / "build", cache)
+    assert entry["source"] == checked and entry["commit"] != checked
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", entry["bundle"], str(clone)], check=True, capture_output=True)
+    git(clone, "checkout", "-q", entry["commit"])
+    assert git(clone, "rev-list", "--all", "--count") == "1"  # no history rides along
+    assert AWS_EXAMPLE not in git(clone, "log", "--all", "-p")
+    assert git(clone, "rev-parse", "HEAD^{tree}") == git(repo, "rev-parse", f"{checked}^{{tree}}")
+    # The same checked tree gives the same snapshot: hosts that have it are left alone.
+    (again,) = prepare_bundles([("fbsd1", "atlas", str(repo), checked, values)], tmp_path / "build2", cache)
+    assert again["commit"] == entry["commit"]
+
+
+def test_a_branch_soul_ref_is_refused_by_check_with_soul_pin_as_the_fix(registry: Registry, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "soul", {})
+    registry.write_env("atlas", f"AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nSOUL_REPO={repo}\nSOUL_REF=master\n")
+    result = invoke(registry, "check")
+    assert result.returncode == 1 and "SOUL_REF=master is not a full commit hash" in result.stdout
+    assert "invoke soul-pin atlas" in result.stdout
