@@ -313,10 +313,15 @@ def test_soul_repo_is_cloned_at_the_pinned_commit_updated_and_left_alone(
     result = playbook(registry)
     assert result.returncode == 0, result.stdout[-4000:]
     placed = testhost.root / "home/atlas/clawdie/soul"
-    head = subprocess.run(
-        ["git", "-c", "safe.directory=*", "-C", str(placed), "rev-parse", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    assert head == first
+
+    def in_repo(repo: Path, *args: str) -> str:
+        return subprocess.run(
+            ["git", "-c", "safe.directory=*", "-C", str(repo), *args], capture_output=True, text=True
+        ).stdout.strip()
+
+    # The host gets a one-commit snapshot of exactly the checked tree (docs/security.md).
+    assert in_repo(placed, "rev-parse", "HEAD^{tree}") == in_repo(soul, "rev-parse", f"{first}^{{tree}}")
+    assert in_repo(placed, "rev-list", "--count", "HEAD") == "1"
     atlas_uid = int((testhost.root / "etc/passwd").read_text().split("\natlas:")[1].split(":")[1])
     assert placed.stat().st_uid == atlas_uid and placed.stat().st_mode & 0o007 == 0
     (placed / "runtime-note.txt").write_text("written by the harness\n")
