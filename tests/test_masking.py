@@ -16,10 +16,10 @@ from provision.models import is_secret_key
 from provision.plan import MASK, mask_secrets, unified
 from provision.registry import load_fleet
 from provision.render import render_fleet
-from provision.soul import validate
+from provision.soul import fetch, validate
 
 from .conftest import REPO, Registry
-from .test_soul import fetch, make_repo
+from .test_soul import make_repo
 
 # Not real credentials: refused connections on 127.0.0.1 port 9 (discard), nothing leaves the host.
 TOKEN = "FAKE-DEPLOY-TOKEN-0000"
