@@ -5,20 +5,52 @@ Run `invoke --list` for the list, `invoke --help <task>` for a task's options.
 
 from __future__ import annotations
 
+from typing import Any
+
 from invoke.context import Context
-from invoke.tasks import task
+from invoke.parser.parser import ParseMachine
+from invoke.tasks import task as _task
 
 from provision import cli
 
+_handle = ParseMachine.handle
 
-def _kv(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"error: --set {pair!r}: expected KEY=VALUE (fix: e.g. --set SOUL_REF=main)")
-        out[key] = value
-    return out
+
+def _help_before_positionals(self: Any, token: str) -> None:
+    """`invoke add-agent --help` shows the task's help instead of naming an agent `--help`.
+
+    invoke's parser fills a task's positional argument before it looks at the core
+    `-h`/`--help` flag; here the flag wins, as in every other command-line tool.
+    """
+    context, initial = self.context, self.initial
+    if (
+        token in ("-h", "--help")
+        and context is not None
+        and context.missing_positional_args
+        and not self.waiting_for_flag_value
+        and initial is not None
+        and token in initial.flags
+    ):
+        initial.flags[token].value = context.name
+        for arg in context.missing_positional_args:
+            arg.value = ""  # satisfied so parsing ends; help is printed before any task runs
+        return
+    _handle(self, token)
+
+
+ParseMachine.handle = _help_before_positionals  # type: ignore[method-assign]
+
+
+def task(*args: Any, **kwargs: Any) -> Any:
+    """invoke's @task without automatic one-letter flags: `-h` is help on every task.
+
+    invoke would make `-h` mean `--host`, `-p` `--placement`, `-y` `--system-locale`; the
+    README documents long options only.
+    """
+    kwargs.setdefault("auto_shortflags", False)
+    if args and callable(args[0]) and len(args) == 1 and not kwargs.get("help"):
+        return _task(auto_shortflags=False)(args[0])
+    return _task(*args, **kwargs)
 
 
 @task(
@@ -54,19 +86,21 @@ def add_agent(
     set: list[str] | None = None,
 ) -> None:
     """Write agents/<name>/.env with every derived value; refuse collisions."""
-    kv = _kv(set or [])
-    for key, value in (
-        ("DISPLAY_LOCALE", locale),
-        ("ASSISTANT_LOCALE", locale),
-        ("SYSTEM_LOCALE", system_locale),
-        ("SOUL_REPO", soul_repo),
-        ("SOUL_REF", soul_ref),
-        ("WARDEN_JAILS", jails),
-        ("CONTROLPLANE_API_PORT", str(port) if port else None),
-    ):
-        if value:
-            kv.setdefault(key, value)
-    cli.run(cli.add_agent, name, subnet=subnet, host=host, placement=placement, settings_kv=kv, share_llm=share_llm)
+    cli.run(
+        cli.add_agent,
+        name,
+        subnet=subnet,
+        host=host,
+        placement=placement,
+        share_llm=share_llm,
+        locale=locale,
+        system_locale=system_locale,
+        soul_repo=soul_repo,
+        soul_ref=soul_ref,
+        jails=jails,
+        port=port,
+        set_pairs=set or [],
+    )
 
 
 @task(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .masking import mask_url_credentials
@@ -18,6 +18,8 @@ from .problems import Problem
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rich.console import Console
 
     from .models import Fleet
@@ -35,10 +37,35 @@ def load(settings: Settings | None = None) -> tuple[Settings, Fleet]:
 
     settings = settings or Settings.from_env()
     hosts, host_problems = load_inventory(settings.inventory)
+    _require_inventory(host_problems)
     try:
         return settings, load_fleet(settings.agents_dir, hosts, host_problems)
     except RegistryError as exc:
         raise CommandError(str(exc)) from None
+
+
+def _require_inventory(problems: list[Problem]) -> None:
+    """A missing or unreadable inventory is the one cause to report (docs/registry.md#messages).
+
+    Without hosts every agent's AGENT_HOST looks wrong; listing those would bury the cause.
+    """
+    for p in problems:
+        if p.rule in ("inventory-missing", "inventory-yaml"):
+            raise CommandError(f"{p.locations[0]}: {p.message} (fix: {p.fix})")
+
+
+def parse_set(pairs: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """`--set KEY=VALUE` pairs as a dict, and a warning for each key given twice."""
+    out: dict[str, str] = {}
+    warnings: list[str] = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CommandError(f"--set {pair!r}: expected KEY=VALUE (fix: e.g. --set SOUL_REF=main)")
+        if key in out and out[key] != value:
+            warnings.append(f"--set {key} is given twice ({out[key]!r}, then {value!r}); the last one counts")
+        out[key] = value
+    return out, warnings
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -51,25 +78,65 @@ def add_agent(
     placement: str | None = None,
     settings_kv: Mapping[str, str] | None = None,
     share_llm: str | None = None,
+    *,
+    locale: str | None = None,
+    system_locale: str | None = None,
+    soul_repo: str | None = None,
+    soul_ref: str | None = None,
+    jails: str | None = None,
+    port: int | None = None,
+    set_pairs: Sequence[str] = (),
 ) -> int:
+    """Write agents/<name>/.env; the options and `--set` pairs of `add-agent`, checked together.
+
+    An option and a `--set` of the same key must agree (docs/registry.md#messages); keys
+    that look like typos of the tool's keys, and keys given twice, are warned about.
+    """
     from rich.table import Table
+    from rich.text import Text
 
     from .inventory import load_inventory
-    from .registry import AddRequest, RegistryError, prepare_agents_dir
+    from .registry import AddRequest, RegistryError, owned_key_like, prepare_agents_dir
     from .registry import add_agent as do_add
 
     settings = Settings.from_env()
     hosts, problems = load_inventory(settings.inventory)
-    out = console()
-    kv = dict(settings_kv or {})
+    _require_inventory(problems)
+    out, err = console(), console(stderr=True)
+    from_set, warnings = parse_set(set_pairs)
+    kv = {**dict(settings_kv or {}), **from_set}
+    flags: dict[str, str] = {}
+    for key, flag, value in (
+        ("DISPLAY_LOCALE", "--locale", locale),
+        ("ASSISTANT_LOCALE", "--locale", locale),
+        ("SYSTEM_LOCALE", "--system-locale", system_locale),
+        ("SOUL_REPO", "--soul-repo", soul_repo),
+        ("SOUL_REF", "--soul-ref", soul_ref),
+        ("WARDEN_JAILS", "--jails", jails),
+        ("CONTROLPLANE_API_PORT", "--port", str(port) if port is not None else None),
+    ):
+        if value is None:
+            continue
+        if key in kv and kv[key] != value:
+            raise CommandError(
+                f"{flag} {value} and --set {key}={kv[key]} disagree (fix: give only one of them: {flag} or --set {key})"
+            )
+        kv[key] = value
+        flags[key] = flag
+    for key in from_set:
+        like = owned_key_like(key)
+        if like is not None:
+            warnings.append(f"--set {key}: not a key this tool reads; did you mean {like}? (kept as it is)")
+    for warning in warnings:
+        err.print(Text.assemble(("warning:", "yellow"), " ", warning))
     if share_llm:
         shared = _shared_llm_settings(settings, share_llm)
         owner_host = shared.pop("AGENT_HOST")
-        if host is None:
+        if host is None and "AGENT_HOST" not in kv:
             host = owner_host
         kv = {**shared, **kv}
     if problems:
-        print_problems(problems, console(stderr=True))
+        print_problems(problems, err)
         raise CommandError(f"fix {settings.inventory} first")
     try:
         if prepare_agents_dir(settings.agents_dir):
@@ -77,7 +144,7 @@ def add_agent(
         agent, values = do_add(
             settings.agents_dir,
             hosts,
-            AddRequest(name=name, subnet=subnet, host=host, placement=placement, settings=kv),
+            AddRequest(name=name, subnet=subnet, host=host, placement=placement, settings=kv, flags=flags),
         )
     except RegistryError as exc:
         raise CommandError(str(exc)) from None
@@ -295,11 +362,22 @@ def graph(output: str | None = None, png: bool = False) -> int:
     """Write the fleet picture (SVG, and PNG when asked)."""
     from pathlib import Path
 
+    import graphviz
+
     from .graph import write_graph
 
     settings, fleet = load()
     target = Path(output) if output else settings.build_dir / "fleet"
-    written = write_graph(fleet.hosts, fleet.agents, target.with_suffix(""), ("svg", "png") if png else ("svg",))
+    formats = ("svg", "png") if png else ("svg",)
+    try:
+        written = write_graph(fleet.hosts, fleet.agents, target.with_suffix(""), formats)
+    except graphviz.ExecutableNotFound:
+        raise CommandError(
+            "Graphviz's `dot` is not installed: it draws the picture "
+            "(fix: `pkg install graphviz` on FreeBSD, `apt install graphviz` on Debian)"
+        ) from None
+    except OSError as exc:
+        raise CommandError(_write_error(exc, target.parent, "--output")) from None
     for path in written:
         console().print(f"wrote {path}")
     return 0
@@ -409,6 +487,15 @@ def plan_command(settings: Settings, host: str | None = None) -> int:
         print_error(err, hp.error or "")
         plans.append(hp)
     return diffview.print_summary(out, plans, chosen.notes)
+
+
+def _write_error(exc: OSError, where: Path, setting: str) -> str:
+    """A failed write as one line: what could not be written, why, and how to choose another place."""
+    what = exc.filename or where
+    return (
+        f"cannot write {what}: {exc.strerror or exc} "
+        f"(fix: make {where} writable, or choose another directory with {setting})"
+    )
 
 
 def _agent(name: str) -> tuple[Settings, Any]:
@@ -558,32 +645,84 @@ def doctor(host: str | None = None) -> int:
 
 
 def status(host: str | None = None, agent: str | None = None) -> int:
-    """One table for the fleet: service, API port, jails, gateway, PF per agent; non-zero when down."""
-    from rich.table import Table
+    """One table for the fleet: service, API port, jails, gateway, PF per agent; non-zero when down.
 
+    An agent whose machine cannot be reached is a row marked unknown, never left out: a
+    status that cannot be read is not a healthy one.
+    """
     from .remote import RemoteError, run_script
-    from .status import evaluate, status_script
+    from .status import AgentStatus, evaluate, status_script
 
-    _, fleet, targets = _reachable_hosts(host)
-    table = Table("host", "agent", "service", "API", "jails", "gateway", "PF", title="status")
-    down = False
-    for target in targets:
-        agents = [
-            a for a in fleet.agents_on(target.name) if a.placement == "host" and (agent is None or a.name == agent)
-        ]
-        if not agents:
+    settings, fleet, targets = _reachable_hosts(host)
+    if agent is not None and agent not in {a.name for a in fleet.agents}:
+        raise CommandError(_unknown_agent(agent, [a.name for a in fleet.agents], settings))
+    rows: list[tuple[str, AgentStatus]] = []
+    for machine, agents, why_not in _status_targets(fleet, targets, agent):
+        if why_not is not None:
+            rows.extend((machine.name, AgentStatus.unknown(a.name, why_not)) for a in agents)
             continue
         try:
-            text = run_script(target, status_script(target, agents))
+            text = run_script(machine, status_script(machine, agents))
         except RemoteError as exc:
-            console(stderr=True).print(f"[red]error:[/red] {exc}", markup=True)
-            down = True
+            print_error(console(stderr=True), str(exc))
+            rows.extend((machine.name, AgentStatus.unknown(a.name, "host unreachable")) for a in agents)
             continue
-        for row in evaluate(target, agents, text):
-            down = down or not row.ok
-            style = "" if row.ok else "red"
-            table.add_row(
-                target.name, row.agent, row.service, row.api, "\n".join(row.jails), row.gateway, row.pf, style=style
-            )
+        rows.extend((machine.name, row) for row in evaluate(machine, agents, text))
+    if agent is not None and not rows:
+        raise CommandError(f"agent {agent} is not on {host} (fix: drop --host, or give the agent's host)")
+    _print_status(rows)
+    return 0 if rows and all(row.ok for _, row in rows) else 1
+
+
+def _status_targets(fleet: Fleet, targets: list[Any], agent: str | None) -> list[tuple[Any, list[Any], str | None]]:
+    """(machine, its agents, why it is not probed or None) per host, then per bhyve guest.
+
+    A guest is reached as plan reaches it: through a `Host <guest>` block in the SSH
+    config (docs/design.md#placement); without one its agent is unknown.
+    """
+    from .models import Host
+    from .remote import has_ssh_settings, ssh_config_path
+    from .render import GUEST_BRIDGE
+
+    out: list[tuple[Any, list[Any], str | None]] = []
+    ssh_config = ssh_config_path()
+    for target in targets:
+        mine = [a for a in fleet.agents_on(target.name) if agent is None or a.name == agent]
+        on_host = [a for a in mine if a.placement == "host"]
+        if on_host:
+            out.append((target, on_host, None))
+        for a in mine:
+            if a.placement != "bhyve":
+                continue
+            guest = Host(name=a.vm_name, bridge=GUEST_BRIDGE)
+            reachable = has_ssh_settings(a.vm_name, ssh_config)
+            why = None if reachable else f"bhyve guest {a.vm_name}: no `Host {a.vm_name}` block in {ssh_config}"
+            out.append((guest, [a], why))
+    return out
+
+
+def _print_status(rows: Sequence[tuple[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table("host", "agent", "service", "API", "jails", "gateway", "PF", title="status")
+    for machine, row in rows:
+        table.add_row(
+            machine,
+            row.agent,
+            row.service,
+            row.api,
+            "\n".join(row.jails),
+            row.gateway,
+            row.pf,
+            style="" if row.ok else "red",
+        )
     console().print(table)
-    return 1 if down else 0
+
+
+def _unknown_agent(name: str, known: Sequence[str], settings: Settings) -> str:
+    """No such agent, with the closest name (difflib) and where the registry is."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"no agent {name!r} in {settings.agents_dir} (fix: {hint}agents: {', '.join(sorted(known)) or 'none'})"
