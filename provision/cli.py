@@ -26,6 +26,39 @@ if TYPE_CHECKING:
     from .render import RenderedHost
 
 
+# One help text per option, shown by `invoke <task> --help` and `warden <verb> --help` alike.
+OPTION_HELP: dict[str, dict[str, str]] = {
+    "add-agent": {
+        "name": "agent name: lowercase letters and digits, starting with a letter (rc.d name, user, jail prefix)",
+        "subnet": "the agent's /24: 10.0.1, 192.168.0 or 10.0.1.0/24 (default: next free /24 of warden_pool)",
+        "host": "inventory host to place the agent on (default: the only host)",
+        "placement": "'host' (jails on the host's warden0) or 'bhyve' (own VM)",
+        "locale": "BCP 47 tag for DISPLAY_LOCALE and ASSISTANT_LOCALE, e.g. sl-SI",
+        "system_locale": "POSIX UTF-8 locale for the service, e.g. sl_SI.UTF-8",
+        "soul_repo": "git URL (or path) of the agent's soul repo",
+        "soul_ref": "branch, tag or commit of the soul repo",
+        "jails": "service jail roles, e.g. 'git cms ollama db' or 'git cms llamacpp'",
+        "share_llm": "use this other agent's LLM jail (same name and IP) instead of an own one",
+        "port": "CONTROLPLANE_API_PORT (default: 3100, then the next free port on the host)",
+        "set": "any other KEY=VALUE for the .env, e.g. --set CMS_JAIL_NAME=atlasweb (repeatable)",
+    },
+    "remove-agent": {
+        "name": "the agent to remove",
+        "yes": "do not ask for confirmation",
+        "dry_run": "say what would be removed and what depends on it; remove nothing",
+        "force": "remove even when that loses a soul repo's unpushed work or breaks agents that depend on it",
+    },
+    "graph": {"output": "file to write, without extension (default: build/fleet)", "png": "also write a PNG"},
+    "render": {"host": "render only this host (default: every host and bhyve guest)"},
+    "plan": {"host": "plan only this inventory host (default: every host)"},
+    "soul-check": {"name": "the agent whose soul repo to validate"},
+    "soul-pin": {"name": "the agent whose SOUL_REF to pin"},
+    "soul-init": {"name": "the agent", "dest": "repo directory (default agents/<name>/soul)", "author": "provenance"},
+    "doctor": {"host": "check only this host (default: every reachable host)"},
+    "status": {"host": "only this host", "agent": "only this agent"},
+}
+
+
 class CommandError(Exception):
     """A failure the user caused or can fix; printed without a traceback, exit 1."""
 

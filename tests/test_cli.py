@@ -235,3 +235,145 @@ def test_every_invoke_task_prints_its_help(registry: Registry, flag: str) -> Non
         # long options only: invoke would otherwise make -h mean --host, -p --placement…
         assert not re.search(r"^\s+-[a-z][ ,=]", result.stdout, re.M), (task, result.stdout)
     assert not (registry.agents / "--help").exists()
+
+
+# -- item 9: the warden console script -------------------------------------------------
+
+WARDEN = Path(sys.executable).with_name("warden")
+
+
+def warden(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`warden` as installed, in CWD, with no PROVISION_* variable from the test session."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PROVISION_")}
+    return subprocess.run(
+        [str(WARDEN), *args],
+        cwd=cwd,
+        env={**clean, "COLUMNS": "200", **(env or {})},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def fleet_dir(tmp_path: Path) -> Path:
+    """A directory laid out as the README says: agents/, inventory/hosts.yml."""
+    from .conftest import ONE_HOST
+
+    (tmp_path / "inventory").mkdir()
+    (tmp_path / "inventory" / "hosts.yml").write_text(ONE_HOST, encoding="utf-8")
+    (tmp_path / "agents").mkdir()
+    return tmp_path
+
+
+def test_warden_is_installed_and_works_from_any_directory(fleet_dir: Path) -> None:
+    result = warden(fleet_dir, "add-agent", "atlas", "--subnet", "192.168.0")
+    assert result.returncode == 0, result.stderr
+    assert (fleet_dir / "agents" / "atlas" / ".env").is_file()
+    listed = warden(fleet_dir, "list")
+    assert listed.returncode == 0 and "192.168.0.0/24" in listed.stdout
+    rendered = warden(fleet_dir, "render")
+    assert rendered.returncode == 0, rendered.stderr
+    assert (fleet_dir / "build" / "fbsd1" / "usr" / "local" / "etc" / "rc.d" / "atlas").is_file()
+
+
+def test_warden_suggests_the_verb_it_did_not_know(fleet_dir: Path) -> None:
+    result = warden(fleet_dir, "add-agnet", "atlas")
+    assert result.returncode == 2
+    assert "Did you mean 'add-agent'?" in result.stderr
+
+
+def test_warden_and_invoke_offer_the_same_verbs_and_options() -> None:
+    import click
+    from invoke.collection import Collection
+    from invoke.loader import FilesystemLoader
+
+    from provision.warden import warden as group
+
+    module, _ = FilesystemLoader(start=str(REPO)).load("tasks")
+    collection = Collection.from_module(module)
+    ctx = click.Context(group)
+    assert set(group.list_commands(ctx)) == set(collection.task_names)
+    for name in collection.task_names:
+        command = group.get_command(ctx, name)
+        assert command is not None
+        ours = {p.name for p in command.params if p.name != "help"} - {"set_pairs"}
+        theirs = {a.name for a in collection[name].get_arguments()} - {"set"}
+        assert ours == theirs, name
+
+
+@pytest.mark.parametrize("verb", TASKS)
+def test_warden_help_on_every_verb(fleet_dir: Path, verb: str) -> None:
+    for flag in ("--help", "-h"):
+        result = warden(fleet_dir, verb, flag)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"Usage: warden {verb} [OPTIONS]")
+    assert not (fleet_dir / "agents" / "--help").exists()
+
+
+@pytest.mark.parametrize(
+    ("shell", "words", "cword", "expect"),
+    [
+        ("bash", "warden status --agent a", "3", "atlas"),
+        ("bash", "warden plan --host fb", "3", "fbsd1"),
+        ("bash", "warden remove-agent ", "2", "atlas"),
+        ("zsh", "warden status --agent a", "3", "atlas"),
+        ("fish", "warden doctor --host f", "f", "fbsd1"),
+    ],
+)
+def test_warden_completes_agent_and_host_names(
+    fleet_dir: Path, shell: str, words: str, cword: str, expect: str
+) -> None:
+    assert warden(fleet_dir, "add-agent", "atlas").returncode == 0
+    env = {"_WARDEN_COMPLETE": f"{shell}_complete", "COMP_WORDS": words, "COMP_CWORD": cword}
+    result = warden(fleet_dir, env=env)
+    assert result.returncode == 0, result.stderr
+    assert expect in re.split(r"[\s,]+", result.stdout), result.stdout
+    source = warden(fleet_dir, env={"_WARDEN_COMPLETE": f"{shell}_source"})
+    assert "_WARDEN_COMPLETE" in source.stdout
+
+
+def test_warden_starts_without_heavy_modules() -> None:
+    code = (
+        "import sys, provision.warden; "
+        "heavy = [m for m in ('ansible', 'paramiko', 'jinja2') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- "done when": the justfile ---------------------------------------------------------
+
+
+def just(reg: Registry, *args: str) -> subprocess.CompletedProcess[str]:
+    bindir = str(Path(sys.executable).parent)
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("just")), *args],
+        cwd=REPO,
+        env={**os.environ, **reg.env(), "PATH": bindir + os.pathsep + os.environ["PATH"], "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_just_list_offers_the_everyday_commands(registry: Registry) -> None:
+    listed = just(registry, "--list").stdout
+    for recipe in ("list", "add-agent", "doctor", "status", "check", "plan"):
+        assert re.search(rf"^\s+{recipe}\b", listed, re.M), recipe
+
+
+def test_just_plan_with_changes_pending_exits_2_without_a_recipe_failure(registry: Registry) -> None:
+    registry.write_inventory(
+        f"all:\n  hosts:\n    example:\n      ansible_connection: local\n"
+        f"      warden_sample_root: {REPO / 'examples' / 'host'}\n      warden_ext_if: vtnet0\n"
+    )
+    added = just(registry, "add-agent", "atlas", "--subnet", "10.0.1", "--set", "NOTE=two words")
+    assert added.returncode == 0, added.stderr
+    assert values(registry, "atlas")["NOTE"] == "two words"
+    result = just(registry, "plan", "example")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "changes pending" in result.stdout
+    assert "failed" not in result.stderr.lower()
