@@ -93,16 +93,16 @@ def remove_agent(c: Context, name: str, yes: bool = False, dry_run: bool = False
     cli.run(cli.remove_agent, name, yes=yes, dry_run=dry_run, force=force)
 
 
-@task(name="list")
-def list_(c: Context) -> None:
+@task(name="list", help=cli.OPTION_HELP["list"])
+def list_(c: Context, json: bool = False) -> None:
     """Table of agents: host, placement, subnet, gateway, port, jails."""
-    cli.run(cli.list_agents)
+    cli.run(cli.list_agents, as_json=json)
 
 
-@task()
-def check(c: Context) -> None:
+@task(help=cli.OPTION_HELP["check"])
+def check(c: Context, json: bool = False) -> None:
     """Validate every agent and the fleet; list every problem with file:line and the fix."""
-    cli.run(cli.check)
+    cli.run(cli.check, as_json=json)
 
 
 @task()
@@ -124,9 +124,9 @@ def render(c: Context, host: str | None = None) -> None:
 
 
 @task(help=cli.OPTION_HELP["plan"])
-def plan(c: Context, host: str | None = None) -> None:
+def plan(c: Context, host: str | None = None, stat: bool = False, json: bool = False) -> None:
     """Dry run: unified diff of every file an apply would change. Exit 0 none, 2 pending, 1 error."""
-    cli.run(cli.plan, host=host)
+    cli.run(cli.plan, host=host, stat=stat, as_json=json)
 
 
 @task(help=cli.OPTION_HELP["soul-check"])
@@ -148,12 +148,12 @@ def soul_init(c: Context, name: str, dest: str | None = None, author: str = "war
 
 
 @task(help=cli.OPTION_HELP["doctor"])
-def doctor(c: Context, host: str | None = None) -> None:
+def doctor(c: Context, host: str | None = None, json: bool = False) -> None:
     """Read-only preflight: FreeBSD version, python, Bastille, VIMAGE, devfs, bridge, PF, racct, vm-bhyve, disk."""
-    cli.run(cli.doctor, host=host)
+    cli.run(cli.doctor, host=host, as_json=json)
 
 
 @task(help=cli.OPTION_HELP["status"])
-def status(c: Context, host: str | None = None, agent: str | None = None) -> None:
+def status(c: Context, host: str | None = None, agent: str | None = None, json: bool = False) -> None:
     """Per agent: service, API port, jails and their IPs, gateway alias, PF rules. Non-zero when anything is down."""
-    cli.run(cli.status, host=host, agent=agent)
+    cli.run(cli.status, host=host, agent=agent, as_json=json)

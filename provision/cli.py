@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .masking import mask_url_credentials
-from .output import console, print_error, print_problems
+from .output import console, print_error, print_problems, rule
 from .problems import Problem
 from .settings import Settings
 
@@ -50,12 +50,25 @@ OPTION_HELP: dict[str, dict[str, str]] = {
     },
     "graph": {"output": "file to write, without extension (default: build/fleet)", "png": "also write a PNG"},
     "render": {"host": "render only this host (default: every host and bhyve guest)"},
-    "plan": {"host": "plan only this inventory host (default: every host)"},
+    "list": {"json": "print one JSON document (schemas/warden.list.v1.json) instead of text"},
+    "check": {"json": "print one JSON document (schemas/warden.check.v1.json) instead of text"},
+    "plan": {
+        "host": "plan only this inventory host (default: every host)",
+        "stat": "per file one line (kind, path, +added -removed lines) instead of its diff",
+        "json": "print one JSON document (schemas/warden.plan.v1.json) instead of text",
+    },
     "soul-check": {"name": "the agent whose soul repo to validate"},
     "soul-pin": {"name": "the agent whose SOUL_REF to pin"},
     "soul-init": {"name": "the agent", "dest": "repo directory (default agents/<name>/soul)", "author": "provenance"},
-    "doctor": {"host": "check only this host (default: every reachable host)"},
-    "status": {"host": "only this host", "agent": "only this agent"},
+    "doctor": {
+        "host": "check only this host (default: every reachable host)",
+        "json": "print one JSON document (schemas/warden.doctor.v1.json) instead of text",
+    },
+    "status": {
+        "host": "only this host",
+        "agent": "only this agent",
+        "json": "print one JSON document (schemas/warden.status.v1.json) instead of text",
+    },
 }
 
 
@@ -99,6 +112,24 @@ def parse_set(pairs: Sequence[str]) -> tuple[dict[str, str], list[str]]:
             warnings.append(f"--set {key} is given twice ({out[key]!r}, then {value!r}); the last one counts")
         out[key] = value
     return out, warnings
+
+
+def print_json(schema: str, document: Mapping[str, Any]) -> None:
+    """One JSON document on stdout, naming its schema (schemas/<schema>.json, README.md#json-output)."""
+    import json
+
+    sys.stdout.write(json.dumps({"schema": schema, **document}, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def problem_json(p: Problem) -> dict[str, Any]:
+    return {
+        "severity": p.severity.value,
+        "rule": p.rule,
+        "message": p.message,
+        "fix": p.fix,
+        "locations": [{"file": str(loc.file), "line": loc.line, "key": loc.key} for loc in p.locations],
+    }
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -257,10 +288,33 @@ def remove_agent(name: str, yes: bool = False, dry_run: bool = False, force: boo
     return 0
 
 
-def list_agents() -> int:
+def list_agents(as_json: bool = False) -> int:
     from rich.table import Table
 
     _, fleet = load()
+    if as_json:
+        print_json(
+            "warden.list.v1",
+            {
+                "agents": [
+                    {
+                        "name": a.name,
+                        "host": a.host,
+                        "placement": a.placement,
+                        "vm_name": a.vm_name if a.placement == "bhyve" else None,
+                        "vm_ip": str(a.vm_ip) if a.vm_ip is not None else None,
+                        "subnet": str(a.subnet),
+                        "gateway": str(a.gateway),
+                        "api_port": a.api_port,
+                        "jails": [{"role": j.role, "name": j.name, "ip": str(j.ip)} for j in a.jails],
+                        "source": str(a.source),
+                    }
+                    for a in sorted(fleet.agents, key=lambda a: (a.host, a.name))
+                ],
+                "problems": [problem_json(p) for p in fleet.problems],
+            },
+        )
+        return 0
     table = Table("agent", "host", "placement", "subnet", "gateway", "port", "jails")
     for a in sorted(fleet.agents, key=lambda a: (a.host, a.name)):
         jails = "\n".join(f"{j.name} {j.ip}" for j in a.jails)
@@ -268,12 +322,13 @@ def list_agents() -> int:
         table.add_row(a.name, a.host, where, str(a.subnet), str(a.gateway), str(a.api_port), jails)
     out = console()
     out.print(table)
-    if fleet.problems:
-        out.print(f"[yellow]{len(fleet.problems)} agent file(s) could not be read; run `invoke check`[/yellow]")
+    unread = {p.locations[0].file for p in fleet.problems if p.is_error}
+    if unread:
+        out.print(f"[yellow]{len(unread)} file(s) could not be read; run `invoke check`[/yellow]")
     return 0
 
 
-def check(settings: Settings | None = None, fleet: Fleet | None = None) -> int:
+def check(settings: Settings | None = None, fleet: Fleet | None = None, as_json: bool = False) -> int:
     """Every problem of the registry and the inventory, each with file:line, key and fix."""
     from .checks import run_checks
 
@@ -282,10 +337,22 @@ def check(settings: Settings | None = None, fleet: Fleet | None = None) -> int:
     problems = run_checks(fleet)
     soul = _soul_problems(settings, fleet)
     problems.extend(soul)
-    out = console()
-    print_problems(problems, out)
     n_err = sum(p.is_error for p in problems)
     n_warn = len(problems) - n_err
+    if as_json:
+        print_json(
+            "warden.check.v1",
+            {
+                "agents": len(fleet.agents),
+                "hosts": len(fleet.hosts),
+                "errors": n_err,
+                "warnings": n_warn,
+                "problems": [problem_json(p) for p in problems],
+            },
+        )
+        return 1 if n_err else 0
+    out = console()
+    print_problems(problems, out)
     summary = f"{len(fleet.agents)} agent(s) on {len(fleet.hosts)} host(s): {n_err} error(s), {n_warn} warning(s)"
     if n_err:
         out.print(f"[red]{summary}[/red]")
@@ -373,19 +440,20 @@ def demo() -> int:
     os.environ["PROVISION_BUILD_DIR"] = str(settings.build_dir)
     out = console()
     for name, options in DEMO_AGENTS:
-        out.rule(
+        rule(
+            out,
             f"invoke add-agent {name} "
-            + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items() if isinstance(v, str))
+            + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items() if isinstance(v, str)),
         )
         add_agent(name, **options)
-    out.rule("invoke check")
+    rule(out, "invoke check")
     if check():
         return 1
-    out.rule("invoke list")
+    rule(out, "invoke list")
     list_agents()
-    out.rule("invoke render")
+    rule(out, "invoke render")
     render()
-    out.rule("invoke plan --host example   (the bundled sample FreeBSD 14 host, examples/host/)")
+    rule(out, "invoke plan --host example   (the bundled sample FreeBSD 14 host, examples/host/)")
     code = plan(host="example")
     out.print(f"plan exit status {code}: 0 = nothing to do, 2 = changes pending, 1 = error")
     return 0 if code in (0, 2) else code
@@ -466,15 +534,17 @@ def write_build(fleet: Fleet, settings: Settings, only: list[str] | None) -> lis
         ) from None
 
 
-def plan(host: str | None = None) -> int:
+def plan(host: str | None = None, as_json: bool = False, stat: bool = False) -> int:
     """Render, read each host's live files over one SSH connection, print diffs; 0/2/1 exit."""
-    return plan_command(Settings.from_env(), host)
+    return plan_command(Settings.from_env(), host, as_json=as_json, stat=stat)
 
 
-def plan_command(settings: Settings, host: str | None = None) -> int:
+def plan_command(settings: Settings, host: str | None = None, *, as_json: bool = False, stat: bool = False) -> int:
     """Render, read each host's live files (one SSH connection each), print diffs and a summary.
 
     Returns the exit status: 0 no changes, 2 changes pending, 1 an error on any host.
+    STAT prints one line per file instead of its diff; AS_JSON one document
+    (schemas/warden.plan.v1.json) instead of anything else on stdout.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -514,11 +584,22 @@ def plan_command(settings: Settings, host: str | None = None) -> int:
     plans: list[HostPlan] = []
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(chosen.hosts)))) as pool:
         for hp in pool.map(one, chosen.hosts):  # hosts read in parallel, printed in order
-            diffview.print_host(out, err, hp)
+            if not as_json:
+                diffview.print_host(out, err, hp, stat=stat)
             plans.append(hp)
     for hp in chosen.errors:
-        print_error(err, hp.error or "")
+        if not as_json:
+            print_error(err, hp.error or "")
         plans.append(hp)
+    if as_json:
+        from .plan import exit_status
+
+        status = exit_status(plans)
+        print_json(
+            "warden.plan.v1",
+            {"hosts": [diffview.host_json(hp) for hp in plans], "notes": chosen.notes, "exit_status": status},
+        )
+        return status
     return diffview.print_summary(out, plans, chosen.notes)
 
 
@@ -648,7 +729,7 @@ def _reachable_hosts(host: str | None) -> tuple[Settings, Any, list[Any]]:
     return settings, fleet, targets
 
 
-def doctor(host: str | None = None) -> int:
+def doctor(host: str | None = None, as_json: bool = False) -> int:
     """Read-only preflight of each host: [ OK ] / [FAIL] with the command that fixes it."""
     from rich.text import Text
 
@@ -657,32 +738,49 @@ def doctor(host: str | None = None) -> int:
 
     _, fleet, targets = _reachable_hosts(host)
     out, failed = console(), False
+    report: list[dict[str, Any]] = []
     for target in targets:
-        out.rule(f"doctor {target.name}")
+        if not as_json:
+            rule(out, f"doctor {target.name}")
         try:
             text = run_script(target, probe_script(target))
         except RemoteError as exc:
-            console(stderr=True).print(f"[red]error:[/red] {exc}", markup=True)
+            print_error(console(stderr=True), str(exc))
+            report.append({"host": target.name, "error": str(exc), "checks": []})
             failed = True
             continue
-        for check in evaluate(target, fleet.agents_on(target.name), text):
+        checks = evaluate(target, fleet.agents_on(target.name), text)
+        report.append(
+            {
+                "host": target.name,
+                "error": None,
+                "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix} for c in checks],
+            }
+        )
+        failed = failed or not all(c.ok for c in checks)
+        if as_json:
+            continue
+        for check in checks:
             if check.ok:
                 out.print(Text.assemble(("[ OK ] ", "green"), check.name))
             else:
-                failed = True
                 out.print(
                     Text.assemble(("[FAIL] ", "red"), check.name, (f"  ({check.detail})" if check.detail else ""))
                 )
                 out.print(Text(f"       fix: {check.fix}"))
+    if as_json:
+        print_json("warden.doctor.v1", {"ok": not failed, "hosts": report})
     return 1 if failed else 0
 
 
-def status(host: str | None = None, agent: str | None = None) -> int:
+def status(host: str | None = None, agent: str | None = None, as_json: bool = False) -> int:
     """One table for the fleet: service, API port, jails, gateway, PF per agent; non-zero when down.
 
     An agent whose machine cannot be reached is a row marked unknown, never left out: a
     status that cannot be read is not a healthy one.
     """
+    import dataclasses
+
     from .remote import RemoteError, run_script
     from .status import AgentStatus, evaluate, status_script
 
@@ -703,8 +801,15 @@ def status(host: str | None = None, agent: str | None = None) -> int:
         rows.extend((machine.name, row) for row in evaluate(machine, agents, text))
     if agent is not None and not rows:
         raise CommandError(f"agent {agent} is not on {host} (fix: drop --host, or give the agent's host)")
-    _print_status(rows)
-    return 0 if rows and all(row.ok for _, row in rows) else 1
+    ok = bool(rows) and all(row.ok for _, row in rows)
+    if as_json:
+        print_json(
+            "warden.status.v1",
+            {"ok": ok, "agents": [{"host": machine, **dataclasses.asdict(row)} for machine, row in rows]},
+        )
+    else:
+        _print_status(rows)
+    return 0 if ok else 1
 
 
 def _status_targets(fleet: Fleet, targets: list[Any], agent: str | None) -> list[tuple[Any, list[Any], str | None]]:

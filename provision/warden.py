@@ -107,16 +107,22 @@ def remove_agent(name: str, yes: bool, dry_run: bool, force: bool) -> None:
     _run(cli.remove_agent, name, yes=yes, dry_run=dry_run, force=force)
 
 
+def json_option(command: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return click.option("--json", "as_json", is_flag=True, help=_help(command, "json"))
+
+
 @warden.command("list")
-def list_() -> None:
+@json_option("list")
+def list_(as_json: bool) -> None:
     """Table of agents: host, placement, subnet, gateway, port, jails."""
-    _run(cli.list_agents)
+    _run(cli.list_agents, as_json=as_json)
 
 
 @warden.command()
-def check() -> None:
+@json_option("check")
+def check(as_json: bool) -> None:
     """Validate every agent and the fleet; every problem with file:line and the fix."""
-    _run(cli.check)
+    _run(cli.check, as_json=as_json)
 
 
 @warden.command()
@@ -142,9 +148,11 @@ def render(host: str | None) -> None:
 
 @warden.command()
 @click.option("--host", help=_help("plan", "host"), shell_complete=complete_hosts)
-def plan(host: str | None) -> None:
+@click.option("--stat", is_flag=True, help=_help("plan", "stat"))
+@json_option("plan")
+def plan(host: str | None, stat: bool, as_json: bool) -> None:
     """Dry run: unified diff of every file an apply would change. Exit 0 none, 2 pending, 1 error."""
-    _run(cli.plan, host=host)
+    _run(cli.plan, host=host, stat=stat, as_json=as_json)
 
 
 @warden.command("soul-check")
@@ -172,14 +180,16 @@ def soul_init(name: str, dest: str | None, author: str) -> None:
 
 @warden.command()
 @click.option("--host", help=_help("doctor", "host"), shell_complete=complete_hosts)
-def doctor(host: str | None) -> None:
+@json_option("doctor")
+def doctor(host: str | None, as_json: bool) -> None:
     """Read-only preflight of each host, with the command that fixes each failure."""
-    _run(cli.doctor, host=host)
+    _run(cli.doctor, host=host, as_json=as_json)
 
 
 @warden.command()
 @click.option("--host", help=_help("status", "host"), shell_complete=complete_hosts)
 @click.option("--agent", help=_help("status", "agent"), shell_complete=complete_agents)
-def status(host: str | None, agent: str | None) -> None:
+@json_option("status")
+def status(host: str | None, agent: str | None, as_json: bool) -> None:
     """Per agent: service, API port, jails, gateway, PF. Non-zero when anything is down."""
-    _run(cli.status, host=host, agent=agent)
+    _run(cli.status, host=host, agent=agent, as_json=as_json)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -298,8 +300,9 @@ def test_warden_and_invoke_offer_the_same_verbs_and_options() -> None:
     for name in collection.task_names:
         command = group.get_command(ctx, name)
         assert command is not None
-        ours = {p.name for p in command.params if p.name != "help"} - {"set_pairs"}
-        theirs = {a.name for a in collection[name].get_arguments()} - {"set"}
+        renamed = {"set_pairs": "set", "as_json": "json"}
+        ours = {renamed.get(p.name or "", p.name) for p in command.params if p.name != "help"}
+        theirs = {a.name for a in collection[name].get_arguments()}
         assert ours == theirs, name
 
 
@@ -377,3 +380,119 @@ def test_just_plan_with_changes_pending_exits_2_without_a_recipe_failure(registr
     assert result.returncode == 2, result.stdout + result.stderr
     assert "changes pending" in result.stdout
     assert "failed" not in result.stderr.lower()
+
+
+# -- item 10: --json with a schema per command, plan --stat, output that is not a terminal -
+
+
+def validated(result: subprocess.CompletedProcess[str], command: str) -> dict[str, Any]:
+    """stdout parsed as JSON and validated against schemas/warden.<command>.v1.json."""
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads((REPO / "schemas" / f"warden.{command}.v1.json").read_text(encoding="utf-8"))
+    Draft202012Validator.check_schema(schema)
+    document: dict[str, Any] = json.loads(result.stdout)
+    errors = [e.message for e in Draft202012Validator(schema).iter_errors(document)]
+    assert not errors, errors
+    assert document["schema"] == f"warden.{command}.v1"
+    return document
+
+
+def sample_host(reg: Registry, tmp_path: Path) -> Path:
+    """The bundled sample host, copied so a test can change its files; the inventory names it."""
+    import shutil
+
+    root = tmp_path / "host"
+    shutil.copytree(REPO / "examples" / "host", root)
+    reg.write_inventory(
+        f"all:\n  hosts:\n    example:\n      ansible_connection: local\n"
+        f"      warden_sample_root: {root}\n      warden_ext_if: vtnet0\n"
+    )
+    return root
+
+
+def test_list_and_check_json_follow_their_schemas(registry: Registry) -> None:
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nAGENT_PLACMENT=bhyve\n")
+    registry.write_env("zed", "AGENT_NAME=zed\nAGENT_SUBNET_BASE=10.0.1\nCONTROLPLANE_API_PORT=3101\n")
+    listed = validated(invoke(registry, "list", "--json"), "list")
+    assert [a["name"] for a in listed["agents"]] == ["atlas", "zed"]
+    assert listed["agents"][0]["jails"][0] == {"role": "git", "name": "atlasgit", "ip": "10.0.1.2"}
+    result = invoke(registry, "check", "--json")
+    assert result.returncode == 1
+    checked = validated(result, "check")
+    assert checked["errors"] >= 1 and checked["warnings"] >= 1
+    rules = {p["rule"] for p in checked["problems"]}
+    assert {"subnet-overlap", "key-typo"} <= rules
+
+
+def test_plan_json_and_stat(registry: Registry, tmp_path: Path) -> None:
+    sample_host(registry, tmp_path)
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nOPENAI_API_KEY=sk-secret-value\n")
+    result = invoke(registry, "plan", "--json")
+    assert result.returncode == 2, result.stderr
+    planned = validated(result, "plan")
+    assert planned["exit_status"] == 2
+    (host,) = planned["hosts"]
+    assert host["host"] == "example" and host["agents_added"] == ["atlas"]
+    paths = {c["path"]: c for c in host["changes"]}
+    assert paths["/usr/local/etc/rc.d/atlas"]["kind"] == "added"
+    assert "sk-secret-value" not in result.stdout
+    stat = invoke(registry, "plan", "--stat")
+    assert stat.returncode == 2
+    assert re.search(r"^added\s+/usr/local/etc/rc.d/atlas  \+\d+ -0", stat.stdout, re.M), stat.stdout
+    assert "@@" not in stat.stdout  # no diff bodies
+
+
+def test_status_and_doctor_json_follow_their_schemas(registry: Registry) -> None:
+    registry.write_inventory("all:\n  hosts:\n    fbsd1:\n      ansible_host: 127.0.0.1\n      ansible_port: 1\n")
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\n")
+    env = {"PROVISION_SSH_CONFIG": str(registry.root / "ssh_config")}
+    (registry.root / "ssh_config").write_text("")
+    result = invoke(registry, "status", "--json", env=env)
+    assert result.returncode == 1
+    status = validated(result, "status")
+    assert status["ok"] is False and [a["agent"] for a in status["agents"]] == ["atlas"]
+    result = invoke(registry, "doctor", "--json", env=env)
+    assert result.returncode == 1
+    doctor = validated(result, "doctor")
+    assert doctor["hosts"][0]["host"] == "fbsd1" and "cannot connect" in doctor["hosts"][0]["error"]
+
+
+def test_doctor_json_of_evaluated_checks_follows_its_schema() -> None:
+    """The checks themselves (evaluated from a probe's text) as --json writes them."""
+    from jsonschema import Draft202012Validator
+
+    from provision.doctor import evaluate
+    from provision.models import Host
+
+    from .test_operate import facts
+
+    checks = evaluate(Host(name="fbsd1", ext_if="vtnet0"), [], facts())
+    document = {
+        "schema": "warden.doctor.v1",
+        "ok": all(c.ok for c in checks),
+        "hosts": [
+            {
+                "host": "fbsd1",
+                "error": None,
+                "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix} for c in checks],
+            }
+        ],
+    }
+    schema = json.loads((REPO / "schemas" / "warden.doctor.v1.json").read_text(encoding="utf-8"))
+    assert not list(Draft202012Validator(schema).iter_errors(document))
+
+
+def test_piped_output_is_not_cut_at_80_columns_and_keeps_tabs(registry: Registry, tmp_path: Path) -> None:
+    root = sample_host(registry, tmp_path)
+    rc_conf = root / "etc" / "rc.conf"
+    rc_conf.write_text(rc_conf.read_text(encoding="utf-8") + "#\tkept as a tab\n", encoding="utf-8")
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nAGENT_DIR=/home/atlas/" + "d" * 90 + "\n")
+    env = {"COLUMNS": ""}
+    listed = invoke(registry, "list", env=env)
+    assert "atlasollama 10.0.1.4" in listed.stdout
+    rendered = invoke(registry, "render", env=env)
+    assert "/" + "d" * 90 + "/run-atlas.sh" in rendered.stdout  # the tree line is whole
+    planned = invoke(registry, "plan", env=env)
+    assert planned.returncode == 2
+    assert " #\tkept as a tab\n" in planned.stdout
