@@ -87,6 +87,21 @@ def add_agent(
     )
 
 
+@task(help=cli.OPTION_HELP["set-agent"])
+def set_agent(
+    c: Context,
+    name: str,
+    subnet: str | None = None,
+    host: str | None = None,
+    placement: str | None = None,
+    port: int | None = None,
+    jails: str | None = None,
+    rename: str | None = None,
+) -> None:
+    """Change an agent's subnet, host, placement, port or jails; every derived value follows."""
+    cli.run(cli.set_agent, name, subnet=subnet, host=host, placement=placement, port=port, jails=jails, rename=rename)
+
+
 @task(help=cli.OPTION_HELP["remove-agent"])
 def remove_agent(c: Context, name: str, yes: bool = False, dry_run: bool = False, force: bool = False) -> None:
     """Delete agents/<name>/ after saying what goes; the next apply removes it from its host."""

@@ -48,6 +48,15 @@ OPTION_HELP: dict[str, dict[str, str]] = {
         "dry_run": "say what would be removed and what depends on it; remove nothing",
         "force": "remove even when that loses a soul repo's unpushed work or breaks agents that depend on it",
     },
+    "set-agent": {
+        "name": "the agent to change",
+        "subnet": "move the agent to this /24 (10.0.9, 10.0.9.0/24): gateway and jail addresses follow",
+        "host": "move the agent to this inventory host",
+        "placement": "'host' or 'bhyve'",
+        "port": "CONTROLPLANE_API_PORT",
+        "jails": "service jail roles, e.g. 'git cms llamacpp db'",
+        "rename": "refused: says how to rename an agent",
+    },
     "graph": {"output": "file to write, without extension (default: build/fleet)", "png": "also write a PNG"},
     "render": {"host": "render only this host (default: every host and bhyve guest)"},
     "list": {"json": "print one JSON document (schemas/warden.list.v1.json) instead of text"},
@@ -217,6 +226,44 @@ def add_agent(
     for key, value in values.items():
         table.add_row(key, mask_url_credentials(value))
     out.print(table)
+    return 0
+
+
+def set_agent(
+    name: str,
+    subnet: str | None = None,
+    host: str | None = None,
+    placement: str | None = None,
+    port: int | None = None,
+    jails: str | None = None,
+    rename: str | None = None,
+) -> int:
+    """Change an agent: every derived value rewritten in its .env, comments and other keys kept."""
+    from rich.table import Table
+
+    from .inventory import load_inventory
+    from .registry import ChangeRequest, RegistryError, change_agent
+
+    settings = Settings.from_env()
+    hosts, problems = load_inventory(settings.inventory)
+    _require_inventory(problems)
+    try:
+        change = change_agent(
+            settings.agents_dir,
+            hosts,
+            ChangeRequest(name, subnet=subnet, host=host, placement=placement, port=port, jails=jails, rename=rename),
+        )
+    except RegistryError as exc:
+        raise CommandError(str(exc)) from None
+    out = console()
+    out.print(f"changed agent {name} → {change.path}", markup=False)
+    table = Table("key", "was", "now", title="rewritten in the .env", title_justify="left")
+    for key, old, new in change.edits:
+        table.add_row(key, old or "(derived)", new)
+    out.print(table)
+    for note in change.notes:
+        out.print(f"  {note}", markup=False)
+    out.print("`invoke plan` shows what the next apply changes on the host(s)", markup=False)
     return 0
 
 

@@ -504,13 +504,18 @@ def add_agent(agents_dir: Path, hosts: list[Host], req: AddRequest) -> tuple[Age
 
 
 def _refusal(
-    req: AddRequest, problems: Sequence[Problem], free_net: IPv4Network | None, free_port: int
+    req: AddRequest,
+    problems: Sequence[Problem],
+    free_net: IPv4Network | None,
+    free_port: int,
+    typed: frozenset[str] | None = None,
 ) -> RegistryError:
     """One message per cause, cause first, the fix naming the option the user typed.
 
     A subnet that overlaps another agent's also duplicates each of its addresses; those
     follow from the one cause and are not repeated (docs/registry.md#messages).
     """
+    typed = frozenset(req.settings) if typed is None else typed  # keys the user gave, the others are the file's
     overlap = [p for p in problems if p.rule == "subnet-overlap"]
     if overlap or any(p.rule == "subnet-base" for p in problems):
         problems = [p for p in problems if p.rule not in ("duplicate-ip", "ip-duplicate")] or list(problems)
@@ -520,7 +525,7 @@ def _refusal(
         others = [str(loc) for loc in p.locations if loc.file != req_path(p, req)]
         key = next((loc.key for loc in p.locations if loc.file == req_path(p, req) and loc.key), None)
         cause = p.message
-        if key is not None and key in req.settings:
+        if key is not None and key in typed:
             # "CONTROLPLANE_API_PORT=3100 is used…" reads "--port 3100 is used…" to who typed --port
             for lead in (f"{key}={req.settings[key]} ", f"{key} "):
                 if cause.startswith(lead):
@@ -531,11 +536,12 @@ def _refusal(
         cause += f" ({'; '.join(others)})" if others else ""
         if p.rule == "subnet-overlap":
             where = f"take the next free /24 ({free_net})" if free_net else "take another /24"
-            fix = (
-                f"omit --subnet to {where}, or give another /24"
-                if "AGENT_SUBNET_BASE" in req.settings
-                else "give --subnet with a free /24"
-            )
+            if "AGENT_SUBNET_BASE" not in typed:
+                fix = "give --subnet with a free /24"
+            elif typed == frozenset(req.settings):
+                fix = f"omit --subnet to {where}, or give another /24"
+            else:
+                fix = f"give --subnet another /24 (the next free one: {free_net})" if free_net else "give another /24"
         elif p.rule == "duplicate-controlplane_api_port":
             fix = f"use {req.fix_for('CONTROLPLANE_API_PORT', str(free_port))} (free on this host), or omit it"
         elif key is not None and key in req.flags:
@@ -677,3 +683,149 @@ def remove_agent(agents_dir: Path, name: str, hosts: list[Host] | None = None, f
             )
         shutil.rmtree(plan.directory)
         return plan
+
+
+# -- change ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChangeRequest:
+    """What `set-agent` was asked to change; None leaves a value as it is."""
+
+    name: str
+    subnet: str | None = None
+    host: str | None = None
+    placement: str | None = None
+    port: int | None = None
+    jails: str | None = None
+    rename: str | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """What `set-agent` rewrote: (key, old, new) per key, and what happens elsewhere."""
+
+    agent: Agent
+    path: Path
+    edits: tuple[tuple[str, str, str], ...]
+    notes: tuple[str, ...]
+
+
+def _moved(value: str, old: IPv4Network, new_base: str) -> str:
+    """An address (or the /24) of the old subnet, moved to the same place in the new one."""
+    if value == str(old):
+        return f"{new_base}.0/24"
+    try:
+        ip = IPv4Address(value)
+    except ValueError:
+        return value
+    if ip not in old:
+        return value  # not derived from this agent's subnet: a shared jail elsewhere, kept
+    return f"{new_base}.{int(ip) - int(old.network_address)}"
+
+
+def change_agent(agents_dir: Path, hosts: list[Host], req: ChangeRequest) -> Change:
+    """Rewrite one agent's .env so every derived value follows the change, under the lock.
+
+    Moving the subnet moves the gateway and every jail address that lay in it (a shared
+    LLM jail elsewhere stays); moving host re-chooses the API port and bhyve uplink
+    address only when the old ones are taken there.  Only the lines of changed keys are
+    rewritten: comments, order and the application's keys stay (docs/registry.md#changing-an-agent).
+    """
+    from .checks import check_fleet
+
+    if req.rename is not None:
+        raise RegistryError(
+            f"set-agent does not rename: {req.name} is the rc.d service, the user, the jail prefix and the "
+            "data directory on the host",
+            f"add the new agent with `invoke add-agent {req.rename}` and the same options, move its data on the "
+            f"host, then `invoke remove-agent {req.name}`",
+        )
+    require_agents_dir(agents_dir)
+    path = env_path(agents_dir, req.name)
+    with locked(agents_dir):
+        if not path.is_file():
+            known = ", ".join(p.parent.name for p in iter_env_files(agents_dir)) or "none"
+            raise RegistryError(
+                f"no agent {req.name!r} in {agents_dir} (agents: {known})", "check the name with `invoke list`"
+            )
+        fleet = load_fleet(agents_dir, hosts)
+        current = next((a for a in fleet.agents if a.name == req.name), None)
+        if current is None:
+            raise RegistryError(
+                f"{path} does not load, so its derived values cannot be rewritten", "fix it first (see `invoke check`)"
+            )
+        env = EnvFile.load(path)
+        values = env.values()
+        new: dict[str, str] = {}
+        flags: dict[str, str] = {}
+        notes: list[str] = []
+        others = [a for a in fleet.agents if a.name != req.name]
+        host = _choose_host(hosts, req.host) if req.host else fleet.host(current.host)
+        assert host is not None
+        if req.subnet is not None:
+            base = parse_subnet(req.subnet)
+            flags["AGENT_SUBNET_BASE"] = "--subnet"
+            new["AGENT_SUBNET_BASE"] = base
+            for key in sorted(BASE_DERIVED):
+                if key in values:
+                    new[key] = _moved(values[key], current.subnet, base)
+        if req.jails is not None:
+            flags["WARDEN_JAILS"] = "--jails"
+            new["WARDEN_JAILS"] = req.jails
+        if req.placement is not None and req.placement != current.placement:
+            flags["AGENT_PLACEMENT"] = "--placement"
+            new["AGENT_PLACEMENT"] = req.placement
+        placement = new.get("AGENT_PLACEMENT", current.placement)
+        if req.port is not None:
+            flags["CONTROLPLANE_API_PORT"] = "--port"
+            new["CONTROLPLANE_API_PORT"] = str(req.port)
+        if host.name != current.host:
+            flags["AGENT_HOST"] = "--host"
+            new["AGENT_HOST"] = host.name
+            there = [a for a in others if a.host == host.name]
+            if req.port is None and current.api_port in {a.api_port for a in there}:
+                new["CONTROLPLANE_API_PORT"] = str(next_free_port(there))
+                notes.append(
+                    f"port {current.api_port} is taken on {host.name}: CONTROLPLANE_API_PORT becomes "
+                    f"{new['CONTROLPLANE_API_PORT']}"
+                )
+            notes.append(
+                f"on the next apply {current.host} loses {req.name}'s service, files and gateway address, as for a "
+                f"removed agent; its jails and their data stay on {current.host} unless that apply runs with "
+                "-e warden_destroy_jails=true"
+            )
+        if placement == "bhyve" and (host.name != current.host or current.placement != "bhyve"):
+            taken = [a for a in others if a.host == host.name]
+            if (
+                current.vm_ip is None
+                or current.vm_ip in {a.vm_ip for a in taken}
+                or current.vm_ip not in host.vm_uplink
+            ):
+                new["WARDEN_VM_IP"] = str(next_free_vm_ip(host, taken))
+        new = {k: v for k, v in new.items() if values.get(k) != v or k not in values}
+        new = {k: v for k, v in new.items() if not (k not in values and k in BASE_DERIVED)}
+        if not new:
+            raise RegistryError(
+                f"{req.name}: nothing to change", "give at least one of --subnet, --host, --placement, --port, --jails"
+            )
+        merged = {**values, **new}
+        agent, problems = build_agent(path, merged, env.line_numbers(), hosts)
+        said = AddRequest(req.name, settings=merged, flags=flags)
+        typed = frozenset(flags)
+        free_port = next_free_port([a for a in others if a.host == host.name])
+        if agent is None:
+            raise _refusal(said, problems, None, free_port, typed)
+        trial = Fleet(hosts=hosts, agents=[*others, agent], raw={p: v for p, v in fleet.raw.items() if p != path})
+        before = {str(p) for p in check_fleet(fleet) if p.is_error}
+        # new errors anywhere: moving atlas's subnet breaks iris, which shares atlas's LLM jail
+        caused = [p for p in check_fleet(trial) if p.is_error and str(p) not in before]
+        if caused:
+            free = next_free_subnet(host.pool, [n for n in used_networks(trial) if n != agent.subnet])
+            raise _refusal(said, caused, free, free_port, typed)
+        order = {k: i for i, k in enumerate(OWNED_KEYS)}
+        edits = tuple((k, values.get(k, ""), v) for k, v in sorted(new.items(), key=lambda kv: order.get(kv[0], 99)))
+        for key, value in new.items():
+            env.set(key, value)
+        env.write(0o600)
+        return Change(agent, path, edits, tuple(notes))

@@ -97,6 +97,22 @@ def add_agent(name: str, **options: Any) -> None:
     _run(cli.add_agent, name, **options)
 
 
+S = "set-agent"
+
+
+@warden.command("set-agent")
+@click.argument("name", shell_complete=complete_agents)
+@click.option("--subnet", help=_help(S, "subnet"))
+@click.option("--host", help=_help(S, "host"), shell_complete=complete_hosts)
+@click.option("--placement", type=click.Choice(["host", "bhyve"]), help=_help(S, "placement"))
+@click.option("--port", type=int, help=_help(S, "port"))
+@click.option("--jails", help=_help(S, "jails"))
+@click.option("--rename", metavar="NEW", help=_help(S, "rename"))
+def set_agent(name: str, **options: Any) -> None:
+    """Change an agent's subnet, host, placement, port or jails; every derived value follows."""
+    _run(cli.set_agent, name, **options)
+
+
 @warden.command("remove-agent")
 @click.argument("name", shell_complete=complete_agents)
 @click.option("--yes", is_flag=True, help=_help("remove-agent", "yes"))

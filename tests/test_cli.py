@@ -18,6 +18,7 @@ from .conftest import REPO, TWO_HOSTS, Registry
 
 TASKS = [
     "add-agent",
+    "set-agent",
     "remove-agent",
     "list",
     "check",
@@ -496,3 +497,65 @@ def test_piped_output_is_not_cut_at_80_columns_and_keeps_tabs(registry: Registry
     planned = invoke(registry, "plan", env=env)
     assert planned.returncode == 2
     assert " #\tkept as a tab\n" in planned.stdout
+
+
+# -- item 11: set-agent ------------------------------------------------------------------
+
+
+def test_set_agent_moves_the_subnet_and_every_derived_value_keeping_the_rest(registry: Registry) -> None:
+    assert invoke(registry, "add-agent", "atlas", "--subnet", "10.0.1").returncode == 0
+    assert invoke(registry, "add-agent", "hermes", "--subnet", "10.0.2", "--set", "APP_MODE=fast").returncode == 0
+    path = registry.agents / "hermes" / ".env"
+    path.write_text(path.read_text(encoding="utf-8").replace("AGENT_NAME=hermes\n", "AGENT_NAME=hermes\n# mine\n"))
+    before = path.read_text(encoding="utf-8")
+    result = invoke(registry, "set-agent", "hermes", "--subnet", "10.0.9")
+    assert result.returncode == 0, result.stderr
+    after = path.read_text(encoding="utf-8")
+    got = values(registry, "hermes")
+    assert got["AGENT_SUBNET_BASE"] == "10.0.9" and got["WARDEN_SUBNET"] == "10.0.9.0/24"
+    assert got["WARDEN_GATEWAY"] == "10.0.9.1"
+    assert [got[k] for k in ("WARDEN_GIT_IP", "WARDEN_CMS_IP", "WARDEN_OLLAMA_IP", "WARDEN_DB_IP")] == [
+        "10.0.9.2",
+        "10.0.9.3",
+        "10.0.9.4",
+        "10.0.9.5",
+    ]
+    assert "# mine\n" in after and got["APP_MODE"] == "fast"
+    assert len(after.splitlines()) == len(before.splitlines())  # lines rewritten in place
+    assert "10.0.2." not in after
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert invoke(registry, "check").returncode == 0
+
+
+def test_set_agent_refuses_an_overlap_and_a_move_that_breaks_a_sharing_agent(registry: Registry) -> None:
+    assert invoke(registry, "add-agent", "atlas", "--subnet", "10.0.1").returncode == 0
+    assert invoke(registry, "add-agent", "iris", "--share-llm", "atlas").returncode == 0
+    before = (registry.agents / "atlas" / ".env").read_text(encoding="utf-8")
+    taken = invoke(registry, "set-agent", "atlas", "--subnet", values(registry, "iris")["AGENT_SUBNET_BASE"])
+    assert taken.returncode == 1 and "overlaps" in taken.stderr
+    assert error_lines(taken.stderr)[0].count("fix:") == 1
+    breaks = invoke(registry, "set-agent", "atlas", "--subnet", "10.0.9")
+    assert breaks.returncode == 1 and "iris" in breaks.stderr, breaks.stderr
+    assert (registry.agents / "atlas" / ".env").read_text(encoding="utf-8") == before
+
+
+def test_set_agent_moving_host_says_what_happens_to_the_old_host(registry: Registry) -> None:
+    registry.write_inventory(TWO_HOSTS)
+    assert invoke(registry, "add-agent", "atlas", "--host", "fbsd1").returncode == 0
+    assert invoke(registry, "add-agent", "zed", "--host", "fbsd2").returncode == 0  # port 3100 on fbsd2
+    result = invoke(registry, "set-agent", "atlas", "--host", "fbsd2")
+    assert result.returncode == 0, result.stderr
+    got = values(registry, "atlas")
+    assert got["AGENT_HOST"] == "fbsd2" and got["CONTROLPLANE_API_PORT"] == "3101"
+    assert "fbsd1 loses atlas's service, files and gateway address" in result.stdout
+    assert "-e warden_destroy_jails=true" in result.stdout
+    assert invoke(registry, "check").returncode == 0
+
+
+def test_set_agent_refuses_to_rename_and_says_how(registry: Registry) -> None:
+    assert invoke(registry, "add-agent", "atlas").returncode == 0
+    result = invoke(registry, "set-agent", "atlas", "--rename", "apollo")
+    assert result.returncode == 1
+    assert "does not rename" in result.stderr and "add-agent apollo" in result.stderr
+    assert "remove-agent atlas" in result.stderr
+    assert not (registry.agents / "apollo").exists()
