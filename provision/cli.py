@@ -91,7 +91,7 @@ def load(settings: Settings | None = None) -> tuple[Settings, Fleet]:
     from .registry import RegistryError, load_fleet
 
     settings = settings or Settings.from_env()
-    hosts, host_problems = load_inventory(settings.inventory)
+    hosts, host_problems = load_inventory(settings.inventory_sources)
     _require_inventory(host_problems)
     try:
         return settings, load_fleet(settings.agents_dir, hosts, host_problems)
@@ -173,7 +173,7 @@ def add_agent(
     from .registry import add_agent as do_add
 
     settings = Settings.from_env()
-    hosts, problems = load_inventory(settings.inventory)
+    hosts, problems = load_inventory(settings.inventory_sources)
     _require_inventory(problems)
     out, err = console(), console(stderr=True)
     from_set, warnings = parse_set(set_pairs)
@@ -245,7 +245,7 @@ def set_agent(
     from .registry import ChangeRequest, RegistryError, change_agent
 
     settings = Settings.from_env()
-    hosts, problems = load_inventory(settings.inventory)
+    hosts, problems = load_inventory(settings.inventory_sources)
     _require_inventory(problems)
     try:
         change = change_agent(
@@ -480,7 +480,11 @@ def demo() -> int:
     base = Settings.from_env()
     demo_dir = base.build_dir / "demo"
     settings = Settings(
-        agents_dir=demo_dir / "agents", inventory=base.inventory, build_dir=demo_dir / "build", cache_dir=base.cache_dir
+        agents_dir=demo_dir / "agents",
+        inventory=base.inventory,
+        build_dir=demo_dir / "build",
+        cache_dir=base.cache_dir,
+        inventory_sources=base.inventory_sources,
     )
     shutil.rmtree(demo_dir, ignore_errors=True)
     os.environ["PROVISION_AGENTS_DIR"] = str(settings.agents_dir)

@@ -44,7 +44,7 @@ def complete_hosts(ctx: click.Context, param: click.Parameter, incomplete: str) 
     from .inventory import load_inventory
 
     try:
-        hosts, _ = load_inventory(_settings().inventory)
+        hosts, _ = load_inventory(_settings().inventory_sources)
     except OSError:
         return []
     return [CompletionItem(h.name) for h in hosts if h.name.startswith(incomplete)]
