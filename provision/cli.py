@@ -805,7 +805,7 @@ def doctor(host: str | None = None, as_json: bool = False) -> int:
             {
                 "host": target.name,
                 "error": None,
-                "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix} for c in checks],
+                "checks": [c.as_json() for c in checks],
             }
         )
         failed = failed or not all(c.ok for c in checks)

@@ -141,11 +141,12 @@ def _with_ansible(sources: Sequence[Path]) -> tuple[list[Host], list[Problem]]:
     from ansible.vars.manager import VariableManager
 
     loader = DataLoader()
-    password_files = [f for f in [C.DEFAULT_VAULT_PASSWORD_FILE] if f]
+    # asked now, not at ansible's import: the environment of this call counts
+    password_files = [f for f in [C.config.get_config_value("DEFAULT_VAULT_PASSWORD_FILE")] if f]
     try:
         secrets = CLI.setup_vault_secrets(
             loader,
-            vault_ids=list(C.DEFAULT_VAULT_IDENTITY_LIST or []),
+            vault_ids=list(C.config.get_config_value("DEFAULT_VAULT_IDENTITY_LIST") or []),
             vault_password_files=password_files,
             auto_prompt=False,  # never a prompt: unread values become Problems
             initialize_context=False,

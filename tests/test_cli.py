@@ -472,13 +472,7 @@ def test_doctor_json_of_evaluated_checks_follows_its_schema() -> None:
     document = {
         "schema": "warden.doctor.v1",
         "ok": all(c.ok for c in checks),
-        "hosts": [
-            {
-                "host": "fbsd1",
-                "error": None,
-                "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix} for c in checks],
-            }
-        ],
+        "hosts": [{"host": "fbsd1", "error": None, "checks": [c.as_json() for c in checks]}],
     }
     schema = json.loads((REPO / "schemas" / "warden.doctor.v1.json").read_text(encoding="utf-8"))
     assert not list(Draft202012Validator(schema).iter_errors(document))

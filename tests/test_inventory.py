@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from provision.inventory import _plain_yaml, _with_ansible, load_inventory, needs_ansible
+from provision.inventory import load_inventory
 from provision.models import Host
 from provision.settings import Settings
 
@@ -121,6 +121,8 @@ def test_ini_inventories_and_several_sources(registry: Registry) -> None:
 
 @pytest.mark.parametrize("text", [TWO_HOSTS, (REPO / "examples" / "fleet" / "inventory" / "hosts.yml").read_text()])
 def test_the_fast_path_reads_what_ansible_reads(tmp_path: Path, text: str) -> None:
+    from provision.inventory import _plain_yaml, _with_ansible, needs_ansible
+
     inventory = write(tmp_path / "hosts.yml", text)
     assert not needs_ansible([inventory])
     fast, fast_problems = _plain_yaml(inventory)
