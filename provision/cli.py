@@ -9,19 +9,76 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .masking import mask_url_credentials
-from .output import console, print_error, print_problems
+from .output import console, print_error, print_problems, rule
 from .problems import Problem
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rich.console import Console
 
     from .models import Fleet
     from .render import RenderedHost
+
+
+# One help text per option, shown by `invoke <task> --help` and `warden <verb> --help` alike.
+OPTION_HELP: dict[str, dict[str, str]] = {
+    "add-agent": {
+        "name": "agent name: lowercase letters and digits, starting with a letter (rc.d name, user, jail prefix)",
+        "subnet": "the agent's /24: 10.0.1, 192.168.0 or 10.0.1.0/24 (default: next free /24 of warden_pool)",
+        "host": "inventory host to place the agent on (default: the only host)",
+        "placement": "'host' (jails on the host's warden0) or 'bhyve' (own VM)",
+        "locale": "BCP 47 tag for DISPLAY_LOCALE and ASSISTANT_LOCALE, e.g. sl-SI",
+        "system_locale": "POSIX UTF-8 locale for the service, e.g. sl_SI.UTF-8",
+        "soul_repo": "git URL (or path) of the agent's soul repo",
+        "soul_ref": "branch, tag or commit of the soul repo",
+        "jails": "service jail roles, e.g. 'git cms ollama db' or 'git cms llamacpp'",
+        "share_llm": "use this other agent's LLM jail (same name and IP) instead of an own one",
+        "port": "CONTROLPLANE_API_PORT (default: 3100, then the next free port on the host)",
+        "set": "any other KEY=VALUE for the .env, e.g. --set CMS_JAIL_NAME=atlasweb (repeatable)",
+    },
+    "remove-agent": {
+        "name": "the agent to remove",
+        "yes": "do not ask for confirmation",
+        "dry_run": "say what would be removed and what depends on it; remove nothing",
+        "force": "remove even when that loses a soul repo's unpushed work or breaks agents that depend on it",
+    },
+    "set-agent": {
+        "name": "the agent to change",
+        "subnet": "move the agent to this /24 (10.0.9, 10.0.9.0/24): gateway and jail addresses follow",
+        "host": "move the agent to this inventory host",
+        "placement": "'host' or 'bhyve'",
+        "port": "CONTROLPLANE_API_PORT",
+        "jails": "service jail roles, e.g. 'git cms llamacpp db'",
+        "rename": "refused: says how to rename an agent",
+    },
+    "graph": {"output": "file to write, without extension (default: build/fleet)", "png": "also write a PNG"},
+    "render": {"host": "render only this host (default: every host and bhyve guest)"},
+    "list": {"json": "print one JSON document (schemas/warden.list.v1.json) instead of text"},
+    "check": {"json": "print one JSON document (schemas/warden.check.v1.json) instead of text"},
+    "plan": {
+        "host": "plan only this inventory host (default: every host)",
+        "stat": "per file one line (kind, path, +added -removed lines) instead of its diff",
+        "json": "print one JSON document (schemas/warden.plan.v1.json) instead of text",
+    },
+    "soul-check": {"name": "the agent whose soul repo to validate"},
+    "soul-pin": {"name": "the agent whose SOUL_REF to pin"},
+    "soul-init": {"name": "the agent", "dest": "repo directory (default agents/<name>/soul)", "author": "provenance"},
+    "doctor": {
+        "host": "check only this host (default: every reachable host)",
+        "json": "print one JSON document (schemas/warden.doctor.v1.json) instead of text",
+    },
+    "status": {
+        "host": "only this host",
+        "agent": "only this agent",
+        "json": "print one JSON document (schemas/warden.status.v1.json) instead of text",
+    },
+}
 
 
 class CommandError(Exception):
@@ -34,11 +91,54 @@ def load(settings: Settings | None = None) -> tuple[Settings, Fleet]:
     from .registry import RegistryError, load_fleet
 
     settings = settings or Settings.from_env()
-    hosts, host_problems = load_inventory(settings.inventory)
+    hosts, host_problems = load_inventory(settings.inventory_sources)
+    _require_inventory(host_problems)
     try:
         return settings, load_fleet(settings.agents_dir, hosts, host_problems)
     except RegistryError as exc:
         raise CommandError(str(exc)) from None
+
+
+def _require_inventory(problems: list[Problem]) -> None:
+    """A missing or unreadable inventory is the one cause to report (docs/registry.md#messages).
+
+    Without hosts every agent's AGENT_HOST looks wrong; listing those would bury the cause.
+    """
+    for p in problems:
+        if p.rule in ("inventory-missing", "inventory-yaml"):
+            raise CommandError(f"{p.locations[0]}: {p.message} (fix: {p.fix})")
+
+
+def parse_set(pairs: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """`--set KEY=VALUE` pairs as a dict, and a warning for each key given twice."""
+    out: dict[str, str] = {}
+    warnings: list[str] = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CommandError(f"--set {pair!r}: expected KEY=VALUE (fix: e.g. --set SOUL_REF=main)")
+        if key in out and out[key] != value:
+            warnings.append(f"--set {key} is given twice ({out[key]!r}, then {value!r}); the last one counts")
+        out[key] = value
+    return out, warnings
+
+
+def print_json(schema: str, document: Mapping[str, Any]) -> None:
+    """One JSON document on stdout, naming its schema (schemas/<schema>.json, README.md#json-output)."""
+    import json
+
+    sys.stdout.write(json.dumps({"schema": schema, **document}, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def problem_json(p: Problem) -> dict[str, Any]:
+    return {
+        "severity": p.severity.value,
+        "rule": p.rule,
+        "message": p.message,
+        "fix": p.fix,
+        "locations": [{"file": str(loc.file), "line": loc.line, "key": loc.key} for loc in p.locations],
+    }
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -51,25 +151,65 @@ def add_agent(
     placement: str | None = None,
     settings_kv: Mapping[str, str] | None = None,
     share_llm: str | None = None,
+    *,
+    locale: str | None = None,
+    system_locale: str | None = None,
+    soul_repo: str | None = None,
+    soul_ref: str | None = None,
+    jails: str | None = None,
+    port: int | None = None,
+    set_pairs: Sequence[str] = (),
 ) -> int:
+    """Write agents/<name>/.env; the options and `--set` pairs of `add-agent`, checked together.
+
+    An option and a `--set` of the same key must agree (docs/registry.md#messages); keys
+    that look like typos of the tool's keys, and keys given twice, are warned about.
+    """
     from rich.table import Table
+    from rich.text import Text
 
     from .inventory import load_inventory
-    from .registry import AddRequest, RegistryError, prepare_agents_dir
+    from .registry import AddRequest, RegistryError, owned_key_like, prepare_agents_dir
     from .registry import add_agent as do_add
 
     settings = Settings.from_env()
-    hosts, problems = load_inventory(settings.inventory)
-    out = console()
-    kv = dict(settings_kv or {})
+    hosts, problems = load_inventory(settings.inventory_sources)
+    _require_inventory(problems)
+    out, err = console(), console(stderr=True)
+    from_set, warnings = parse_set(set_pairs)
+    kv = {**dict(settings_kv or {}), **from_set}
+    flags: dict[str, str] = {}
+    for key, flag, value in (
+        ("DISPLAY_LOCALE", "--locale", locale),
+        ("ASSISTANT_LOCALE", "--locale", locale),
+        ("SYSTEM_LOCALE", "--system-locale", system_locale),
+        ("SOUL_REPO", "--soul-repo", soul_repo),
+        ("SOUL_REF", "--soul-ref", soul_ref),
+        ("WARDEN_JAILS", "--jails", jails),
+        ("CONTROLPLANE_API_PORT", "--port", str(port) if port is not None else None),
+    ):
+        if value is None:
+            continue
+        if key in kv and kv[key] != value:
+            raise CommandError(
+                f"{flag} {value} and --set {key}={kv[key]} disagree (fix: give only one of them: {flag} or --set {key})"
+            )
+        kv[key] = value
+        flags[key] = flag
+    for key in from_set:
+        like = owned_key_like(key)
+        if like is not None:
+            warnings.append(f"--set {key}: not a key this tool reads; did you mean {like}? (kept as it is)")
+    for warning in warnings:
+        err.print(Text.assemble(("warning:", "yellow"), " ", warning))
     if share_llm:
         shared = _shared_llm_settings(settings, share_llm)
         owner_host = shared.pop("AGENT_HOST")
-        if host is None:
+        if host is None and "AGENT_HOST" not in kv:
             host = owner_host
         kv = {**shared, **kv}
     if problems:
-        print_problems(problems, console(stderr=True))
+        print_problems(problems, err)
         raise CommandError(f"fix {settings.inventory} first")
     try:
         if prepare_agents_dir(settings.agents_dir):
@@ -77,7 +217,7 @@ def add_agent(
         agent, values = do_add(
             settings.agents_dir,
             hosts,
-            AddRequest(name=name, subnet=subnet, host=host, placement=placement, settings=kv),
+            AddRequest(name=name, subnet=subnet, host=host, placement=placement, settings=kv, flags=flags),
         )
     except RegistryError as exc:
         raise CommandError(str(exc)) from None
@@ -86,6 +226,44 @@ def add_agent(
     for key, value in values.items():
         table.add_row(key, mask_url_credentials(value))
     out.print(table)
+    return 0
+
+
+def set_agent(
+    name: str,
+    subnet: str | None = None,
+    host: str | None = None,
+    placement: str | None = None,
+    port: int | None = None,
+    jails: str | None = None,
+    rename: str | None = None,
+) -> int:
+    """Change an agent: every derived value rewritten in its .env, comments and other keys kept."""
+    from rich.table import Table
+
+    from .inventory import load_inventory
+    from .registry import ChangeRequest, RegistryError, change_agent
+
+    settings = Settings.from_env()
+    hosts, problems = load_inventory(settings.inventory_sources)
+    _require_inventory(problems)
+    try:
+        change = change_agent(
+            settings.agents_dir,
+            hosts,
+            ChangeRequest(name, subnet=subnet, host=host, placement=placement, port=port, jails=jails, rename=rename),
+        )
+    except RegistryError as exc:
+        raise CommandError(str(exc)) from None
+    out = console()
+    out.print(f"changed agent {name} → {change.path}", markup=False)
+    table = Table("key", "was", "now", title="rewritten in the .env", title_justify="left")
+    for key, old, new in change.edits:
+        table.add_row(key, old or "(derived)", new)
+    out.print(table)
+    for note in change.notes:
+        out.print(f"  {note}", markup=False)
+    out.print("`invoke plan` shows what the next apply changes on the host(s)", markup=False)
     return 0
 
 
@@ -157,10 +335,33 @@ def remove_agent(name: str, yes: bool = False, dry_run: bool = False, force: boo
     return 0
 
 
-def list_agents() -> int:
+def list_agents(as_json: bool = False) -> int:
     from rich.table import Table
 
     _, fleet = load()
+    if as_json:
+        print_json(
+            "warden.list.v1",
+            {
+                "agents": [
+                    {
+                        "name": a.name,
+                        "host": a.host,
+                        "placement": a.placement,
+                        "vm_name": a.vm_name if a.placement == "bhyve" else None,
+                        "vm_ip": str(a.vm_ip) if a.vm_ip is not None else None,
+                        "subnet": str(a.subnet),
+                        "gateway": str(a.gateway),
+                        "api_port": a.api_port,
+                        "jails": [{"role": j.role, "name": j.name, "ip": str(j.ip)} for j in a.jails],
+                        "source": str(a.source),
+                    }
+                    for a in sorted(fleet.agents, key=lambda a: (a.host, a.name))
+                ],
+                "problems": [problem_json(p) for p in fleet.problems],
+            },
+        )
+        return 0
     table = Table("agent", "host", "placement", "subnet", "gateway", "port", "jails")
     for a in sorted(fleet.agents, key=lambda a: (a.host, a.name)):
         jails = "\n".join(f"{j.name} {j.ip}" for j in a.jails)
@@ -168,12 +369,13 @@ def list_agents() -> int:
         table.add_row(a.name, a.host, where, str(a.subnet), str(a.gateway), str(a.api_port), jails)
     out = console()
     out.print(table)
-    if fleet.problems:
-        out.print(f"[yellow]{len(fleet.problems)} agent file(s) could not be read; run `invoke check`[/yellow]")
+    unread = {p.locations[0].file for p in fleet.problems if p.is_error}
+    if unread:
+        out.print(f"[yellow]{len(unread)} file(s) could not be read; run `invoke check`[/yellow]")
     return 0
 
 
-def check(settings: Settings | None = None, fleet: Fleet | None = None) -> int:
+def check(settings: Settings | None = None, fleet: Fleet | None = None, as_json: bool = False) -> int:
     """Every problem of the registry and the inventory, each with file:line, key and fix."""
     from .checks import run_checks
 
@@ -182,10 +384,22 @@ def check(settings: Settings | None = None, fleet: Fleet | None = None) -> int:
     problems = run_checks(fleet)
     soul = _soul_problems(settings, fleet)
     problems.extend(soul)
-    out = console()
-    print_problems(problems, out)
     n_err = sum(p.is_error for p in problems)
     n_warn = len(problems) - n_err
+    if as_json:
+        print_json(
+            "warden.check.v1",
+            {
+                "agents": len(fleet.agents),
+                "hosts": len(fleet.hosts),
+                "errors": n_err,
+                "warnings": n_warn,
+                "problems": [problem_json(p) for p in problems],
+            },
+        )
+        return 1 if n_err else 0
+    out = console()
+    print_problems(problems, out)
     summary = f"{len(fleet.agents)} agent(s) on {len(fleet.hosts)} host(s): {n_err} error(s), {n_warn} warning(s)"
     if n_err:
         out.print(f"[red]{summary}[/red]")
@@ -266,26 +480,31 @@ def demo() -> int:
     base = Settings.from_env()
     demo_dir = base.build_dir / "demo"
     settings = Settings(
-        agents_dir=demo_dir / "agents", inventory=base.inventory, build_dir=demo_dir / "build", cache_dir=base.cache_dir
+        agents_dir=demo_dir / "agents",
+        inventory=base.inventory,
+        build_dir=demo_dir / "build",
+        cache_dir=base.cache_dir,
+        inventory_sources=base.inventory_sources,
     )
     shutil.rmtree(demo_dir, ignore_errors=True)
     os.environ["PROVISION_AGENTS_DIR"] = str(settings.agents_dir)
     os.environ["PROVISION_BUILD_DIR"] = str(settings.build_dir)
     out = console()
     for name, options in DEMO_AGENTS:
-        out.rule(
+        rule(
+            out,
             f"invoke add-agent {name} "
-            + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items() if isinstance(v, str))
+            + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items() if isinstance(v, str)),
         )
         add_agent(name, **options)
-    out.rule("invoke check")
+    rule(out, "invoke check")
     if check():
         return 1
-    out.rule("invoke list")
+    rule(out, "invoke list")
     list_agents()
-    out.rule("invoke render")
+    rule(out, "invoke render")
     render()
-    out.rule("invoke plan --host example   (the bundled sample FreeBSD 14 host, examples/host/)")
+    rule(out, "invoke plan --host example   (the bundled sample FreeBSD 14 host, examples/host/)")
     code = plan(host="example")
     out.print(f"plan exit status {code}: 0 = nothing to do, 2 = changes pending, 1 = error")
     return 0 if code in (0, 2) else code
@@ -295,11 +514,22 @@ def graph(output: str | None = None, png: bool = False) -> int:
     """Write the fleet picture (SVG, and PNG when asked)."""
     from pathlib import Path
 
+    import graphviz
+
     from .graph import write_graph
 
     settings, fleet = load()
     target = Path(output) if output else settings.build_dir / "fleet"
-    written = write_graph(fleet.hosts, fleet.agents, target.with_suffix(""), ("svg", "png") if png else ("svg",))
+    formats = ("svg", "png") if png else ("svg",)
+    try:
+        written = write_graph(fleet.hosts, fleet.agents, target.with_suffix(""), formats)
+    except graphviz.ExecutableNotFound:
+        raise CommandError(
+            "Graphviz's `dot` is not installed: it draws the picture "
+            "(fix: `pkg install graphviz` on FreeBSD, `apt install graphviz` on Debian)"
+        ) from None
+    except OSError as exc:
+        raise CommandError(_write_error(exc, target.parent, "--output")) from None
     for path in written:
         console().print(f"wrote {path}")
     return 0
@@ -355,15 +585,17 @@ def write_build(fleet: Fleet, settings: Settings, only: list[str] | None) -> lis
         ) from None
 
 
-def plan(host: str | None = None) -> int:
+def plan(host: str | None = None, as_json: bool = False, stat: bool = False) -> int:
     """Render, read each host's live files over one SSH connection, print diffs; 0/2/1 exit."""
-    return plan_command(Settings.from_env(), host)
+    return plan_command(Settings.from_env(), host, as_json=as_json, stat=stat)
 
 
-def plan_command(settings: Settings, host: str | None = None) -> int:
+def plan_command(settings: Settings, host: str | None = None, *, as_json: bool = False, stat: bool = False) -> int:
     """Render, read each host's live files (one SSH connection each), print diffs and a summary.
 
     Returns the exit status: 0 no changes, 2 changes pending, 1 an error on any host.
+    STAT prints one line per file instead of its diff; AS_JSON one document
+    (schemas/warden.plan.v1.json) instead of anything else on stdout.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -403,12 +635,32 @@ def plan_command(settings: Settings, host: str | None = None) -> int:
     plans: list[HostPlan] = []
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(chosen.hosts)))) as pool:
         for hp in pool.map(one, chosen.hosts):  # hosts read in parallel, printed in order
-            diffview.print_host(out, err, hp)
+            if not as_json:
+                diffview.print_host(out, err, hp, stat=stat)
             plans.append(hp)
     for hp in chosen.errors:
-        print_error(err, hp.error or "")
+        if not as_json:
+            print_error(err, hp.error or "")
         plans.append(hp)
+    if as_json:
+        from .plan import exit_status
+
+        status = exit_status(plans)
+        print_json(
+            "warden.plan.v1",
+            {"hosts": [diffview.host_json(hp) for hp in plans], "notes": chosen.notes, "exit_status": status},
+        )
+        return status
     return diffview.print_summary(out, plans, chosen.notes)
+
+
+def _write_error(exc: OSError, where: Path, setting: str) -> str:
+    """A failed write as one line: what could not be written, why, and how to choose another place."""
+    what = exc.filename or where
+    return (
+        f"cannot write {what}: {exc.strerror or exc} "
+        f"(fix: make {where} writable, or choose another directory with {setting})"
+    )
 
 
 def _agent(name: str) -> tuple[Settings, Any]:
@@ -528,7 +780,7 @@ def _reachable_hosts(host: str | None) -> tuple[Settings, Any, list[Any]]:
     return settings, fleet, targets
 
 
-def doctor(host: str | None = None) -> int:
+def doctor(host: str | None = None, as_json: bool = False) -> int:
     """Read-only preflight of each host: [ OK ] / [FAIL] with the command that fixes it."""
     from rich.text import Text
 
@@ -537,53 +789,129 @@ def doctor(host: str | None = None) -> int:
 
     _, fleet, targets = _reachable_hosts(host)
     out, failed = console(), False
+    report: list[dict[str, Any]] = []
     for target in targets:
-        out.rule(f"doctor {target.name}")
+        if not as_json:
+            rule(out, f"doctor {target.name}")
         try:
             text = run_script(target, probe_script(target))
         except RemoteError as exc:
-            console(stderr=True).print(f"[red]error:[/red] {exc}", markup=True)
+            print_error(console(stderr=True), str(exc))
+            report.append({"host": target.name, "error": str(exc), "checks": []})
             failed = True
             continue
-        for check in evaluate(target, fleet.agents_on(target.name), text):
+        checks = evaluate(target, fleet.agents_on(target.name), text)
+        report.append(
+            {
+                "host": target.name,
+                "error": None,
+                "checks": [c.as_json() for c in checks],
+            }
+        )
+        failed = failed or not all(c.ok for c in checks)
+        if as_json:
+            continue
+        for check in checks:
             if check.ok:
                 out.print(Text.assemble(("[ OK ] ", "green"), check.name))
             else:
-                failed = True
                 out.print(
                     Text.assemble(("[FAIL] ", "red"), check.name, (f"  ({check.detail})" if check.detail else ""))
                 )
                 out.print(Text(f"       fix: {check.fix}"))
+    if as_json:
+        print_json("warden.doctor.v1", {"ok": not failed, "hosts": report})
     return 1 if failed else 0
 
 
-def status(host: str | None = None, agent: str | None = None) -> int:
-    """One table for the fleet: service, API port, jails, gateway, PF per agent; non-zero when down."""
-    from rich.table import Table
+def status(host: str | None = None, agent: str | None = None, as_json: bool = False) -> int:
+    """One table for the fleet: service, API port, jails, gateway, PF per agent; non-zero when down.
+
+    An agent whose machine cannot be reached is a row marked unknown, never left out: a
+    status that cannot be read is not a healthy one.
+    """
+    import dataclasses
 
     from .remote import RemoteError, run_script
-    from .status import evaluate, status_script
+    from .status import AgentStatus, evaluate, status_script
 
-    _, fleet, targets = _reachable_hosts(host)
-    table = Table("host", "agent", "service", "API", "jails", "gateway", "PF", title="status")
-    down = False
-    for target in targets:
-        agents = [
-            a for a in fleet.agents_on(target.name) if a.placement == "host" and (agent is None or a.name == agent)
-        ]
-        if not agents:
+    settings, fleet, targets = _reachable_hosts(host)
+    if agent is not None and agent not in {a.name for a in fleet.agents}:
+        raise CommandError(_unknown_agent(agent, [a.name for a in fleet.agents], settings))
+    rows: list[tuple[str, AgentStatus]] = []
+    for machine, agents, why_not in _status_targets(fleet, targets, agent):
+        if why_not is not None:
+            rows.extend((machine.name, AgentStatus.unknown(a.name, why_not)) for a in agents)
             continue
         try:
-            text = run_script(target, status_script(target, agents))
+            text = run_script(machine, status_script(machine, agents))
         except RemoteError as exc:
-            console(stderr=True).print(f"[red]error:[/red] {exc}", markup=True)
-            down = True
+            print_error(console(stderr=True), str(exc))
+            rows.extend((machine.name, AgentStatus.unknown(a.name, "host unreachable")) for a in agents)
             continue
-        for row in evaluate(target, agents, text):
-            down = down or not row.ok
-            style = "" if row.ok else "red"
-            table.add_row(
-                target.name, row.agent, row.service, row.api, "\n".join(row.jails), row.gateway, row.pf, style=style
-            )
+        rows.extend((machine.name, row) for row in evaluate(machine, agents, text))
+    if agent is not None and not rows:
+        raise CommandError(f"agent {agent} is not on {host} (fix: drop --host, or give the agent's host)")
+    ok = bool(rows) and all(row.ok for _, row in rows)
+    if as_json:
+        print_json(
+            "warden.status.v1",
+            {"ok": ok, "agents": [{"host": machine, **dataclasses.asdict(row)} for machine, row in rows]},
+        )
+    else:
+        _print_status(rows)
+    return 0 if ok else 1
+
+
+def _status_targets(fleet: Fleet, targets: list[Any], agent: str | None) -> list[tuple[Any, list[Any], str | None]]:
+    """(machine, its agents, why it is not probed or None) per host, then per bhyve guest.
+
+    A guest is reached as plan reaches it: through a `Host <guest>` block in the SSH
+    config (docs/design.md#placement); without one its agent is unknown.
+    """
+    from .models import Host
+    from .remote import has_ssh_settings, ssh_config_path
+    from .render import GUEST_BRIDGE
+
+    out: list[tuple[Any, list[Any], str | None]] = []
+    ssh_config = ssh_config_path()
+    for target in targets:
+        mine = [a for a in fleet.agents_on(target.name) if agent is None or a.name == agent]
+        on_host = [a for a in mine if a.placement == "host"]
+        if on_host:
+            out.append((target, on_host, None))
+        for a in mine:
+            if a.placement != "bhyve":
+                continue
+            guest = Host(name=a.vm_name, bridge=GUEST_BRIDGE)
+            reachable = has_ssh_settings(a.vm_name, ssh_config)
+            why = None if reachable else f"bhyve guest {a.vm_name}: no `Host {a.vm_name}` block in {ssh_config}"
+            out.append((guest, [a], why))
+    return out
+
+
+def _print_status(rows: Sequence[tuple[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table("host", "agent", "service", "API", "jails", "gateway", "PF", title="status")
+    for machine, row in rows:
+        table.add_row(
+            machine,
+            row.agent,
+            row.service,
+            row.api,
+            "\n".join(row.jails),
+            row.gateway,
+            row.pf,
+            style="" if row.ok else "red",
+        )
     console().print(table)
-    return 1 if down else 0
+
+
+def _unknown_agent(name: str, known: Sequence[str], settings: Settings) -> str:
+    """No such agent, with the closest name (difflib) and where the registry is."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"no agent {name!r} in {settings.agents_dir} (fix: {hint}agents: {', '.join(sorted(known)) or 'none'})"

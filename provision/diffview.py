@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .output import console, print_error
+from .output import console, print_error, rule
 from .plan import FileChange, HostPlan, exit_status
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["console", "print_change", "print_error", "print_host", "print_summary"]
+__all__ = ["console", "host_json", "print_change", "print_error", "print_host", "print_summary"]
 
 
 def _style(line: str) -> str:
@@ -40,6 +40,12 @@ def _title(change: FileChange) -> str:
 def print_change(out: Console, change: FileChange) -> None:
     from rich.text import Text
 
+    if not out.is_terminal:
+        # As `diff -u` prints it: rich would expand tabs to spaces, and a diff that is
+        # piped or saved must keep the file's own bytes (tabs in pf.conf, Makefiles).
+        out.file.write(_title(change) + "\n" + "".join(change.diff))
+        out.file.flush()
+        return
     colour = {"added": "green", "removed": "red"}.get(change.kind, "yellow")
     text = Text(_title(change), style=f"bold {colour}")
     text.append("\n")
@@ -49,16 +55,65 @@ def print_change(out: Console, change: FileChange) -> None:
     out.print(text)
 
 
-def print_host(out: Console, err: Console, hp: HostPlan) -> None:
-    """One host's diffs (or its one-line error, on stderr)."""
+def _counts(change: FileChange) -> tuple[int, int]:
+    """Lines added and removed in a change's diff (headers not counted)."""
+    plus = sum(1 for line in change.diff if line.startswith("+") and not line.startswith("+++"))
+    minus = sum(1 for line in change.diff if line.startswith("-") and not line.startswith("---"))
+    return plus, minus
+
+
+def print_host(out: Console, err: Console, hp: HostPlan, stat: bool = False) -> None:
+    """One host's diffs (or its one-line error, on stderr); with STAT one line per file."""
+    from rich.text import Text
+
     if hp.error:
         print_error(err, hp.error)
         return
-    out.rule(f"host {hp.host}")
+    rule(out, f"host {hp.host}")
     if not hp.changes:
         out.print("no changes")
     for change in hp.changes:
-        print_change(out, change)
+        if stat:
+            plus, minus = _counts(change)
+            colour = {"added": "green", "removed": "red"}.get(change.kind, "yellow")
+            extra = "  ".join([change.target, *change.meta]).strip()
+            out.print(
+                Text.assemble(
+                    (f"{change.kind:8}", colour),
+                    f" {change.path}  ",
+                    (f"+{plus}", "green"),
+                    " ",
+                    (f"-{minus}", "red"),
+                    f"  {extra}" if extra else "",
+                )
+            )
+        else:
+            print_change(out, change)
+
+
+def host_json(hp: HostPlan) -> dict[str, object]:
+    """One host's plan for `plan --json` (schemas/warden.plan.v1.json); diffs already masked."""
+    return {
+        "host": hp.host,
+        "error": hp.error,
+        "added": hp.count("added"),
+        "changed": hp.count("changed"),
+        "removed": hp.count("removed"),
+        "agents_added": list(hp.agents_added),
+        "agents_removed": list(hp.agents_removed),
+        "changes": [
+            {
+                "path": c.path,
+                "kind": c.kind,
+                "target": c.target,
+                "meta": list(c.meta),
+                "lines_added": _counts(c)[0],
+                "lines_removed": _counts(c)[1],
+                "diff": "".join(c.diff),
+            }
+            for c in hp.changes
+        ],
+    }
 
 
 def print_summary(out: Console, plans: Sequence[HostPlan], notes: Sequence[str] = ()) -> int:

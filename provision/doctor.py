@@ -50,6 +50,10 @@ class Check:
     fix: str
     applied_by_site: bool = False  # site.yml sets this itself, so its preflight does not stop on it
 
+    def as_json(self) -> dict[str, object]:
+        """As `doctor --json` prints it (schemas/warden.doctor.v1.json)."""
+        return {"name": self.name, "ok": self.ok, "detail": self.detail, "fix": self.fix}
+
 
 def sections(text: str) -> dict[str, str]:
     out: dict[str, list[str]] = {}

@@ -1,13 +1,18 @@
-"""The Ansible YAML inventory, read without importing Ansible.
+"""The Ansible inventory, read as Ansible reads it (README.md#inventory).
 
-The CLI must start fast (docs/design.md#architecture), so the plain YAML inventory format is walked here:
-groups with `hosts`, `vars` and `children`; group vars apply to member hosts, host
-vars win.  Only the `warden_*` variables are interpreted; the rest is passed through.
+Anything but one plain YAML file is read with Ansible's own InventoryManager and
+VariableManager, so `group_vars/`, `host_vars/`, vault-encrypted values, INI files,
+inventory plugins and several sources give what `ansible-inventory --list` gives.
+A single plain YAML file with no `group_vars/`/`host_vars/` beside it and no vault
+value in it is walked here instead, without importing Ansible: the CLI must start
+fast (docs/design.md#architecture).  Both give the same hosts and variables
+(tests/test_inventory.py holds them to it).  Only the `warden_*` variables are
+interpreted; connection variables are passed through.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,17 +86,161 @@ def _walk(
             _walk(child, gvars, out)
 
 
-def load_inventory(path: Path) -> tuple[list[Host], list[Problem]]:
+def sources_of(inventory: str | Path | Sequence[Path]) -> list[Path]:
+    """Inventory sources: a path, or several as Ansible takes them (`a.yml,b.yml`)."""
+    if isinstance(inventory, (str, Path)):
+        return [Path(part) for part in str(inventory).split(",") if part]
+    return list(inventory)
+
+
+def needs_ansible(sources: Sequence[Path]) -> bool:
+    """Whether only Ansible can read SOURCES as Ansible does (see the module docstring)."""
+    if len(sources) != 1:
+        return True
+    path = sources[0]
+    if not path.is_file() or path.suffix not in (".yml", ".yaml"):
+        return True  # a directory, INI, a script or a plugin's config
+    if (path.parent / "group_vars").exists() or (path.parent / "host_vars").exists():
+        return True
+    head = path.read_bytes()
+    return b"$ANSIBLE_VAULT" in head or b"!vault" in head or b"plugin:" in head
+
+
+def load_inventory(inventory: str | Path | Sequence[Path]) -> tuple[list[Host], list[Problem]]:
     """Hosts sorted by name, and a Problem for every warden_* value that does not parse."""
-    if not path.exists():
+    sources = sources_of(inventory)
+    missing = [p for p in sources if not p.exists()]
+    if missing or not sources:
         return [], [
             Problem(
-                (Location(path),),
+                (Location(missing[0] if missing else Path("-")),),
                 "inventory file not found",
-                "create it (see examples/fleet/inventory/hosts.yml and README.md#inventory) or set PROVISION_INVENTORY",
+                "create it (see examples/fleet/inventory/hosts.yml and README.md#inventory), or choose the "
+                "inventory with ANSIBLE_INVENTORY (README.md#choosing-the-inventory)",
                 rule="inventory-missing",
             )
         ]
+    if needs_ansible(sources):
+        return _with_ansible(sources)
+    return _plain_yaml(sources[0])
+
+
+def _with_ansible(sources: Sequence[Path]) -> tuple[list[Host], list[Problem]]:
+    """Every host and its variables through InventoryManager + VariableManager.
+
+    Vault values are decrypted with the password Ansible would use (ANSIBLE_VAULT_PASSWORD_FILE,
+    ANSIBLE_VAULT_IDENTITY_LIST or ansible.cfg); a warden_* value that cannot be read is
+    a Problem naming it, never a silent default.
+    """
+    from ansible import constants as C
+    from ansible.cli import CLI
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar
+    from ansible.vars.manager import VariableManager
+
+    loader = DataLoader()
+    # asked now, not at ansible's import: the environment of this call counts
+    password_files = [f for f in [C.config.get_config_value("DEFAULT_VAULT_PASSWORD_FILE")] if f]
+    try:
+        secrets = CLI.setup_vault_secrets(
+            loader,
+            vault_ids=list(C.config.get_config_value("DEFAULT_VAULT_IDENTITY_LIST") or []),
+            vault_password_files=password_files,
+            auto_prompt=False,  # never a prompt: unread values become Problems
+            initialize_context=False,
+        )
+        loader.set_vault_secrets(secrets)
+        _share_secrets(secrets)
+    except AnsibleError as exc:
+        return [], [
+            Problem(
+                (Location(sources[0]),),
+                f"the vault password cannot be read: {exc.message}",
+                "point ANSIBLE_VAULT_PASSWORD_FILE (or vault_password_file in ansible.cfg) at the password file",
+                rule="inventory-vault",
+            )
+        ]
+    try:
+        manager = InventoryManager(loader=loader, sources=[str(p) for p in sources])
+    except AnsibleError as exc:
+        return [], [
+            Problem(
+                (Location(sources[0]),),
+                f"Ansible cannot read it: {exc.message}",
+                "fix the inventory",
+                rule="inventory-yaml",
+            )
+        ]
+    variables = VariableManager(loader=loader, inventory=manager)
+    found: dict[str, tuple[dict[str, Any], int | None]] = {}
+    unreadable: list[Problem] = []
+    for host in manager.get_hosts():
+        hvars = variables.get_vars(host=host, include_hostvars=False)
+        templar = Templar(loader=loader, variables=hvars)
+        plain: dict[str, Any] = {}
+        for key, value in hvars.items():
+            if not (key.startswith("warden_") or key.startswith("ansible_")):
+                continue
+            try:
+                plain[key] = _plain(templar.template(value))
+            except AnsibleError as exc:
+                if key.startswith("warden_"):
+                    unreadable.append(
+                        Problem(
+                            (
+                                Location(
+                                    Path(str(hvars.get("inventory_file") or sources[0])), None, f"{host.name}.{key}"
+                                ),
+                            ),
+                            f"{key} of host {host.name} cannot be read: {_first_line(exc.message)}",
+                            "give Ansible the vault password (ANSIBLE_VAULT_PASSWORD_FILE, or vault_password_file "
+                            "in ansible.cfg), as ansible-playbook needs it too",
+                            rule="inventory-vault",
+                        )
+                    )
+        found[host.name] = (plain, None)
+    hosts, problems = _hosts(found, sources[0], drop_magic=True)
+    return hosts, unreadable + problems
+
+
+def _share_secrets(secrets: list[Any]) -> None:
+    """Make SECRETS the ones vault values decrypt with (ansible-core's one context per process).
+
+    Inside ansible-playbook (the site.yml filters) the context already holds the run's
+    secrets; ours are added to them.
+    """
+    from ansible.parsing.vault import VaultSecretsContext
+
+    current = VaultSecretsContext.current(optional=True)
+    if current is None:
+        VaultSecretsContext.initialize(VaultSecretsContext(secrets))
+    else:
+        current.secrets.extend(s for s in secrets if s not in current.secrets)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "unreadable"
+
+
+def _plain(value: Any) -> Any:
+    """Ansible's tagged strings, lists and dicts as plain Python values."""
+    if isinstance(value, str):
+        return value if type(value) is str else "".join(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# Variables VariableManager adds to every host; not the operator's connection settings.
+_MAGIC = frozenset({"ansible_playbook_python", "ansible_config_file", "ansible_facts", "ansible_search_path"})
+
+
+def _plain_yaml(path: Path) -> tuple[list[Host], list[Problem]]:
+    """The fast path: one plain YAML inventory walked without Ansible."""
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader) or {}
     except yaml.YAMLError as exc:
@@ -108,6 +257,12 @@ def load_inventory(path: Path) -> tuple[list[Host], list[Problem]]:
     for group in (v for k, v in data.items() if k != "__lines__"):
         if isinstance(group, Mapping):
             _walk(group, {}, found)
+    return _hosts(found, path)
+
+
+def _hosts(
+    found: Mapping[str, tuple[dict[str, Any], int | None]], path: Path, drop_magic: bool = False
+) -> tuple[list[Host], list[Problem]]:
     hosts: list[Host] = []
     problems: list[Problem] = []
     for name in sorted(found):
@@ -118,7 +273,9 @@ def load_inventory(path: Path) -> tuple[list[Host], list[Problem]]:
                 fields[field] = hvars[var]
         if isinstance(fields.get("agent_links"), list):
             fields["agent_links"] = tuple(tuple(pair) for pair in fields["agent_links"])
-        fields["ansible_vars"] = {k: v for k, v in hvars.items() if not k.startswith("warden_")}
+        fields["ansible_vars"] = {
+            k: v for k, v in hvars.items() if not k.startswith("warden_") and not (drop_magic and k in _MAGIC)
+        }
         try:
             hosts.append(Host.model_validate(fields))
         except ValidationError as exc:

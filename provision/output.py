@@ -16,10 +16,30 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
+# Output that is not a terminal (a pipe, a file, CI) is not cut to 80 columns: rich's
+# default width for it.  Tables and trees get room for their longest line; COLUMNS
+# still wins when set.
+PIPE_WIDTH = 1000
+
+
 def console(stderr: bool = False) -> Console:
+    import os
+    import sys
+
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    stream = sys.stderr if stderr else sys.stdout
+    width = None
+    if not os.environ.get("COLUMNS") and not (hasattr(stream, "isatty") and stream.isatty()):
+        width = PIPE_WIDTH
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
+def rule(out: Console, title: str) -> None:
+    """A section rule, at most 80 columns wide even when the console is wider."""
+    from rich.rule import Rule
+
+    out.print(Rule(title), width=min(out.width, 80))
 
 
 def print_problems(problems: Sequence[Problem], out: Console) -> None:

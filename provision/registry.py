@@ -8,7 +8,7 @@ that two `add-agent` runs cannot choose the same subnet or lose each other's wri
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -176,6 +176,55 @@ _FIXES = {
 }
 
 
+def owned_key_like(key: str) -> str | None:
+    """The owned key KEY looks like a typo of (`AGENT_PLACMENT` → AGENT_PLACEMENT), else None.
+
+    Unknown keys are the application's and are kept (docs/registry.md), so a near miss
+    is a warning, not an error; the cutoff is high so `AGENT_MEMORY` is not flagged.
+    """
+    import difflib
+
+    if key in OWNED_KEYS:
+        return None
+    close = difflib.get_close_matches(key, OWNED_KEYS, n=1, cutoff=0.85)
+    return close[0] if close else None
+
+
+def key_warnings(path: Path, env: EnvFile) -> list[Problem]:
+    """Warnings for one .env: keys that look like typos of owned keys, keys set twice."""
+    from .problems import Severity
+
+    out: list[Problem] = []
+    seen: dict[str, int] = {}
+    for line in env.lines:
+        if line.key is None:
+            continue
+        if line.key in seen:
+            out.append(
+                Problem(
+                    (Location(path, line.lineno, line.key),),
+                    f"{line.key} is set twice (lines {seen[line.key]} and {line.lineno}); the last one counts",
+                    f"delete one of the two {line.key} lines",
+                    Severity.WARNING,
+                    rule="key-twice",
+                )
+            )
+        seen[line.key] = line.lineno
+    for key, lineno in seen.items():
+        like = owned_key_like(key)
+        if like is not None:
+            out.append(
+                Problem(
+                    (Location(path, lineno, key),),
+                    f"{key} is not a key this tool reads; did you mean {like}?",
+                    f"rename it to {like} (or ignore this if {key} is for the agent's application)",
+                    Severity.WARNING,
+                    rule="key-typo",
+                )
+            )
+    return out
+
+
 def load_fleet(agents_dir: Path, hosts: list[Host], host_problems: Sequence[Problem] = ()) -> Fleet:
     """Every agent of the registry; a missing agents directory raises RegistryError."""
     require_agents_dir(agents_dir)
@@ -189,6 +238,7 @@ def load_fleet(agents_dir: Path, hosts: list[Host], host_problems: Sequence[Prob
             )
             continue
         values = env.values()
+        fleet.problems.extend(key_warnings(path, env))
         lines = env.line_numbers()
         fleet.raw[path] = values
         agent, problems = build_agent(path, values, lines, hosts)
@@ -268,13 +318,119 @@ def locked(agents_dir: Path, timeout: float = 60) -> Iterator[None]:
         yield
 
 
+# The add-agent options that stand for an owned key: messages name the option the user
+# typed, not the .env key it becomes (docs/registry.md#messages).
+FLAG_KEYS = {
+    "AGENT_SUBNET_BASE": "--subnet",
+    "AGENT_HOST": "--host",
+    "AGENT_PLACEMENT": "--placement",
+    "CONTROLPLANE_API_PORT": "--port",
+    "WARDEN_JAILS": "--jails",
+    "SYSTEM_LOCALE": "--system-locale",
+    "DISPLAY_LOCALE": "--locale",
+    "ASSISTANT_LOCALE": "--locale",
+    "SOUL_REPO": "--soul-repo",
+    "SOUL_REF": "--soul-ref",
+}
+
+
 @dataclass(frozen=True)
 class AddRequest:
+    """What the user asked for.  SETTINGS are KEY=VALUE pairs; FLAGS says which of them
+    came from an option (key → `--port`), so that messages name what was typed."""
+
     name: str
     subnet: str | None = None
     host: str | None = None
     placement: str | None = None
     settings: Mapping[str, str] = field(default_factory=dict)
+    flags: Mapping[str, str] = field(default_factory=dict)
+
+    def said(self, key: str) -> str:
+        """How the user wrote KEY: `--subnet 10.0.1` or `--set AGENT_SUBNET_BASE=10.0.1`."""
+        value = self.settings.get(key, "")
+        if key in self.flags:
+            return f"{self.flags[key]} {value}"
+        return f"--set {key}={value}"
+
+    def fix_for(self, key: str, value: str) -> str:
+        """The fix in the user's terms: the option they typed for KEY, with VALUE."""
+        if key in self.flags:
+            return f"{self.flags[key]} {value}"
+        return f"--set {key}={value}"
+
+
+def parse_subnet(text: str, said: str = "", fix_for: Callable[[str], str] | None = None) -> str:
+    """The base (first three octets) of the /24 TEXT names: `10.0.1`, `10.0.1.0`, `10.0.1.0/24`.
+
+    Any other prefix length is refused rather than narrowed to a /24: `10.0.9.0/16` may
+    be a typo for a pool, and quietly taking its first /24 would hide it.  SAID is how
+    the user wrote it and FIX_FOR spells a value the same way, for the message.
+    """
+    said = said or f"--subnet {text}"
+    fix_for = fix_for or (lambda v: f"--subnet {v}")
+    text = text.strip()
+    address, slash, prefix = text.partition("/")
+    octets = address.split(".")
+    if len(octets) == 3:
+        address += ".0"
+    try:
+        net = IPv4Network(f"{address}/{prefix if slash else 24}", strict=False)
+    except ValueError:
+        raise RegistryError(
+            f"{said} is not a /24: expected three octets (10.0.1) or a network (10.0.1.0/24)",
+            f"give e.g. {fix_for('10.0.1')}",
+        ) from None
+    base = str(IPv4Network(f"{address}/24", strict=False).network_address).rsplit(".", 1)[0]
+    if net.prefixlen != 24:
+        raise RegistryError(
+            f"{said} is a /{net.prefixlen}, not a /24: every agent gets exactly one /24",
+            f"give one /24, e.g. {fix_for(base)}",
+        )
+    if str(net.network_address) != address:
+        raise RegistryError(
+            f"{said} is an address inside {net}, not the network itself",
+            f"give the /24 as {fix_for(base)}",
+        )
+    return base
+
+
+def _reconcile(req: AddRequest) -> AddRequest:
+    """Fold --subnet/--host/--placement into the settings; an option and a `--set` of the
+    same key that disagree are refused (never one silently over the other)."""
+    settings = dict(req.settings)
+    flags = dict(req.flags)
+    if settings.get("AGENT_NAME", req.name) != req.name:
+        raise RegistryError(
+            f"--set AGENT_NAME={settings['AGENT_NAME']} disagrees with the agent name {req.name}",
+            "drop --set AGENT_NAME: the name is the first argument",
+        )
+    for key, flag, value in (
+        ("AGENT_SUBNET_BASE", "--subnet", req.subnet),
+        ("AGENT_HOST", "--host", req.host),
+        ("AGENT_PLACEMENT", "--placement", req.placement),
+    ):
+        if value is None:
+            continue
+        if (
+            key in settings
+            and settings[key] != value
+            and not (key == "AGENT_SUBNET_BASE" and _same_subnet(settings[key], value))
+        ):
+            raise RegistryError(
+                f"{flag} {value} and --set {key}={settings[key]} disagree",
+                f"give only one of them: {flag} or --set {key}",
+            )
+        settings[key] = value
+        flags[key] = flag
+    return AddRequest(req.name, settings=settings, flags=flags)
+
+
+def _same_subnet(a: str, b: str) -> bool:
+    try:
+        return parse_subnet(a) == parse_subnet(b)
+    except RegistryError:
+        return False
 
 
 def add_agent(agents_dir: Path, hosts: list[Host], req: AddRequest) -> tuple[Agent, dict[str, str]]:
@@ -282,6 +438,8 @@ def add_agent(agents_dir: Path, hosts: list[Host], req: AddRequest) -> tuple[Age
 
     The whole choose-and-write runs under the registry lock; the new file is checked
     together with the fleet before it is written, so a refused add leaves no trace.
+    Owned keys the user gave (as options or `--set`) are kept as given or refused, never
+    replaced by a chosen value.
     """
     from .checks import check_fleet
 
@@ -292,6 +450,14 @@ def add_agent(agents_dir: Path, hosts: list[Host], req: AddRequest) -> tuple[Age
             "docs/freebsd.md#service-and-variable-names, docs/freebsd.md#bastille-create)",
             f"use e.g. {suggest_name(req.name)!r}",
         )
+    req = _reconcile(req)
+    given = dict(req.settings)
+    if "AGENT_SUBNET_BASE" in given:
+        given["AGENT_SUBNET_BASE"] = parse_subnet(
+            given["AGENT_SUBNET_BASE"],
+            req.said("AGENT_SUBNET_BASE"),
+            lambda v: req.fix_for("AGENT_SUBNET_BASE", v),
+        )
     prepare_agents_dir(agents_dir)
     with locked(agents_dir):
         path = env_path(agents_dir, req.name)
@@ -300,32 +466,25 @@ def add_agent(agents_dir: Path, hosts: list[Host], req: AddRequest) -> tuple[Age
                 f"{path}: agent {req.name!r} already exists", f"pick another name or `invoke remove-agent {req.name}`"
             )
         fleet = load_fleet(agents_dir, hosts)
-        host = _choose_host(hosts, req.host)
-        values: dict[str, str] = {"AGENT_NAME": req.name, "AGENT_HOST": host.name}
-        if req.placement:
-            values["AGENT_PLACEMENT"] = req.placement
-        values.update(req.settings)
-        if req.subnet:
-            values["AGENT_SUBNET_BASE"] = req.subnet.removesuffix(".0/24").removesuffix(".0")
-            if values["AGENT_SUBNET_BASE"].count(".") == 3:
-                values["AGENT_SUBNET_BASE"] = values["AGENT_SUBNET_BASE"].rsplit(".", 1)[0]
-        else:
-            net = next_free_subnet(host.pool, used_networks(fleet))
-            if net is None:
+        host = _choose_host(hosts, given.get("AGENT_HOST"))
+        values: dict[str, str] = {"AGENT_NAME": req.name, "AGENT_HOST": host.name, **given}
+        free_net = next_free_subnet(host.pool, used_networks(fleet))
+        if "AGENT_SUBNET_BASE" not in values:
+            if free_net is None:
                 raise RegistryError(
                     f"{host.source}: host {host.name}: no free /24 left in warden_pool {host.pool}",
                     "enlarge warden_pool or give --subnet",
                 )
-            values["AGENT_SUBNET_BASE"] = str(net.network_address).rsplit(".", 1)[0]
-        if "CONTROLPLANE_API_PORT" not in values:
-            same_host = [a for a in fleet.agents if a.host == host.name]
-            values["CONTROLPLANE_API_PORT"] = str(next_free_port(same_host))
+            values["AGENT_SUBNET_BASE"] = str(free_net.network_address).rsplit(".", 1)[0]
+        same_host = [a for a in fleet.agents if a.host == host.name]
+        free_port = next_free_port(same_host)
+        values.setdefault("CONTROLPLANE_API_PORT", str(free_port))
         if values.get("AGENT_PLACEMENT") == "bhyve" and "WARDEN_VM_IP" not in values:
             values["WARDEN_VM_IP"] = str(next_free_vm_ip(host, fleet.agents_on(host.name)))
         full = derive_defaults(values, host.name)
         agent, problems = build_agent(path, full, {}, hosts)
         if agent is None:
-            raise RegistryError("; ".join(p.message for p in problems), problems[0].fix)
+            raise _refusal(req, problems, free_net, free_port)
         trial = Fleet(hosts=hosts, agents=[*fleet.agents, agent], raw=fleet.raw)
         # A branch SOUL_REF is fine here: `invoke soul-pin` turns it into the commit check wants.
         mine = [
@@ -334,7 +493,7 @@ def add_agent(agents_dir: Path, hosts: list[Host], req: AddRequest) -> tuple[Age
             if p.is_error and p.rule != "soul-ref" and any(loc.file == path for loc in p.locations)
         ]
         if mine:
-            raise RegistryError("; ".join(str(p) for p in mine), mine[0].fix)
+            raise _refusal(req, mine, free_net, free_port)
         items = [(k, full[k]) for k in OWNED_KEYS if full.get(k, "") != ""]
         items += [(k, v) for k, v in req.settings.items() if k not in OWNED_KEYS]
         env = EnvFile.new(
@@ -342,6 +501,66 @@ def add_agent(agents_dir: Path, hosts: list[Host], req: AddRequest) -> tuple[Age
         )
         env.write(0o600)
         return agent, {k: full[k] for k in OWNED_KEYS if k in full}
+
+
+def _refusal(
+    req: AddRequest,
+    problems: Sequence[Problem],
+    free_net: IPv4Network | None,
+    free_port: int,
+    typed: frozenset[str] | None = None,
+) -> RegistryError:
+    """One message per cause, cause first, the fix naming the option the user typed.
+
+    A subnet that overlaps another agent's also duplicates each of its addresses; those
+    follow from the one cause and are not repeated (docs/registry.md#messages).
+    """
+    typed = frozenset(req.settings) if typed is None else typed  # keys the user gave, the others are the file's
+    overlap = [p for p in problems if p.rule == "subnet-overlap"]
+    if overlap or any(p.rule == "subnet-base" for p in problems):
+        problems = [p for p in problems if p.rule not in ("duplicate-ip", "ip-duplicate")] or list(problems)
+    causes: list[str] = []
+    fixes: list[str] = []
+    for p in problems:
+        others = [str(loc) for loc in p.locations if loc.file != req_path(p, req)]
+        key = next((loc.key for loc in p.locations if loc.file == req_path(p, req) and loc.key), None)
+        cause = p.message
+        if key is not None and key in typed:
+            # "CONTROLPLANE_API_PORT=3100 is used…" reads "--port 3100 is used…" to who typed --port
+            for lead in (f"{key}={req.settings[key]} ", f"{key} "):
+                if cause.startswith(lead):
+                    cause = f"{req.said(key)} {cause[len(lead) :]}"
+                    break
+            else:
+                cause = f"{req.said(key)}: {cause}"
+        cause += f" ({'; '.join(others)})" if others else ""
+        if p.rule == "subnet-overlap":
+            where = f"take the next free /24 ({free_net})" if free_net else "take another /24"
+            if "AGENT_SUBNET_BASE" not in typed:
+                fix = "give --subnet with a free /24"
+            elif typed == frozenset(req.settings):
+                fix = f"omit --subnet to {where}, or give another /24"
+            else:
+                fix = f"give --subnet another /24 (the next free one: {free_net})" if free_net else "give another /24"
+        elif p.rule == "duplicate-controlplane_api_port":
+            fix = f"use {req.fix_for('CONTROLPLANE_API_PORT', str(free_port))} (free on this host), or omit it"
+        elif key is not None and key in req.flags:
+            fix = p.fix.replace(f"{key}=", f"{req.flags[key]} ")
+        else:
+            fix = p.fix
+        if cause not in causes:
+            causes.append(cause)
+        if fix not in fixes:
+            fixes.append(fix)
+    return RegistryError("; ".join(causes), "; ".join(fixes))
+
+
+def req_path(problem: Problem, req: AddRequest) -> Path:
+    """The new agent's .env among a problem's locations (the one whose agent is REQ's)."""
+    for loc in problem.locations:
+        if loc.file.parent.name == req.name:
+            return loc.file
+    return Path("-")
 
 
 def _choose_host(hosts: Sequence[Host], wanted: str | None) -> Host:
@@ -464,3 +683,149 @@ def remove_agent(agents_dir: Path, name: str, hosts: list[Host] | None = None, f
             )
         shutil.rmtree(plan.directory)
         return plan
+
+
+# -- change ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChangeRequest:
+    """What `set-agent` was asked to change; None leaves a value as it is."""
+
+    name: str
+    subnet: str | None = None
+    host: str | None = None
+    placement: str | None = None
+    port: int | None = None
+    jails: str | None = None
+    rename: str | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """What `set-agent` rewrote: (key, old, new) per key, and what happens elsewhere."""
+
+    agent: Agent
+    path: Path
+    edits: tuple[tuple[str, str, str], ...]
+    notes: tuple[str, ...]
+
+
+def _moved(value: str, old: IPv4Network, new_base: str) -> str:
+    """An address (or the /24) of the old subnet, moved to the same place in the new one."""
+    if value == str(old):
+        return f"{new_base}.0/24"
+    try:
+        ip = IPv4Address(value)
+    except ValueError:
+        return value
+    if ip not in old:
+        return value  # not derived from this agent's subnet: a shared jail elsewhere, kept
+    return f"{new_base}.{int(ip) - int(old.network_address)}"
+
+
+def change_agent(agents_dir: Path, hosts: list[Host], req: ChangeRequest) -> Change:
+    """Rewrite one agent's .env so every derived value follows the change, under the lock.
+
+    Moving the subnet moves the gateway and every jail address that lay in it (a shared
+    LLM jail elsewhere stays); moving host re-chooses the API port and bhyve uplink
+    address only when the old ones are taken there.  Only the lines of changed keys are
+    rewritten: comments, order and the application's keys stay (docs/registry.md#changing-an-agent).
+    """
+    from .checks import check_fleet
+
+    if req.rename is not None:
+        raise RegistryError(
+            f"set-agent does not rename: {req.name} is the rc.d service, the user, the jail prefix and the "
+            "data directory on the host",
+            f"add the new agent with `invoke add-agent {req.rename}` and the same options, move its data on the "
+            f"host, then `invoke remove-agent {req.name}`",
+        )
+    require_agents_dir(agents_dir)
+    path = env_path(agents_dir, req.name)
+    with locked(agents_dir):
+        if not path.is_file():
+            known = ", ".join(p.parent.name for p in iter_env_files(agents_dir)) or "none"
+            raise RegistryError(
+                f"no agent {req.name!r} in {agents_dir} (agents: {known})", "check the name with `invoke list`"
+            )
+        fleet = load_fleet(agents_dir, hosts)
+        current = next((a for a in fleet.agents if a.name == req.name), None)
+        if current is None:
+            raise RegistryError(
+                f"{path} does not load, so its derived values cannot be rewritten", "fix it first (see `invoke check`)"
+            )
+        env = EnvFile.load(path)
+        values = env.values()
+        new: dict[str, str] = {}
+        flags: dict[str, str] = {}
+        notes: list[str] = []
+        others = [a for a in fleet.agents if a.name != req.name]
+        host = _choose_host(hosts, req.host) if req.host else fleet.host(current.host)
+        assert host is not None
+        if req.subnet is not None:
+            base = parse_subnet(req.subnet)
+            flags["AGENT_SUBNET_BASE"] = "--subnet"
+            new["AGENT_SUBNET_BASE"] = base
+            for key in sorted(BASE_DERIVED):
+                if key in values:
+                    new[key] = _moved(values[key], current.subnet, base)
+        if req.jails is not None:
+            flags["WARDEN_JAILS"] = "--jails"
+            new["WARDEN_JAILS"] = req.jails
+        if req.placement is not None and req.placement != current.placement:
+            flags["AGENT_PLACEMENT"] = "--placement"
+            new["AGENT_PLACEMENT"] = req.placement
+        placement = new.get("AGENT_PLACEMENT", current.placement)
+        if req.port is not None:
+            flags["CONTROLPLANE_API_PORT"] = "--port"
+            new["CONTROLPLANE_API_PORT"] = str(req.port)
+        if host.name != current.host:
+            flags["AGENT_HOST"] = "--host"
+            new["AGENT_HOST"] = host.name
+            there = [a for a in others if a.host == host.name]
+            if req.port is None and current.api_port in {a.api_port for a in there}:
+                new["CONTROLPLANE_API_PORT"] = str(next_free_port(there))
+                notes.append(
+                    f"port {current.api_port} is taken on {host.name}: CONTROLPLANE_API_PORT becomes "
+                    f"{new['CONTROLPLANE_API_PORT']}"
+                )
+            notes.append(
+                f"on the next apply {current.host} loses {req.name}'s service, files and gateway address, as for a "
+                f"removed agent; its jails and their data stay on {current.host} unless that apply runs with "
+                "-e warden_destroy_jails=true"
+            )
+        if placement == "bhyve" and (host.name != current.host or current.placement != "bhyve"):
+            taken = [a for a in others if a.host == host.name]
+            if (
+                current.vm_ip is None
+                or current.vm_ip in {a.vm_ip for a in taken}
+                or current.vm_ip not in host.vm_uplink
+            ):
+                new["WARDEN_VM_IP"] = str(next_free_vm_ip(host, taken))
+        new = {k: v for k, v in new.items() if values.get(k) != v or k not in values}
+        new = {k: v for k, v in new.items() if not (k not in values and k in BASE_DERIVED)}
+        if not new:
+            raise RegistryError(
+                f"{req.name}: nothing to change", "give at least one of --subnet, --host, --placement, --port, --jails"
+            )
+        merged = {**values, **new}
+        agent, problems = build_agent(path, merged, env.line_numbers(), hosts)
+        said = AddRequest(req.name, settings=merged, flags=flags)
+        typed = frozenset(flags)
+        free_port = next_free_port([a for a in others if a.host == host.name])
+        if agent is None:
+            raise _refusal(said, problems, None, free_port, typed)
+        trial = Fleet(hosts=hosts, agents=[*others, agent], raw={p: v for p, v in fleet.raw.items() if p != path})
+        before = {str(p) for p in check_fleet(fleet) if p.is_error}
+        # new errors anywhere: moving atlas's subnet breaks iris, which shares atlas's LLM jail
+        caused = [p for p in check_fleet(trial) if p.is_error and str(p) not in before]
+        if caused:
+            free = next_free_subnet(host.pool, [n for n in used_networks(trial) if n != agent.subnet])
+            raise _refusal(said, caused, free, free_port, typed)
+        order = {k: i for i, k in enumerate(OWNED_KEYS)}
+        edits = tuple((k, values.get(k, ""), v) for k, v in sorted(new.items(), key=lambda kv: order.get(kv[0], 99)))
+        for key, value in new.items():
+            env.set(key, value)
+        env.write(0o600)
+        return Change(agent, path, edits, tuple(notes))

@@ -25,6 +25,11 @@ class AgentStatus:
     pf: str = ""
     ok: bool = True
 
+    @classmethod
+    def unknown(cls, agent: str, why: str) -> AgentStatus:
+        """A row for an agent whose machine was not read: nothing about it is known."""
+        return cls(agent, service=f"unknown ({why})", api="unknown", gateway="unknown", pf="unknown", ok=False)
+
 
 def status_script(host: Host, agents: list[Agent]) -> str:
     lines = [
