@@ -527,12 +527,10 @@ def _refusal(
         cause = p.message
         if key is not None and key in typed:
             # "CONTROLPLANE_API_PORT=3100 is used…" reads "--port 3100 is used…" to who typed --port
-            for lead in (f"{key}={req.settings[key]} ", f"{key} "):
-                if cause.startswith(lead):
-                    cause = f"{req.said(key)} {cause[len(lead) :]}"
-                    break
+            if cause.startswith(f"{key}={req.settings[key]} "):
+                cause = f"{req.said(key)} {cause[len(key) + len(req.settings[key]) + 2 :]}"
             else:
-                cause = f"{req.said(key)}: {cause}"
+                cause = f"{req.said(key)}: {cause.removeprefix(f'{key} ')}"
         cause += f" ({'; '.join(others)})" if others else ""
         if p.rule == "subnet-overlap":
             where = f"take the next free /24 ({free_net})" if free_net else "take another /24"
@@ -544,6 +542,8 @@ def _refusal(
                 fix = f"give --subnet another /24 (the next free one: {free_net})" if free_net else "give another /24"
         elif p.rule == "duplicate-controlplane_api_port":
             fix = f"use {req.fix_for('CONTROLPLANE_API_PORT', str(free_port))} (free on this host), or omit it"
+        elif key is not None and key in typed and p.fix.startswith(f"set {key} to a valid value"):
+            fix = f"give {req.flags.get(key, f'--set {key}=')} a valid value"  # not the file: it is not written
         elif key is not None and key in req.flags:
             fix = p.fix.replace(f"{key}=", f"{req.flags[key]} ")
         else:

@@ -164,6 +164,25 @@ def test_a_taken_port_suggests_a_free_one_with_the_option_typed(registry: Regist
     assert "CONTROLPLANE_API_PORT=" not in line.split("fix:", 1)[1]
 
 
+@pytest.mark.parametrize(
+    ("args", "start", "fix"),
+    [
+        (["--locale", "german"], "error: --locale german: must be a BCP 47 tag", "give --locale a valid value"),
+        (["--placement", "vm"], "error: --placement vm: ", "use --placement host or --placement bhyve"),
+        (["--jails", "git web"], "error: --jails git web: unknown jail role 'web'", "give --jails a valid value"),
+    ],
+)
+def test_a_bad_option_value_is_named_by_the_option_typed(
+    registry: Registry, args: list[str], start: str, fix: str
+) -> None:
+    result = invoke(registry, "add-agent", "atlas", *args)
+    assert result.returncode == 1
+    (line,) = error_lines(result.stderr)
+    assert line.startswith(start), line
+    assert line.endswith(f"(fix: {fix})"), line
+    assert ".env" not in line  # the file does not exist yet: the fix is in the user's terms
+
+
 def test_a_missing_inventory_is_one_error_naming_its_cause(registry: Registry) -> None:
     registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nAGENT_HOST=fbsd1\n")
     missing = registry.root / "typo.yml"
