@@ -5,10 +5,12 @@ Run `invoke --list` for the list, `invoke --help <task>` for a task's options.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any
 
 from invoke.context import Context
+from invoke.exceptions import ParseError
 from invoke.parser.parser import ParseMachine
 from invoke.tasks import Task
 from invoke.tasks import task as _task
@@ -37,7 +39,14 @@ def _help_before_positionals(self: Any, token: str) -> None:
         for arg in context.missing_positional_args:
             arg.value = ""  # satisfied so parsing ends; help is printed before any task runs
         return
-    _handle(self, token)
+    try:
+        _handle(self, token)
+    except ParseError as exc:
+        # "No idea what 'add-agnet' is!" names the task it was probably meant to be
+        close = difflib.get_close_matches(token, list(self.contexts), n=1) if not token.startswith("-") else []
+        if not close or "No idea what" not in str(exc):
+            raise
+        raise ParseError(f"{exc} Did you mean {close[0]!r}?", exc.context) from None
 
 
 ParseMachine.handle = _help_before_positionals  # type: ignore[method-assign]

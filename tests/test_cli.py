@@ -259,6 +259,13 @@ def test_every_invoke_task_prints_its_help(registry: Registry, flag: str) -> Non
     assert not (registry.agents / "--help").exists()
 
 
+def test_invoke_suggests_the_task_it_did_not_know(registry: Registry) -> None:
+    result = invoke(registry, "add-agnet", "atlas")
+    assert result.returncode == 1
+    assert "No idea what 'add-agnet' is! Did you mean 'add-agent'?" in result.stderr
+    assert not (registry.agents / "atlas").exists()
+
+
 # -- item 9: the warden console script -------------------------------------------------
 
 WARDEN = Path(sys.executable).with_name("warden")
