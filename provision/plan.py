@@ -94,12 +94,31 @@ def _eol(line: str) -> str:
     return line[len(line.rstrip("\r\n")) :]
 
 
+# A word of a comment is shown only when it reads as prose: letters of any script (at most
+# 24, or two short lowercase parts joined by one hyphen, as in `add-agent`), a number of
+# at most 4 digits, or punctuation, each optionally wrapped in quotes, backticks, brackets
+# or followed by sentence punctuation. Anything else — digits mixed with letters, long or
+# several-times-hyphenated runs, `=`, `/`, `:` inside a word — may be a credential and is
+# masked (docs/security.md).
+_PROSE_WORD = re.compile(
+    r"[`'\"(\[{<]*(?:[^\W\d_]{1,24}|[a-z]{1,10}-[a-z]{1,10}|\d{1,4}|[#*\u2022\u2013\u2014-]+)[`'\")\]}>]*[.,:;!?]*[`'\")\]}>]*"
+)
+
+
+def mask_comment(line: str) -> str:
+    """A comment line of a secret file with every word that is not plain prose masked."""
+    eol = _eol(line)
+    words = re.split(r"(\s+)", line[: len(line) - len(eol)])
+    return "".join(w if not w or w.isspace() or _PROSE_WORD.fullmatch(w) else MASK for w in words) + eol
+
+
 def _env_shown(text: str) -> list[str]:
     """The lines of a secret .env as they may be printed: one per line of TEXT.
 
     Parsed as python-dotenv parses it (a quoted value may span lines).  Only the tool's
-    own keys (models.OWNED: names, subnets, ports) keep their value; every other value,
-    every continuation line and every comment is masked.  Blank lines stay blank.
+    own keys (models.OWNED: names, subnets, ports) keep their value; every other value and
+    every continuation line is masked; comments are shown with every word that is not
+    plain prose masked (mask_comment).  Blank lines stay blank.
     """
     from dotenv.parser import parse_stream
 
@@ -116,9 +135,8 @@ def _env_shown(text: str) -> list[str]:
                 shown.append(line)
             elif b.error or (body and i != body[0]):
                 shown.append(MASK + _eol(line))
-            elif b.key is None:
-                indent = line[: len(line) - len(line.lstrip())]
-                shown.append(f"{indent}# {MASK}{_eol(line)}")
+            elif b.key is None and line.lstrip().startswith("#"):
+                shown.append(mask_comment(line))
             elif b.key in OWNED and len(body) == 1 and not is_secret_key(b.key):
                 shown.append(_mask_line(line))
             elif "=" in line:

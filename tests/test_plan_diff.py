@@ -5,11 +5,12 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from provision.manifest import LIVE_MANIFEST_PATH, FileEntry, Manifest
-from provision.plan import MASK, HostPlan, _env_shown, exit_status, mask_secrets, plan_host, unified
+from provision.plan import MASK, HostPlan, _env_shown, exit_status, mask_comment, mask_secrets, plan_host, unified
 from provision.remote import LiveFiles, Stat
 
 lines = st.lists(st.sampled_from(["a\n", "b\n", "c\n", "pass out all\n", "\n", "x"]), max_size=12).map("".join)
@@ -59,7 +60,7 @@ def test_in_a_secret_file_only_the_tools_own_keys_show_their_values() -> None:
     shown = _env_shown(text)
     assert len(shown) == len(text.splitlines())
     assert shown == [
-        f"# {MASK}\n",
+        f"# atlas: token is {MASK}\n",
         "\n",
         "AGENT_NAME=atlas\n",
         "export CONTROLPLANE_API_PORT=3100\n",
@@ -147,3 +148,23 @@ def test_exit_status_is_terraforms_detailed_exitcode() -> None:
     assert exit_status([clean]) == 0
     assert exit_status([clean, pending]) == 2
     assert exit_status([pending, failed]) == 1
+
+
+@pytest.mark.parametrize(
+    ("comment", "shown"),
+    [
+        (
+            "# atlas: written by `invoke add-agent`; derived values are spelled out and may be edited.\n",
+            "# atlas: written by `invoke add-agent`; derived values are spelled out and may be edited.\n",
+        ),
+        ("# Zadnja sprememba: Iris, 2026 — ročno\n", "# Zadnja sprememba: Iris, 2026 — ročno\n"),
+        ("# old key sk-ant-api03-AbC123xyz was rotated\n", f"# old key {MASK} was rotated\n"),
+        ("#token=abcdefgh\n", f"{MASK}\n"),
+        ("# see https://deploy:glpat-secret@git.example/x.git\n", f"# see {MASK}\n"),
+        ("# pass: hunter2 (temporary)\n", f"# pass: {MASK} (temporary)\n"),
+        ("  # indented note\r\n", "  # indented note\r\n"),
+    ],
+)
+def test_env_comments_are_shown_with_secret_looking_words_masked(comment: str, shown: str) -> None:
+    assert mask_comment(comment) == shown
+    assert _env_shown(f"AGENT_NAME=atlas\n{comment}")[1] == shown
