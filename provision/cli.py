@@ -414,12 +414,10 @@ def prepare() -> int:
     One interpreter start and one registry load instead of three (docs/design.md#quality-bars);
     the first error stops it before anything is rendered.
     """
-    from .render import render_fleet
-
     settings, fleet = load()
     if check(settings, fleet):
         return 1
-    rendered = render_fleet(fleet, settings.build_dir)
+    rendered = write_build(fleet, settings, only=None)
     console().print(f"rendered {len(rendered)} machine(s) into {settings.build_dir}")
     return souls(settings, fleet)
 
