@@ -193,3 +193,27 @@ def test_wrapper_stops_the_agent_gracefully_on_sigterm(registry: Registry, tmp_p
     lines = (tmp_path / "calls").read_text().splitlines()
     assert "new-session" not in "\n".join(lines)  # the existing session was adopted, not duplicated
     assert lines[-2:] == ["list-panes -s -t =atlas -F #{pane_pid}", "kill-session -t =atlas"]
+
+
+def test_a_display_name_with_command_substitution_never_runs_in_the_rc_d_script(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Issue 11's reproduction, past the validators: desc= in the rc.d script holds the value
+    as data for every rc verb (rcvar, status, start), the way rc.subr and the facts probe run it."""
+    from provision.render import _env, layouts, render_layout
+
+    from .hostile import run_outputs
+
+    canary = tmp_path / "pwned"
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\n")
+    hosts, _ = load_inventory(registry.inventory)
+    fleet = load_fleet(registry.agents, hosts)
+    for n, name in enumerate((f"Atlas $(touch {canary})", f"Atlas `touch {canary}`", f'Atlas"; touch {canary}; "')):
+        fleet.agents = [a.model_copy(update={"assistant_name": name}) for a in fleet.agents]
+        (layout,) = layouts(fleet)
+        _, files = render_layout(layout, _env())
+        work = tmp_path / f"run{n}"
+        work.mkdir()
+        stdout, _ = run_outputs([(path, text) for path, (text, _) in files.items()], work)
+        assert not canary.exists(), name
+        assert f"status /var/run/atlas.pid {name}, AI agent atlas" in stdout
