@@ -127,7 +127,9 @@ def print_json(schema: str, document: Mapping[str, Any]) -> None:
     """One JSON document on stdout, naming its schema (schemas/<schema>.json, README.md#json-output)."""
     import json
 
-    sys.stdout.write(json.dumps({"schema": schema, **document}, indent=2, sort_keys=False) + "\n")
+    # Credentials in URLs never reach the output, whatever put them in a message.
+    text = mask_url_credentials(json.dumps({"schema": schema, **document}, indent=2, sort_keys=False))
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import re
 
 MASK = "********"
-# Greedy up to the last '@' before the path: a password may itself hold an '@'.
-URL_USERINFO_RE = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)([^/\s]+)@")
+# Greedy up to the last '@' before the path: a password may itself hold an '@'. Not
+# across quotes, blanks or '<>' (RFC 3986 userinfo has none), so a JSON document or an
+# HTML-ish line stays well-formed when masked.
+URL_USERINFO_RE = re.compile(r"""\b([A-Za-z][A-Za-z0-9+.-]*://)([^/\s"<>\\]+)@""")
 
 
 def url_credentials(value: str) -> list[str]:

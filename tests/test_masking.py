@@ -69,6 +69,16 @@ def test_check_and_soul_check_never_print_soul_repo_credentials(registry: Regist
         assert TOKEN not in out and PASSWORD not in out
 
 
+def test_check_json_never_prints_soul_repo_credentials(registry: Registry) -> None:
+    import json
+
+    registry.write_env("atlas", f"AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nSOUL_REPO={TOKEN_URL}\nSOUL_REF=main\n")
+    result = invoke(registry, "check", "--json")
+    assert result.returncode == 1 and TOKEN not in result.stdout + result.stderr
+    document = json.loads(result.stdout)  # masking keeps the document well-formed
+    assert any(f"https://{MASK}@127.0.0.1:9" in p["message"] for p in document["problems"])
+
+
 def test_add_agent_does_not_print_soul_repo_credentials(registry: Registry) -> None:
     result = invoke(registry, "add-agent", "atlas", "--soul-repo", SOUL_URL, "--soul-ref", "main")
     assert result.returncode == 0, result.stderr
