@@ -109,6 +109,14 @@ def _require_inventory(problems: list[Problem]) -> None:
             raise CommandError(f"{p.locations[0]}: {p.message} (fix: {p.fix})")
 
 
+def _shown_value(key: str, value: str) -> str:
+    """VALUE as a message may show it: masked for a secret-looking key, URL credentials masked."""
+    from .masking import MASK
+    from .models import is_secret_key
+
+    return MASK if is_secret_key(key) else repr(mask_url_credentials(value))
+
+
 def parse_set(pairs: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     """`--set KEY=VALUE` pairs as a dict, and a warning for each key given twice."""
     out: dict[str, str] = {}
@@ -118,7 +126,8 @@ def parse_set(pairs: Sequence[str]) -> tuple[dict[str, str], list[str]]:
         if not sep or not key:
             raise CommandError(f"--set {pair!r}: expected KEY=VALUE (fix: e.g. --set SOUL_REF=main)")
         if key in out and out[key] != value:
-            warnings.append(f"--set {key} is given twice ({out[key]!r}, then {value!r}); the last one counts")
+            first, last = _shown_value(key, out[key]), _shown_value(key, value)
+            warnings.append(f"--set {key} is given twice ({first}, then {last}); the last one counts")
         out[key] = value
     return out, warnings
 

@@ -137,3 +137,14 @@ def test_a_soul_holding_the_database_urls_password_is_refused(registry: Registry
     values = {**agent.extra, "AGENT_NAME": "atlas"}  # as check and soul-check pass them
     found = validate(fetch(str(repo), None, registry.root / "cache").path, "atlas", values, repo / ".env")
     assert [p.rule for p in found] == ["soul-agent-secret"] and all("FAKE-DB" not in str(p) for p in found)
+
+
+def test_a_key_set_twice_is_warned_about_without_its_secret_values() -> None:
+    from provision.cli import parse_set
+
+    _, warnings = parse_set(
+        ["API_TOKEN=FAKE-TOKEN-1111", "API_TOKEN=FAKE-TOKEN-2222", f"SOUL_REPO={SOUL_URL}", "SOUL_REPO=/x"]
+    )
+    text = "\n".join(warnings)
+    assert "FAKE-TOKEN" not in text and PASSWORD not in text
+    assert f"--set API_TOKEN is given twice ({MASK}, then {MASK})" in text and f"https://{MASK}@" in text
