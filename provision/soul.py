@@ -416,6 +416,21 @@ def _walk(root: Path) -> list[tuple[str, os.DirEntry[str]]]:
     return sorted(out, key=lambda t: t[0])
 
 
+def checked(fetched: Fetched, agent_name: str, values: Mapping[str, str], source: Path) -> list[Problem]:
+    """fetched.problems and validate(), remembered when clean: `site.yml` checks a soul and then
+    bundles it in one run, and a tree that passed with the same secrets passes again."""
+    secrets = sorted(v for k, v in values.items() if is_secret_key(k) or url_credentials(v))
+    rules = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()  # new rules: check again
+    key = json.dumps([fetched.tree, agent_name, secrets, rules])
+    marker = fetched.path.with_name(f"{fetched.path.name}.clean-{hashlib.sha256(key.encode()).hexdigest()[:32]}")
+    if fetched.tree and marker.exists():
+        return []
+    problems = [*fetched.problems, *validate(fetched.path, agent_name, values, source)]
+    if not problems and fetched.tree:
+        marker.touch()
+    return problems
+
+
 def check_agent_soul(agent_name: str, env_path: Path, env_values: Mapping[str, str], cache_dir: Path) -> list[Problem]:
     """Fetch and validate the agent's SOUL_REPO at SOUL_REF; [] when it has none."""
     repo = env_values.get("SOUL_REPO")
@@ -425,7 +440,7 @@ def check_agent_soul(agent_name: str, env_path: Path, env_values: Mapping[str, s
         fetched = fetch(repo, env_values.get("SOUL_REF") or None, cache_dir / "souls")
     except SoulError as exc:
         return [Problem((Location(env_path, None, "SOUL_REPO"),), str(exc), "see the message", rule="soul-fetch")]
-    problems = [*fetched.problems, *validate(fetched.path, agent_name, env_values, env_path)]
+    problems = checked(fetched, agent_name, env_values, env_path)
     return [
         Problem((Location(env_path, None, "SOUL_REPO"), *p.locations), p.message, p.fix, rule=p.rule) for p in problems
     ]
@@ -514,7 +529,7 @@ def prepare_bundles(
                 f"soul of {agent}: SOUL_REF={ref or ''} is not a full commit hash (fix: run `invoke soul-pin {agent}`)"
             )
         fetched = fetch(repo, ref, cache_dir)
-        problems = [*fetched.problems, *validate(fetched.path, agent, values, Path(".env"))]
+        problems = checked(fetched, agent, values, Path(".env"))
         if problems:
             raise SoulError(
                 f"soul of {agent} at {ref}: {problems[0].message} (fix: {problems[0].fix}; "
