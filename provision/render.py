@@ -689,24 +689,17 @@ def _stage_host(build_dir: Path, manifest: Manifest, files: Files) -> tuple[Rend
     return rendered, _stage_fresh(build_dir, manifest.host, items)
 
 
-def write_host(build_dir: Path, manifest: Manifest, files: Files) -> RenderedHost:
-    """Make build/<host>/ hold exactly these files and the manifest; stale files vanish.
-
-    Complete or absent (docs/security.md): every changed file is written in full and
-    fsynced beside the live tree first; only then are they renamed into place, the
-    manifest last.  A failure (a full disk) leaves the previous tree as it was.
-    """
-    rendered, staged = _stage_host(build_dir, manifest, files)
-    staged.commit()
-    return rendered
-
-
 def render_fleet(fleet: Fleet, build_dir: Path, only: Sequence[str] | None = None) -> list[RenderedHost]:
     """Write build/<machine>/ for every host and guest (or only those named).
 
     Raises RenderError, before writing anything, when `render_problems` finds something.
     Directories of machines no longer in the fleet are left alone: build/ may hold other
     trees (the demo's), and plan/Ansible only read the machines they are asked about.
+
+    Complete or absent (docs/security.md): every changed file is written in full and
+    fsynced beside the live tree first; only when every machine is staged are they
+    renamed into place, the manifest last. An OSError (a full disk) leaves the previous
+    build as it was.
     """
     problems = render_problems(fleet)
     if problems:
