@@ -279,3 +279,25 @@ def test_pkg_and_freebsd_version_answer_as_freebsd_does(testhost: TestHost) -> N
         assert run(client, "freebsd-version -ku")[1] == "14.3-RELEASE\n14.3-RELEASE\n"
     finally:
         client.close()
+
+
+def test_every_rendered_bastillefile_applies_to_a_new_jail_of_its_role(testhost: TestHost, example: Path) -> None:
+    """The example fleet's Bastillefiles (db needs SysV IPC first: the play's job, see test_ansible)."""
+    import json
+    import shutil
+
+    shutil.copytree(
+        example / "fbsd1/usr/local/bastille/templates/warden", testhost.root / "usr/local/bastille/templates/warden"
+    )
+    jails = json.loads((example / "fbsd1/.warden/manifest.json").read_text())["jails"]
+    client = connect(testhost)
+    try:
+        run(client, "ifconfig bridge create name warden0")
+        for jail in (j for j in jails if j["role"] != "db"):
+            assert run(client, "bastille " + " ".join(jail["create_args"]))[0] == 0
+            status, out, err = run(client, f"bastille template {jail['name']} {jail['template']}")
+            assert status == 0, (jail["name"], out, err)
+    finally:
+        client.close()
+    state = testhost.state()["jails"]
+    assert state["atlascms"]["services"]["nginx"]["running"] and state["atlasgit"]["services"]["sshd"]["running"]

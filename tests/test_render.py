@@ -302,6 +302,10 @@ def test_bastillefiles_use_only_bastille_hooks(example: Path) -> None:
         for line in path.read_text().splitlines():
             if line and not line.startswith("#"):
                 assert line.split()[0] in hooks, (path, line)
+            if line.startswith("SERVICE "):
+                # template.sh evals the line as `bastille service JAIL ARGS`; service.sh
+                # wants exactly JAIL SERVICE VERB, so the words must not be quoted together.
+                assert len(shlex.split(line)) == 3, (path, line)
 
 
 def test_bhyve_agent_gets_a_guest_on_the_host_and_a_host_layout_of_its_own(example: Path) -> None:
