@@ -250,6 +250,10 @@ def _rc_conf(layout: HostLayout) -> tuple[list[RcEdit], list[str]]:
         RcEdit("set", "pf_fallback_rules_enable", "YES"),
         RcEdit("set", "pf_fallback_rules_file", PF_FALLBACK_FILE),
     ]
+    if any(a.jails for a in layout.agents):
+        # Bastille's rc.d script starts the jails at boot only with bastille_enable=YES
+        # (docs/freebsd.md#bastille-jail-lifecycle).
+        edits.append(RcEdit("set", "bastille_enable", "YES"))
     if layout.guests:
         # vm-bhyve setup: docs/freebsd.md#vm-bhyve
         edits += [RcEdit("set", "vm_enable", "YES"), RcEdit("set", "vm_dir", layout.vm_dir)]
@@ -358,7 +362,8 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
             header=header,
             name=agent.name,
             rcvar=agent.rcvar,
-            requires=list(agent.requires),
+            # An agent with jails starts after rc.d/bastille has started them.
+            requires=[*agent.requires, *(["bastille"] if agent.jails else [])],
             desc=f"{agent.assistant_name}, AI agent {agent.name}",
             directory=agent.directory,
             # docs/freebsd.md#rcsubr-knobs: _env is split on whitespace; locale names have no spaces.

@@ -180,7 +180,7 @@ def test_manifest_json_round_trips(example: Path) -> None:
 def test_rc_d_script_follows_rc_subr_and_daemon_rules(example: Path) -> None:
     text = (example / "fbsd1/usr/local/etc/rc.d/hermes").read_text()
     # docs/freebsd.md#rcd-scripts
-    assert "# PROVIDE: hermes\n# REQUIRE: LOGIN NETWORKING atlas\n# KEYWORD: shutdown\n" in text
+    assert "# PROVIDE: hermes\n# REQUIRE: LOGIN NETWORKING atlas bastille\n# KEYWORD: shutdown\n" in text
     assert "name=hermes\nrcvar=hermes_enable\n" in text
     assert text.index('load_rc_config "$name"') < text.index(': "${hermes_enable:=NO}"')  # docs/freebsd.md#rcd-scripts
     assert 'command="/usr/sbin/daemon"' in text and "\nprocname=" not in text  # procname stays daemon
@@ -555,3 +555,11 @@ def test_eight_renders_at_once_into_a_fresh_build_all_succeed(registry: Registry
     hosts, _ = load_inventory(registry.inventory)
     render_fleet(load_fleet(registry.agents, hosts), once)
     assert tree(registry.build / "fbsd1") == tree(once / "fbsd1")
+
+
+def test_a_host_with_jails_starts_bastille_at_boot_and_its_agents_after_it(example: Path) -> None:
+    """rc.d/bastille starts jails only with bastille_enable=YES (docs/freebsd.md#bastille-jail-lifecycle)."""
+    manifest = Manifest.load(example / "fbsd1")
+    assert {(e.name, e.value) for e in manifest.rc_conf if e.op == "set"} >= {("bastille_enable", "YES")}
+    script = (example / "fbsd1/usr/local/etc/rc.d/atlas").read_text()
+    assert re.search(r"^# REQUIRE: LOGIN NETWORKING.* bastille$", script, re.M), script[:400]
