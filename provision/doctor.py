@@ -20,6 +20,7 @@ MIN_FREE_KB = 2 * 1024 * 1024  # 2 GiB for a release and a few thin jails
 PROBE = r"""
 section() { printf '=== %s ===\n' "$1"; }
 section version; freebsd-version 2>/dev/null
+section kernel; freebsd-version -k 2>/dev/null
 section python; command -v python3 || ls /usr/local/bin/python3.* 2>/dev/null | head -n 1
 section bastille; command -v bastille
 section release; [ -d "/usr/local/bastille/releases/$release" ] && echo yes
@@ -28,7 +29,7 @@ section devfs; grep -s '^\[bastille_vnet=13\]' /etc/devfs.rules
 section bridge; { kldstat -q -m if_bridge && echo loaded; } || { [ -f /boot/kernel/if_bridge.ko ] && echo loadable; }
 section gateway; sysrc -n gateway_enable 2>/dev/null
 section pf; pfctl -s info 2>/dev/null | grep -s '^Status'
-section pfconf; pfctl -n -f /etc/pf.conf >/dev/null 2>&1 && echo ok
+section pfconf; if [ -e /etc/pf.conf ]; then pfctl -n -f /etc/pf.conf >/dev/null 2>&1 && echo ok; else echo absent; fi
 section racct; sysctl -n kern.racct.enable 2>/dev/null
 section vm; d=$(sysrc -n vm_dir 2>/dev/null); [ -n "$d" ] && [ -d "$d/.templates" ] && echo yes
 section disk; df -k / | tail -n 1
@@ -98,6 +99,19 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
         version or "freebsd-version gave nothing",
         "freebsd-update -r 14.3-RELEASE upgrade",
     )
+    # docs/freebsd.md#jail-release: a jail runs on the host's kernel, so its userland
+    # (warden_release) must not be newer than `freebsd-version -k`.
+    kernel = s.get("kernel", "")
+    km, rm = re.match(r"^(\d+)\.(\d+)", kernel), re.match(r"^(\d+)\.(\d+)", host.release)
+    if km and rm:
+        kernel_release = f"{km.group(1)}.{km.group(2)}-RELEASE"
+        add(
+            f"jail release {host.release} runs on the kernel",
+            (int(rm.group(1)), int(rm.group(2))) <= (int(km.group(1)), int(km.group(2))),
+            f"warden_release {host.release}, kernel {kernel}",
+            f"set warden_release: {kernel_release} for {host.name} in {host.source}"
+            f" (or upgrade the kernel: freebsd-update -r {host.release} upgrade)",
+        )
     add("python for Ansible", bool(s.get("python")), s.get("python") or "no python3", "pkg install -y python311")
     add("Bastille installed", bool(s.get("bastille")), s.get("bastille") or "no bastille", "pkg install -y bastille")
     add(
@@ -139,10 +153,12 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
         s.get("pf") or "pf not running",
         "sysrc pf_enable=YES && service pf start",
     )
+    # A fresh FreeBSD has no /etc/pf.conf (rc.conf(5) pf_rules names it, nothing installs it):
+    # site.yml writes one with our hook, so only an existing file has to load.
     add(
         "current /etc/pf.conf loads",
-        s.get("pfconf") == "ok",
-        "pfctl -nf /etc/pf.conf",
+        s.get("pfconf") in ("ok", "absent"),
+        "no /etc/pf.conf yet: site.yml writes one" if s.get("pfconf") == "absent" else "pfctl -nf /etc/pf.conf",
         "pfctl -nf /etc/pf.conf  # and fix what it reports",
     )
     if any(a.memory_limit or a.maxproc or a.pcpu or a.openfiles or a.jail_memory_limit for a in agents):

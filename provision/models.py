@@ -80,7 +80,9 @@ ROLE_KEYS: dict[str, tuple[str, str]] = {
 DEFAULT_API_PORT = 3100
 DEFAULT_POOL = IPv4Network("10.0.0.0/16")
 DEFAULT_BRIDGE = "warden0"
-DEFAULT_RELEASE = "15.0-RELEASE"
+# The oldest supported release: a jail's userland must not be newer than the host's kernel,
+# and render stays offline, so the default runs on every supported kernel (docs/freebsd.md#jail-release).
+DEFAULT_RELEASE = "14.3-RELEASE"
 DEFAULT_VM_UPLINK = IPv4Network("10.255.0.0/24")
 
 # Keys this tool owns, in the order add-agent writes them (the file documents itself).

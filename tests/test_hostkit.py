@@ -132,11 +132,11 @@ def test_service_status_exit_codes_and_enable_check(testhost: TestHost) -> None:
 def test_bastille_refuses_hyphenated_vnet_names_and_needs_a_bridge(testhost: TestHost) -> None:
     client = connect(testhost)
     try:
-        status, _, err = run(client, "bastille create -B atlas-cms 15.0-RELEASE 10.0.1.3/24 warden0")
+        status, _, err = run(client, "bastille create -B atlas-cms 14.3-RELEASE 10.0.1.3/24 warden0")
         assert status == 1 and "VNET jail names may not contain" in err
-        assert "not a bridge" in run(client, "bastille create -B atlascms 15.0-RELEASE 10.0.1.3/24 warden0")[2]
+        assert "not a bridge" in run(client, "bastille create -B atlascms 14.3-RELEASE 10.0.1.3/24 warden0")[2]
         run(client, "ifconfig bridge create name warden0")
-        assert run(client, "bastille create -B -M -g 10.0.1.1 atlascms 15.0-RELEASE 10.0.1.3/24 warden0")[0] == 0
+        assert run(client, "bastille create -B -M -g 10.0.1.1 atlascms 14.3-RELEASE 10.0.1.3/24 warden0")[0] == 0
         assert run(client, "bastille list")[1] == "atlascms\n"
     finally:
         client.close()
@@ -177,7 +177,7 @@ def test_service_pf_start_without_pf_enable_does_nothing_and_exits_0(testhost: T
 
 def _jail(client: paramiko.SSHClient, name: str = "atlascms") -> None:
     run(client, "ifconfig bridge create name warden0")
-    assert run(client, f"bastille create -B -M -g 10.0.1.1 -n 10.0.1.1 {name} 15.0-RELEASE 10.0.1.3/24 warden0")[0] == 0
+    assert run(client, f"bastille create -B -M -g 10.0.1.1 -n 10.0.1.1 {name} 14.3-RELEASE 10.0.1.3/24 warden0")[0] == 0
 
 
 def test_bastille_template_evals_each_line_and_service_wants_three_arguments(testhost: TestHost) -> None:
@@ -210,10 +210,10 @@ def test_bastille_pkg_in_a_jail_needs_a_resolver_the_jail_can_reach(testhost: Te
     client = connect(testhost)
     try:
         run(client, "ifconfig bridge create name warden0")
-        run(client, "bastille create -B atlascms 15.0-RELEASE 10.0.1.3/24 warden0")
+        run(client, "bastille create -B atlascms 14.3-RELEASE 10.0.1.3/24 warden0")
         status, _, err = run(client, "bastille pkg -y atlascms install nginx")
         assert status == 1 and "No address record" in err
-        run(client, "bastille create -B -n 10.0.1.1 atlasgit 15.0-RELEASE 10.0.1.2/24 warden0")
+        run(client, "bastille create -B -n 10.0.1.1 atlasgit 14.3-RELEASE 10.0.1.2/24 warden0")
         assert run(client, "bastille pkg -y atlasgit install git")[0] == 0
         assert run(client, "bastille pkg -y atlasgit install nosuchpackage")[0] == 1
     finally:

@@ -60,7 +60,7 @@ def test_doctor_names_each_failure_and_its_fix(registry: Registry, testhost: Tes
         "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nAGENT_MEMORY_LIMIT=1G\n"
         "AGENT_PLACEMENT=bhyve\nWARDEN_VM_IP=10.255.0.10\n",
     )
-    state = testhost.root / "usr/local/bastille/releases/15.0-RELEASE"
+    state = testhost.root / "usr/local/bastille/releases/14.3-RELEASE"
     state.rmdir()
     (testhost.root / "etc/devfs.rules").unlink()
     subprocess.run(
@@ -71,7 +71,7 @@ def test_doctor_names_each_failure_and_its_fix(registry: Registry, testhost: Tes
     result = invoke(registry, "doctor")
     assert result.returncode == 1
     expected = {
-        "Bastille release 15.0-RELEASE bootstrapped": "bastille bootstrap 15.0-RELEASE",
+        "Bastille release 14.3-RELEASE bootstrapped": "bastille bootstrap 14.3-RELEASE",
         "VIMAGE in the kernel": "options VIMAGE",
         "devfs ruleset 13 for VNET jails": "[bastille_vnet=13]",
         "gateway_enable": "sysrc gateway_enable=YES",
@@ -88,6 +88,7 @@ def test_doctor_names_each_failure_and_its_fix(registry: Registry, testhost: Tes
 def facts(**over: str) -> str:
     base = {
         "version": "14.3-RELEASE",
+        "kernel": "14.3-RELEASE-p2",
         "python": "/usr/local/bin/python3",
         "bastille": "/usr/local/bin/bastille",
         "release": "yes",
@@ -114,6 +115,7 @@ def facts(**over: str) -> str:
         ({"bastille": ""}, "Bastille installed"),
         ({"bridge": ""}, "if_bridge available"),
         ({"pfconf": ""}, "current /etc/pf.conf loads"),
+        ({"kernel": "14.2-RELEASE"}, "jail release 14.3-RELEASE runs on the kernel"),
         ({"disk": "/dev/ada0p2 30000000 29000000 100000 99% /"}, "free disk on /"),
         (
             {"inet": "vtnet0: flags=8843<UP> mtu 1500\n\tinet 10.0.1.7 netmask 0xffff0000"},
@@ -195,3 +197,14 @@ def test_site_yml_stops_on_a_preflight_fail_before_changing_anything(registry: R
         c["cmd"] in ("bastille", "ifconfig") and c["argv"][:1] != ["-l"] and len(c["argv"]) > 1
         for c in testhost.calls()
     )
+
+
+def test_doctor_accepts_a_fresh_host_without_pf_conf_and_refuses_a_release_newer_than_the_kernel() -> None:
+    """FreeBSD installs no /etc/pf.conf; a jail's userland must not be newer than the kernel."""
+    host = Host(name="fbsd1", release="15.0-RELEASE")
+    checks = {c.name: c for c in evaluate(host, [], facts(pfconf="absent", kernel="14.3-RELEASE"))}
+    assert checks["current /etc/pf.conf loads"].ok
+    newer = checks["jail release 15.0-RELEASE runs on the kernel"]
+    assert not newer.ok and not newer.applied_by_site
+    assert "set warden_release: 14.3-RELEASE for fbsd1 in inventory/hosts.yml" in newer.fix
+    assert Host(name="fbsd1").release == "14.3-RELEASE"
