@@ -143,6 +143,7 @@ def warden_probe(stdout: str) -> dict[str, Any]:
             if ln.split()
         },
         "rctl": [ln.strip() for ln in sections.get("rctl", []) if ln.strip()],
+        "packages": [ln.strip() for ln in sections.get("packages", []) if ln.strip()],
     }
 
 

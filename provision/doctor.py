@@ -14,7 +14,7 @@ from ipaddress import IPv4Interface, IPv4Network
 from .models import Agent, Host
 
 MIN_MAJOR = 14
-APPLIED_BY_SITE = frozenset({"gateway_enable", "PF enabled", "vm-bhyve initialised"})
+APPLIED_BY_SITE = frozenset({"gateway_enable", "PF enabled", "vm-bhyve initialised", "packages the agents need"})
 MIN_FREE_KB = 2 * 1024 * 1024  # 2 GiB for a release and a few thin jails
 
 PROBE = r"""
@@ -30,6 +30,8 @@ section bridge; { kldstat -q -m if_bridge && echo loaded; } || { [ -f /boot/kern
 section gateway; sysrc -n gateway_enable 2>/dev/null
 section pf; pfctl -s info 2>/dev/null | grep -s '^Status'
 section pfconf; if [ -e /etc/pf.conf ]; then pfctl -n -f /etc/pf.conf >/dev/null 2>&1 && echo ok; else echo absent; fi
+section packages; pkg query -a %n </dev/null 2>/dev/null
+section resolv; grep -s '^nameserver' /etc/resolv.conf
 section racct; sysctl -n kern.racct.enable 2>/dev/null
 section vm; d=$(sysrc -n vm_dir 2>/dev/null); [ -n "$d" ] && [ -d "$d/.templates" ] && echo yes
 section disk; df -k / | tail -n 1
@@ -111,6 +113,27 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
             f"warden_release {host.release}, kernel {kernel}",
             f"set warden_release: {kernel_release} for {host.name} in {host.source}"
             f" (or upgrade the kernel: freebsd-update -r {host.release} upgrade)",
+        )
+    if agents:
+        # tmux, node and git are packages, not base (docs/freebsd.md#base-system-and-packages):
+        # without tmux the wrapper exits at once and daemon(8) restarts it for ever.
+        missing = [p for p in host.packages if p not in s.get("packages", "").split()]
+        add(
+            "packages the agents need",
+            not missing,
+            "missing: " + " ".join(missing) if missing else " ".join(host.packages),
+            "pkg install -y " + " ".join(missing or host.packages),
+        )
+    if any(a.jails for a in agents) and not host.jail_nameservers:
+        # Bastille copies the host's resolv.conf into each jail; 127.0.0.1/::1 there is the
+        # jail's own loopback, where nothing answers (docs/freebsd.md#dns-in-vnet-jails).
+        servers = re.findall(r"^nameserver\s+(\S+)", s.get("resolv", ""), re.M)
+        usable = [n for n in servers if not n.startswith("127.") and n != "::1"]
+        add(
+            "jails can resolve names (resolv.conf copied into them)",
+            bool(usable),
+            "/etc/resolv.conf: " + (", ".join(servers) or "no nameserver"),
+            f"set warden_jail_nameservers: [<a resolver the jails reach>] for {host.name} in {host.source}",
         )
     add("python for Ansible", bool(s.get("python")), s.get("python") or "no python3", "pkg install -y python311")
     add("Bastille installed", bool(s.get("bastille")), s.get("bastille") or "no bastille", "pkg install -y bastille")

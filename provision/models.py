@@ -83,6 +83,10 @@ DEFAULT_BRIDGE = "warden0"
 # The oldest supported release: a jail's userland must not be newer than the host's kernel,
 # and render stays offline, so the default runs on every supported kernel (docs/freebsd.md#jail-release).
 DEFAULT_RELEASE = "14.3-RELEASE"
+DEFAULT_PACKAGES = ("tmux", "node", "git")
+# Quad9's two public resolvers: they answer from any jail that has NAT, with no host setup.
+DEFAULT_JAIL_NAMESERVERS = (IPv4Address("9.9.9.9"), IPv4Address("149.112.112.112"))
+PACKAGE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 DEFAULT_VM_UPLINK = IPv4Network("10.255.0.0/24")
 
 # Keys this tool owns, in the order add-agent writes them (the file documents itself).
@@ -436,6 +440,13 @@ class Host(BaseModel):
     vm_uplink: IPv4Network = DEFAULT_VM_UPLINK
     agent_links: tuple[tuple[str, str], ...] = ()
     sample_root: str | None = None  # read this directory instead of SSH (the bundled example)
+    # What the agents run that base FreeBSD lacks: the wrapper's tmux, the agent's node,
+    # git for its repos (docs/freebsd.md#base-system-and-packages). The same default is in
+    # roles/warden_agents/defaults/main.yml.
+    packages: tuple[str, ...] = DEFAULT_PACKAGES
+    # The jails' resolvers (`bastille create -n`); empty keeps Bastille's copy of the host's
+    # resolv.conf, which fails in a VNET jail when it names 127.0.0.1 (docs/freebsd.md#dns-in-vnet-jails).
+    jail_nameservers: tuple[IPv4Address, ...] = DEFAULT_JAIL_NAMESERVERS
     source: Path = Path("inventory/hosts.yml")
     line: int | None = None
     ansible_vars: Mapping[str, Any] = Field(default_factory=dict)
@@ -471,6 +482,14 @@ class Host(BaseModel):
             raise ValueError(
                 f"{shown(v)} is not a FreeBSD release name such as 15.0-RELEASE (docs/freebsd.md#jail-release)"
             )
+        return v
+
+    @field_validator("packages")
+    @classmethod
+    def _packages(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if not PACKAGE_NAME_RE.fullmatch(name):
+                raise ValueError(f"{shown(name)} is not a package name as `pkg install` takes it, e.g. tmux")
         return v
 
     @field_validator("agent_links")

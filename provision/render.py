@@ -87,6 +87,7 @@ class HostLayout:
     inventory: str  # the inventory file's name, for headers
     agents: list[Agent]  # agents whose service and jails run on this machine
     links: tuple[tuple[str, str], ...] = ()
+    nameservers: tuple[str, ...] = ()  # the jails' resolvers, `bastille create -n`; () copies the host's
     vm_dir: str = "/vm"
     # Hosts carrying bhyve guests: the guests and the uplink network they sit on.
     guests: list[Agent] = field(default_factory=list)
@@ -122,6 +123,7 @@ def layouts(fleet: Fleet) -> list[HostLayout]:
                 bridge=host.bridge,
                 bridge_clone=host.bridge_clone,
                 release=host.release,
+                nameservers=tuple(str(n) for n in host.jail_nameservers),
                 inventory=host.source.name,
                 agents=[a for a in mine if a.placement == "host"],
                 links=host.agent_links,
@@ -138,6 +140,7 @@ def layouts(fleet: Fleet) -> list[HostLayout]:
                     bridge=GUEST_BRIDGE,
                     bridge_clone=GUEST_BRIDGE_CLONE,
                     release=host.release,
+                    nameservers=tuple(str(n) for n in host.jail_nameservers),
                     inventory=host.source.name,
                     agents=[agent],
                     links=host.agent_links,
@@ -316,6 +319,10 @@ def _jails(layout: HostLayout) -> list[JailSpec]:
         # existing bridge, -M static MAC, -g the agent's gateway (a VNET jail without a
         # default route is a provisioning defect, docs/freebsd.md#clawdie-conventions).
         args = ["create", "-B", *(["-T"] if thick else []), "-M", "-g", str(agent.gateway)]
+        if layout.nameservers:
+            # The base template copies the host's resolv.conf, whose 127.0.0.1 (local_unbound)
+            # is the jail's own loopback in a VNET jail: -n replaces it (docs/freebsd.md#dns-in-vnet-jails).
+            args += ["-n", ",".join(layout.nameservers)]
         args += [name, layout.release, cidr, layout.bridge]
         specs.append(
             JailSpec(

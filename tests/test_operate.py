@@ -99,6 +99,7 @@ def facts(**over: str) -> str:
         "pf": "Status: Enabled",
         "pfconf": "ok",
         "racct": "1",
+        "packages": "bastille\ngit\nnode\ntmux",
         "vm": "yes",
         "disk": "/dev/ada0p2 30000000 1000000 20000000 5% /",
         "inet": "vtnet0: flags=8843<UP> mtu 1500\n\tinet 192.168.10.5 netmask 0xffffff00",
@@ -115,6 +116,7 @@ def facts(**over: str) -> str:
         ({"bastille": ""}, "Bastille installed"),
         ({"bridge": ""}, "if_bridge available"),
         ({"pfconf": ""}, "current /etc/pf.conf loads"),
+        ({"packages": "bastille\ngit"}, "packages the agents need"),
         ({"kernel": "14.2-RELEASE"}, "jail release 14.3-RELEASE runs on the kernel"),
         ({"disk": "/dev/ada0p2 30000000 29000000 100000 99% /"}, "free disk on /"),
         (
@@ -208,3 +210,19 @@ def test_doctor_accepts_a_fresh_host_without_pf_conf_and_refuses_a_release_newer
     assert not newer.ok and not newer.applied_by_site
     assert "set warden_release: 14.3-RELEASE for fbsd1 in inventory/hosts.yml" in newer.fix
     assert Host(name="fbsd1").release == "14.3-RELEASE"
+
+
+def test_doctor_says_when_jails_would_copy_a_resolver_they_cannot_reach(registry: Registry) -> None:
+    """Bastille copies the host's resolv.conf into VNET jails (docs/freebsd.md#dns-in-vnet-jails)."""
+    from provision.inventory import load_inventory
+    from provision.registry import load_fleet
+
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nWARDEN_JAILS=cms\n")
+    hosts, _ = load_inventory(registry.inventory)
+    agents = load_fleet(registry.agents, hosts).agents
+    unbound = facts(resolv="nameserver 127.0.0.1")
+    copying = Host(name="fbsd1", jail_nameservers=())
+    failed = [c for c in evaluate(copying, agents, unbound) if not c.ok]
+    assert [c.name for c in failed] == ["jails can resolve names (resolv.conf copied into them)"]
+    assert "warden_jail_nameservers" in failed[0].fix and "127.0.0.1" in failed[0].detail
+    assert all(c.ok for c in evaluate(Host(name="fbsd1"), agents, unbound))  # the default gives -n resolvers

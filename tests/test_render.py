@@ -263,7 +263,8 @@ def test_shared_llm_jail_appears_once_with_both_agents(example: Path) -> None:
     shared = [j for j in manifest.jails if j.name == "ollama"]
     assert len(shared) == 1 and shared[0].agents == ["atlas", "hermes"]
     assert shared[0].create_args == [
-        "create", "-B", "-M", "-g", "10.0.1.1", "ollama", "15.0-RELEASE", "10.0.1.4/24", "warden0",
+        "create", "-B", "-M", "-g", "10.0.1.1", "-n", "9.9.9.9,149.112.112.112",
+        "ollama", "15.0-RELEASE", "10.0.1.4/24", "warden0",
     ]  # fmt: skip
     # docs/freebsd.md#clawdie-conventions: home.arpa, the owner's zone
     assert shared[0].hostname == "ollama.atlas.home.arpa"

@@ -1239,7 +1239,8 @@ def pkg(argv: list[str]) -> int:
                 print(f"{p}-1.0")
             return 0
         if args[:1] == ["query"]:
-            fmt, names = (args[1], args[2:]) if len(args) > 1 else ("%n", [])
+            rest = [a for a in args[1:] if a != "-a"]  # -a: every installed package (pkg-query(8))
+            fmt, names = (rest[0], rest[1:]) if rest else ("%n", [])
             missing = [p for p in names if p not in have]
             for p in names or sorted(have):
                 if p in have:
