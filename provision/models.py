@@ -517,6 +517,31 @@ def soul_repo_ok(repo: str) -> bool:
     return bool(_URL.fullmatch(repo) or _SCP_LIKE.fullmatch(repo) or (repo.startswith("/") and "\\" not in repo))
 
 
+# e0a_<jail> must fit IFNAMSIZ (15 characters) or Bastille falls back to numbered epairs
+# (docs/freebsd.md#interface-name-length): a jail name of at most 11 characters.
+JAIL_NAME_MAX = 11
+ROLE_SUFFIX = {"git": "git", "cms": "cms", "ollama": "llm", "llamacpp": "llm", "db": "db"}
+
+
+def default_jail_name(agent: str, role: str) -> str:
+    """`<agent><role>` when it fits in 11 characters (every name this tool wrote before);
+    else `<agent><short role>` (git, cms, llm, db); an agent name too long even for that
+    keeps its first characters and gains 3 hex digits of its SHA-256, so two long names
+    sharing a prefix get different jails (check still refuses the rare collision)."""
+    if len(agent + role) <= JAIL_NAME_MAX:
+        return agent + role
+    suffix = ROLE_SUFFIX[role]
+    room = JAIL_NAME_MAX - len(suffix)
+    if len(agent) <= room:
+        return agent + suffix
+    return agent[: room - 3] + hashlib.sha256(agent.encode()).hexdigest()[:3] + suffix
+
+
+def role_keys_for(roles: str) -> frozenset[str]:
+    """The .env keys (address and jail name) of the roles listed in WARDEN_JAILS."""
+    return frozenset(k for r in roles.split() if r in ROLE_KEYS for k in ROLE_KEYS[r])
+
+
 def derive_defaults(values: Mapping[str, str], only_host: str | None) -> dict[str, str]:
     """Fill every owned key that VALUES leaves out, from AGENT_NAME and AGENT_SUBNET_BASE.
 
@@ -538,7 +563,7 @@ def derive_defaults(values: Mapping[str, str], only_host: str | None) -> dict[st
     out.setdefault("WARDEN_JAILS", " ".join(DEFAULT_JAILS))
     for role, (_, jail_key) in ROLE_KEYS.items():
         # `<agent><role>`, not Clawdie's `<agent>-<role>` (docs/freebsd.md#clawdie-conventions).
-        out.setdefault(jail_key, f"{name}{role}")
+        out.setdefault(jail_key, default_jail_name(name, role))
     out.setdefault("CONTROLPLANE_API_PORT", str(DEFAULT_API_PORT))
     out.setdefault("AGENT_DIR", f"/home/{name}/clawdie")
     out.setdefault("AGENT_COMMAND", "node dist/index.js")
