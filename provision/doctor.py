@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 
 from .models import Agent, Host
+from .rcconf import read_vars
 
 MIN_MAJOR = 14
 APPLIED_BY_SITE = frozenset({"gateway_enable", "PF enabled", "vm-bhyve initialised", "packages the agents need"})
@@ -32,6 +33,7 @@ section pf; pfctl -s info 2>/dev/null | grep -s '^Status'
 section pfconf; if [ -e /etc/pf.conf ]; then pfctl -n -f /etc/pf.conf >/dev/null 2>&1 && echo ok; else echo absent; fi
 section packages; pkg query -a %n </dev/null 2>/dev/null
 section resolv; grep -s '^nameserver' /etc/resolv.conf
+section rcconflocal; cat /etc/rc.conf.local 2>/dev/null
 section racct; sysctl -n kern.racct.enable 2>/dev/null
 section vm; d=$(sysrc -n vm_dir 2>/dev/null); [ -n "$d" ] && [ -d "$d/.templates" ] && echo yes
 section disk; df -k / | tail -n 1
@@ -135,6 +137,15 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
             "/etc/resolv.conf: " + (", ".join(servers) or "no nameserver"),
             f"set warden_jail_nameservers: [<a resolver the jails reach>] for {host.name} in {host.source}",
         )
+    # rc_conf_files is "/etc/rc.conf /etc/rc.conf.local": the later file wins at boot, so a
+    # value there silently overrides the one site.yml writes (docs/freebsd.md#where-rcconf-values-come-from).
+    overrides = rc_conf_local_overrides(host, agents, s.get("rcconflocal", ""))
+    add(
+        "/etc/rc.conf.local does not override warden's rc.conf values",
+        not overrides,
+        "; ".join(overrides),
+        "edit /etc/rc.conf.local: remove those lines (or set them as warden does); it is read after /etc/rc.conf",
+    )
     add("python for Ansible", bool(s.get("python")), s.get("python") or "no python3", "pkg install -y python311")
     add("Bastille installed", bool(s.get("bastille")), s.get("bastille") or "no bastille", "pkg install -y bastille")
     add(
@@ -209,6 +220,27 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
         "invoke remove-agent NAME --yes && invoke add-agent NAME  (then add the network to warden_host_networks)",
     )
     return checks
+
+
+def rc_conf_local_overrides(host: Host, agents: list[Agent], text: str) -> list[str]:
+    """Values in /etc/rc.conf.local (TEXT) that differ from what site.yml sets in /etc/rc.conf."""
+    local = read_vars(text)
+    wanted = {
+        "gateway_enable": "YES",
+        "pf_enable": "YES",
+        f"ifconfig_{host.bridge_clone}_name": host.bridge,
+        **{f"{a.name}_enable": "YES" for a in agents if a.placement == "host"},
+    }
+    if any(a.jails for a in agents if a.placement == "host"):
+        wanted["bastille_enable"] = "YES"
+    out = [
+        f'{name}="{local[name]}" (warden sets "{value}")'
+        for name, value in wanted.items()
+        if name in local and local[name].upper() != value.upper()
+    ]
+    if "cloned_interfaces" in local and host.bridge_clone not in local["cloned_interfaces"].split():
+        out.append(f'cloned_interfaces="{local["cloned_interfaces"]}" (lacks {host.bridge_clone})')
+    return out
 
 
 def preflight_failures(host: Host, agents: list[Agent], text: str) -> list[str]:

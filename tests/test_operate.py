@@ -117,6 +117,11 @@ def facts(**over: str) -> str:
         ({"bridge": ""}, "if_bridge available"),
         ({"pfconf": ""}, "current /etc/pf.conf loads"),
         ({"packages": "bastille\ngit"}, "packages the agents need"),
+        ({"rcconflocal": 'pf_enable="NO"'}, "/etc/rc.conf.local does not override warden's rc.conf values"),
+        (
+            {"rcconflocal": 'cloned_interfaces="lo1"\natlas_enable="YES"'},
+            "/etc/rc.conf.local does not override warden's rc.conf values",
+        ),
         ({"kernel": "14.2-RELEASE"}, "jail release 14.3-RELEASE runs on the kernel"),
         ({"disk": "/dev/ada0p2 30000000 29000000 100000 99% /"}, "free disk on /"),
         (
