@@ -169,6 +169,10 @@ def test_status_is_green_after_apply_and_red_when_things_go_down(registry: Regis
         assert "atlascms 10.0.1.3 up" in result.stdout
         down = invoke(registry, "status")  # iris's API port has nobody listening
         assert down.returncode == 1 and "closed" in down.stdout
+        # the supervisor lives but the agent's tmux session is gone (daemon -r restarting the wrapper)
+        subprocess.run(["chroot", str(testhost.root), "tmux", "kill-session", "-t", "=atlas"], check=True)
+        dead = invoke(registry, "status", "--agent", "atlas")
+        assert dead.returncode == 1 and "supervisor only" in dead.stdout and "no tmux session atlas" in dead.stdout
         subprocess.run(["chroot", str(testhost.root), "ifconfig", "warden0", "inet", "10.0.1.1", "-alias"], check=True)
         subprocess.run(["chroot", str(testhost.root), "bastille", "stop", "atlasdb"], check=True)
         subprocess.run(["chroot", str(testhost.root), "service", "atlas", "stop"], check=True, capture_output=True)

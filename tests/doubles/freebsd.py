@@ -632,12 +632,53 @@ def service(argv: list[str]) -> int:
                 return 1
             svc["running"] = base != "stop"
             svc["pid"] = 4000 + len(st["services"]) if svc["running"] else 0
+            _supervised_session(st, script, svc["running"])
             if base != "stop":
                 print(f"Starting {name}.")
             return 0
     if base in ("enable", "disable"):
         return sysrc([f"{name}_enable={'YES' if base == 'enable' else 'NO'}"])
     return 0
+
+
+def _supervised_session(st: dict[str, Any], script: Path, running: bool) -> None:
+    """An rc.d script running daemon(8) over a wrapper that starts `tmux new-session -s
+    "$session"` (the agent's run-<agent>.sh): the session lives while the service runs,
+    and only when tmux is installed (a package, not base: pkg(8))."""
+    m = re.search(r"^command_args=(.*)$", script.read_text(errors="replace"), re.M)
+    words = sh_value(m.group(1)).split() if m else []
+    wrapper = Path(words[-1]) if words else None
+    if wrapper is None or not wrapper.is_file():
+        return
+    s = re.search(r"^session=(.*)$", wrapper.read_text(errors="replace"), re.M)
+    name = sh_value(s.group(1)) if s else ""
+    if not name:
+        return
+    sessions: list[str] = st.setdefault("tmux_sessions", [])
+    if running and "tmux" in st["packages"] and name not in sessions:
+        sessions.append(name)
+    elif not running and name in sessions:
+        sessions.remove(name)
+
+
+def tmux(argv: list[str]) -> int:
+    """tmux [-S socket] has-session|kill-session -t =NAME; absent unless the package is installed."""
+    args = list(argv)
+    if args[:1] == ["-S"]:
+        args = args[2:]
+    with State() as st:
+        if "tmux" not in st["packages"]:
+            die("/bin/sh: tmux: not found", 127)
+        sessions: list[str] = st.setdefault("tmux_sessions", [])
+        if args[:1] in (["has-session"], ["kill-session"]) and args[1:2] == ["-t"] and len(args) == 3:
+            name = args[2].removeprefix("=")
+            if name not in sessions:
+                die(f"can't find session: {name}", 1)
+            if args[0] == "kill-session":
+                sessions.remove(name)
+            return 0
+    die(f"double: tmux {' '.join(argv)} is not emulated", 1)
+    return 1
 
 
 # -- bastille (BastilleBSD/bastille usr/local/share/bastille/*.sh) ------------------------
@@ -1416,6 +1457,7 @@ COMMANDS = {
     "rctl": rctl,
     "freebsd-version": freebsd_version,
     "nc": nc,
+    "tmux": tmux,
 }
 
 PATHS = {
@@ -1433,6 +1475,7 @@ PATHS = {
     "rctl": "/usr/bin/rctl",
     "freebsd-version": "/bin/freebsd-version",
     "nc": "/usr/bin/nc",
+    "tmux": "/usr/local/bin/tmux",
 }
 
 
