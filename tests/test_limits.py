@@ -18,7 +18,7 @@ from provision.limits import (
 )
 from provision.registry import load_fleet
 
-from .conftest import Registry
+from .conftest import REPO, Registry
 
 OPERATOR = "# my own limits\nuser:www:maxproc:deny=100\n"
 
@@ -92,7 +92,14 @@ def test_unchanged_rules_need_no_live_change(tmp_path: Path) -> None:
 def test_live_rules_listed_as_raw_integers_are_not_added_again(example: Path) -> None:
     """rctl lists amounts as the kernel keeps them (`deny=4294967296` for `4G`, `/per`
     dropped when it is the subject: docs/freebsd.md#rctl); an applied host needs no change."""
-    from filter_plugins.warden import warden_rctl_changes
+    import importlib.util
+
+    # Loaded by path, as Ansible loads filter plugins (the directory is not a package).
+    spec = importlib.util.spec_from_file_location("warden_filters", REPO / "filter_plugins/warden.py")
+    assert spec and spec.loader
+    filters = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(filters)
+    warden_rctl_changes = filters.warden_rctl_changes
 
     build = example / "fbsd1"
     wanted = json.loads((build / ".warden/manifest.json").read_text())["rctl_rules"]
