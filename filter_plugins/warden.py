@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.hostfiles import EDITED, edited_results
-from provision.limits import managed_rules, rctl_changes
+from provision.limits import live_additions, managed_rules, rctl_changes
 from provision.manifest import Manifest
 from provision.rcconf import read_vars
 from provision.remote import parse_frames, read_script
@@ -143,6 +143,7 @@ def warden_probe(stdout: str) -> dict[str, Any]:
             if ln.split()
         },
         "rctl": [ln.strip() for ln in sections.get("rctl", []) if ln.strip()],
+        "packages": [ln.strip() for ln in sections.get("packages", []) if ln.strip()],
     }
 
 
@@ -164,8 +165,8 @@ def warden_rctl_changes(build_host_dir: str, probe: dict[str, Any], live: dict[s
     m = _manifest(build_host_dir)
     before = managed_rules(live.get("/etc/rctl.conf") or "")
     added, removed = rctl_changes(before, m.rctl_rules)
-    live_rules = set(probe.get("rctl", []))
-    added += [r for r in m.rctl_rules if r not in live_rules and r not in added]
+    # `rctl` lists raw integer amounts (deny=4294967296 for 4G): compare as the kernel keeps them.
+    added += [r for r in live_additions(m.rctl_rules, probe.get("rctl", [])) if r not in added]
     return {"add": added, "remove": removed}
 
 

@@ -642,7 +642,8 @@ def check_fleet(fleet: Fleet) -> list[Problem]:
                         (_loc(a, name_key), _loc(prior[0], prior[1])),
                         f"jail {jail.name} on {where} is claimed by agents {prior[0].name} ({prior[2]}) and "
                         f"{a.name} ({jail.ip})" + ("" if jail.role in LLM_ROLES else "; only LLM jails can be shared"),
-                        f"to share an LLM jail use one name and IP in both; else rename it, e.g. {a.name}{jail.role}",
+                        f"to share an LLM jail use one name and IP in both; else set {name_key} in "
+                        f"{a.source} to another name of at most 11 letters and digits",
                         rule="duplicate-jail",
                     )
                 )

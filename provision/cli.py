@@ -651,16 +651,17 @@ def plan_command(settings: Settings, host: str | None = None, *, as_json: bool =
         if not as_json:
             print_error(err, hp.error or "")
         plans.append(hp)
+    notes = [*chosen.notes, *(f"{hp.host}: {w}" for hp in plans for w in hp.warnings)]
     if as_json:
         from .plan import exit_status
 
         status = exit_status(plans)
         print_json(
             "warden.plan.v1",
-            {"hosts": [diffview.host_json(hp) for hp in plans], "notes": chosen.notes, "exit_status": status},
+            {"hosts": [diffview.host_json(hp) for hp in plans], "notes": notes, "exit_status": status},
         )
         return status
-    return diffview.print_summary(out, plans, chosen.notes)
+    return diffview.print_summary(out, plans, notes)
 
 
 def _write_error(exc: OSError, where: Path, setting: str) -> str:

@@ -12,14 +12,16 @@ from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 
 from .models import Agent, Host
+from .rcconf import read_vars
 
 MIN_MAJOR = 14
-APPLIED_BY_SITE = frozenset({"gateway_enable", "PF enabled", "vm-bhyve initialised"})
+APPLIED_BY_SITE = frozenset({"gateway_enable", "PF enabled", "vm-bhyve initialised", "packages the agents need"})
 MIN_FREE_KB = 2 * 1024 * 1024  # 2 GiB for a release and a few thin jails
 
 PROBE = r"""
 section() { printf '=== %s ===\n' "$1"; }
 section version; freebsd-version 2>/dev/null
+section kernel; freebsd-version -k 2>/dev/null
 section python; command -v python3 || ls /usr/local/bin/python3.* 2>/dev/null | head -n 1
 section bastille; command -v bastille
 section release; [ -d "/usr/local/bastille/releases/$release" ] && echo yes
@@ -28,7 +30,10 @@ section devfs; grep -s '^\[bastille_vnet=13\]' /etc/devfs.rules
 section bridge; { kldstat -q -m if_bridge && echo loaded; } || { [ -f /boot/kernel/if_bridge.ko ] && echo loadable; }
 section gateway; sysrc -n gateway_enable 2>/dev/null
 section pf; pfctl -s info 2>/dev/null | grep -s '^Status'
-section pfconf; pfctl -n -f /etc/pf.conf >/dev/null 2>&1 && echo ok
+section pfconf; if [ -e /etc/pf.conf ]; then pfctl -n -f /etc/pf.conf >/dev/null 2>&1 && echo ok; else echo absent; fi
+section packages; pkg query -a %n </dev/null 2>/dev/null
+section resolv; grep -s '^nameserver' /etc/resolv.conf
+section rcconflocal; cat /etc/rc.conf.local 2>/dev/null
 section racct; sysctl -n kern.racct.enable 2>/dev/null
 section vm; d=$(sysrc -n vm_dir 2>/dev/null); [ -n "$d" ] && [ -d "$d/.templates" ] && echo yes
 section disk; df -k / | tail -n 1
@@ -98,6 +103,49 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
         version or "freebsd-version gave nothing",
         "freebsd-update -r 14.3-RELEASE upgrade",
     )
+    # docs/freebsd.md#jail-release: a jail runs on the host's kernel, so its userland
+    # (warden_release) must not be newer than `freebsd-version -k`.
+    kernel = s.get("kernel", "")
+    km, rm = re.match(r"^(\d+)\.(\d+)", kernel), re.match(r"^(\d+)\.(\d+)", host.release)
+    if km and rm:
+        kernel_release = f"{km.group(1)}.{km.group(2)}-RELEASE"
+        add(
+            f"jail release {host.release} runs on the kernel",
+            (int(rm.group(1)), int(rm.group(2))) <= (int(km.group(1)), int(km.group(2))),
+            f"warden_release {host.release}, kernel {kernel}",
+            f"set warden_release: {kernel_release} for {host.name} in {host.source}"
+            f" (or upgrade the kernel: freebsd-update -r {host.release} upgrade)",
+        )
+    if agents:
+        # tmux, node and git are packages, not base (docs/freebsd.md#base-system-and-packages):
+        # without tmux the wrapper exits at once and daemon(8) restarts it for ever.
+        missing = [p for p in host.packages if p not in s.get("packages", "").split()]
+        add(
+            "packages the agents need",
+            not missing,
+            "missing: " + " ".join(missing) if missing else " ".join(host.packages),
+            "pkg install -y " + " ".join(missing or host.packages),
+        )
+    if any(a.jails for a in agents) and not host.jail_nameservers:
+        # Bastille copies the host's resolv.conf into each jail; 127.0.0.1/::1 there is the
+        # jail's own loopback, where nothing answers (docs/freebsd.md#dns-in-vnet-jails).
+        servers = re.findall(r"^nameserver\s+(\S+)", s.get("resolv", ""), re.M)
+        usable = [n for n in servers if not n.startswith("127.") and n != "::1"]
+        add(
+            "jails can resolve names (resolv.conf copied into them)",
+            bool(usable),
+            "/etc/resolv.conf: " + (", ".join(servers) or "no nameserver"),
+            f"set warden_jail_nameservers: [<a resolver the jails reach>] for {host.name} in {host.source}",
+        )
+    # rc_conf_files is "/etc/rc.conf /etc/rc.conf.local": the later file wins at boot, so a
+    # value there silently overrides the one site.yml writes (docs/freebsd.md#where-rcconf-values-come-from).
+    overrides = rc_conf_local_overrides(host, agents, s.get("rcconflocal", ""))
+    add(
+        "/etc/rc.conf.local does not override warden's rc.conf values",
+        not overrides,
+        "; ".join(overrides),
+        "edit /etc/rc.conf.local: remove those lines (or set them as warden does); it is read after /etc/rc.conf",
+    )
     add("python for Ansible", bool(s.get("python")), s.get("python") or "no python3", "pkg install -y python311")
     add("Bastille installed", bool(s.get("bastille")), s.get("bastille") or "no bastille", "pkg install -y bastille")
     add(
@@ -139,10 +187,12 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
         s.get("pf") or "pf not running",
         "sysrc pf_enable=YES && service pf start",
     )
+    # A fresh FreeBSD has no /etc/pf.conf (rc.conf(5) pf_rules names it, nothing installs it):
+    # site.yml writes one with our hook, so only an existing file has to load.
     add(
         "current /etc/pf.conf loads",
-        s.get("pfconf") == "ok",
-        "pfctl -nf /etc/pf.conf",
+        s.get("pfconf") in ("ok", "absent"),
+        "no /etc/pf.conf yet: site.yml writes one" if s.get("pfconf") == "absent" else "pfctl -nf /etc/pf.conf",
         "pfctl -nf /etc/pf.conf  # and fix what it reports",
     )
     if any(a.memory_limit or a.maxproc or a.pcpu or a.openfiles or a.jail_memory_limit for a in agents):
@@ -170,6 +220,27 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
         "invoke remove-agent NAME --yes && invoke add-agent NAME  (then add the network to warden_host_networks)",
     )
     return checks
+
+
+def rc_conf_local_overrides(host: Host, agents: list[Agent], text: str) -> list[str]:
+    """Values in /etc/rc.conf.local (TEXT) that differ from what site.yml sets in /etc/rc.conf."""
+    local = read_vars(text)
+    wanted = {
+        "gateway_enable": "YES",
+        "pf_enable": "YES",
+        f"ifconfig_{host.bridge_clone}_name": host.bridge,
+        **{f"{a.name}_enable": "YES" for a in agents if a.placement == "host"},
+    }
+    if any(a.jails for a in agents if a.placement == "host"):
+        wanted["bastille_enable"] = "YES"
+    out = [
+        f'{name}="{local[name]}" (warden sets "{value}")'
+        for name, value in wanted.items()
+        if name in local and local[name].upper() != value.upper()
+    ]
+    if "cloned_interfaces" in local and host.bridge_clone not in local["cloned_interfaces"].split():
+        out.append(f'cloned_interfaces="{local["cloned_interfaces"]}" (lacks {host.bridge_clone})')
+    return out
 
 
 def preflight_failures(host: Host, agents: list[Agent], text: str) -> list[str]:

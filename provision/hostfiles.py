@@ -91,6 +91,27 @@ def rctl_conf_result_for(manifest: Manifest, live_rctl_conf: str) -> str:
 
 # The host files we edit rather than own, and the mode each gets if we create it; an
 # existing one keeps its mode and owner (plan.py, warden_files' keep_mode).
+RC_CONF_LOCAL = "/etc/rc.conf.local"
+
+
+def rc_conf_local_overrides(manifest: Manifest, local_text: str | None) -> list[str]:
+    """Our rc.conf edits that /etc/rc.conf.local overrides: rc_conf_files reads it after
+    /etc/rc.conf, so its value wins at boot (docs/freebsd.md#where-rcconf-values-come-from)."""
+    local = read_vars(local_text or "")
+    out: list[str] = []
+    for e in manifest.rc_conf:
+        if e.name not in local:
+            continue
+        have = local[e.name]
+        if e.op == "set" and have != e.value:
+            out.append(f'{e.name}="{have}" (warden writes "{e.value}" to /etc/rc.conf)')
+        elif e.op == "append" and e.value not in have.split():
+            out.append(f'{e.name}="{have}" (lacks {e.value}, which warden adds in /etc/rc.conf)')
+        elif e.op in ("remove", "delete") and (e.op == "delete" or e.value in have.split()):
+            out.append(f'{e.name}="{have}" (warden removes it from /etc/rc.conf)')
+    return [f"{RC_CONF_LOCAL} overrides {o}: edit {RC_CONF_LOCAL}, it is read after /etc/rc.conf" for o in out]
+
+
 EDITED: dict[str, str] = {"/etc/rc.conf": "0644", "/etc/pf.conf": "0600", "/etc/rctl.conf": "0644"}
 
 

@@ -33,6 +33,8 @@ WARDEN_VARS = {
     "warden_vm_uplink": "vm_uplink",
     "warden_agent_links": "agent_links",
     "warden_sample_root": "sample_root",
+    "warden_packages": "packages",
+    "warden_jail_nameservers": "jail_nameservers",
 }
 
 
@@ -271,6 +273,10 @@ def _hosts(
         for var, field in WARDEN_VARS.items():
             if var in hvars and hvars[var] is not None:
                 fields[field] = hvars[var]
+        if isinstance(fields.get("jail_nameservers"), list):
+            fields["jail_nameservers"] = tuple(fields["jail_nameservers"])
+        if isinstance(fields.get("packages"), list):
+            fields["packages"] = tuple(fields["packages"])
         if isinstance(fields.get("agent_links"), list):
             fields["agent_links"] = tuple(tuple(pair) for pair in fields["agent_links"])
         fields["ansible_vars"] = {

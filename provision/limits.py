@@ -8,6 +8,7 @@ only the lines between our BEGIN/END markers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 from .models import Agent
@@ -73,6 +74,31 @@ def rctl_conf_result(text: str, rules: Sequence[str]) -> str:
             before[-1] += "\n"
     block = [f"{BEGIN}\n", *(f"{rule}\n" for rule in rules), f"{END}\n"] if rules else []
     return "".join(before + block + after)
+
+
+_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
+
+
+def kernel_form(rule: str) -> str:
+    """RULE as `rctl` lists it: the amount expanded to a raw integer (rctl(8) expands
+    suffixes with expand_number(3), powers of 1024, either case) and `/per` dropped when
+    it names the rule's own subject (kern_rctl.c rctl_rule_to_sbuf): docs/freebsd.md#rctl."""
+    head, sep, tail = rule.partition("=")
+    if not sep:
+        return rule
+    amount, _, per = tail.partition("/")
+    m = re.fullmatch(r"([0-9]+)([kmgtpeKMGTPE]?)", amount)
+    if not m:
+        return rule
+    value = int(m.group(1)) * 1024 ** _POWERS.get(m.group(2).lower(), 0)
+    subject = head.split(":", 1)[0]
+    return f"{head}={value}" + (f"/{per}" if per and per != subject else "")
+
+
+def live_additions(wanted: Sequence[str], listed: Sequence[str]) -> list[str]:
+    """The WANTED rules that the live `rctl` listing LISTED lacks, compared as the kernel keeps them."""
+    live = {kernel_form(r) for r in listed}
+    return [r for r in wanted if kernel_form(r) not in live]
 
 
 def rctl_changes(old_rules: Sequence[str], new_rules: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -80,7 +80,13 @@ ROLE_KEYS: dict[str, tuple[str, str]] = {
 DEFAULT_API_PORT = 3100
 DEFAULT_POOL = IPv4Network("10.0.0.0/16")
 DEFAULT_BRIDGE = "warden0"
-DEFAULT_RELEASE = "15.0-RELEASE"
+# The oldest supported release: a jail's userland must not be newer than the host's kernel,
+# and render stays offline, so the default runs on every supported kernel (docs/freebsd.md#jail-release).
+DEFAULT_RELEASE = "14.3-RELEASE"
+DEFAULT_PACKAGES = ("tmux", "node", "git")
+# Quad9's two public resolvers: they answer from any jail that has NAT, with no host setup.
+DEFAULT_JAIL_NAMESERVERS = (IPv4Address("9.9.9.9"), IPv4Address("149.112.112.112"))
+PACKAGE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 DEFAULT_VM_UPLINK = IPv4Network("10.255.0.0/24")
 
 # Keys this tool owns, in the order add-agent writes them (the file documents itself).
@@ -434,6 +440,13 @@ class Host(BaseModel):
     vm_uplink: IPv4Network = DEFAULT_VM_UPLINK
     agent_links: tuple[tuple[str, str], ...] = ()
     sample_root: str | None = None  # read this directory instead of SSH (the bundled example)
+    # What the agents run that base FreeBSD lacks: the wrapper's tmux, the agent's node,
+    # git for its repos (docs/freebsd.md#base-system-and-packages). The same default is in
+    # roles/warden_agents/defaults/main.yml.
+    packages: tuple[str, ...] = DEFAULT_PACKAGES
+    # The jails' resolvers (`bastille create -n`); empty keeps Bastille's copy of the host's
+    # resolv.conf, which fails in a VNET jail when it names 127.0.0.1 (docs/freebsd.md#dns-in-vnet-jails).
+    jail_nameservers: tuple[IPv4Address, ...] = DEFAULT_JAIL_NAMESERVERS
     source: Path = Path("inventory/hosts.yml")
     line: int | None = None
     ansible_vars: Mapping[str, Any] = Field(default_factory=dict)
@@ -471,6 +484,14 @@ class Host(BaseModel):
             )
         return v
 
+    @field_validator("packages")
+    @classmethod
+    def _packages(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if not PACKAGE_NAME_RE.fullmatch(name):
+                raise ValueError(f"{shown(name)} is not a package name as `pkg install` takes it, e.g. tmux")
+        return v
+
     @field_validator("agent_links")
     @classmethod
     def _links(cls, v: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
@@ -496,6 +517,31 @@ def soul_repo_ok(repo: str) -> bool:
     return bool(_URL.fullmatch(repo) or _SCP_LIKE.fullmatch(repo) or (repo.startswith("/") and "\\" not in repo))
 
 
+# e0a_<jail> must fit IFNAMSIZ (15 characters) or Bastille falls back to numbered epairs
+# (docs/freebsd.md#interface-name-length): a jail name of at most 11 characters.
+JAIL_NAME_MAX = 11
+ROLE_SUFFIX = {"git": "git", "cms": "cms", "ollama": "llm", "llamacpp": "llm", "db": "db"}
+
+
+def default_jail_name(agent: str, role: str) -> str:
+    """`<agent><role>` when it fits in 11 characters (every name this tool wrote before);
+    else `<agent><short role>` (git, cms, llm, db); an agent name too long even for that
+    keeps its first characters and gains 3 hex digits of its SHA-256, so two long names
+    sharing a prefix get different jails (check still refuses the rare collision)."""
+    if len(agent + role) <= JAIL_NAME_MAX:
+        return agent + role
+    suffix = ROLE_SUFFIX[role]
+    room = JAIL_NAME_MAX - len(suffix)
+    if len(agent) <= room:
+        return agent + suffix
+    return agent[: room - 3] + hashlib.sha256(agent.encode()).hexdigest()[:3] + suffix
+
+
+def role_keys_for(roles: str) -> frozenset[str]:
+    """The .env keys (address and jail name) of the roles listed in WARDEN_JAILS."""
+    return frozenset(k for r in roles.split() if r in ROLE_KEYS for k in ROLE_KEYS[r])
+
+
 def derive_defaults(values: Mapping[str, str], only_host: str | None) -> dict[str, str]:
     """Fill every owned key that VALUES leaves out, from AGENT_NAME and AGENT_SUBNET_BASE.
 
@@ -517,7 +563,7 @@ def derive_defaults(values: Mapping[str, str], only_host: str | None) -> dict[st
     out.setdefault("WARDEN_JAILS", " ".join(DEFAULT_JAILS))
     for role, (_, jail_key) in ROLE_KEYS.items():
         # `<agent><role>`, not Clawdie's `<agent>-<role>` (docs/freebsd.md#clawdie-conventions).
-        out.setdefault(jail_key, f"{name}{role}")
+        out.setdefault(jail_key, default_jail_name(name, role))
     out.setdefault("CONTROLPLANE_API_PORT", str(DEFAULT_API_PORT))
     out.setdefault("AGENT_DIR", f"/home/{name}/clawdie")
     out.setdefault("AGENT_COMMAND", "node dist/index.js")

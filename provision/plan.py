@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .hostfiles import EDITED, edited_results
+from .hostfiles import EDITED, RC_CONF_LOCAL, edited_results, rc_conf_local_overrides
 from .manifest import LIVE_MANIFEST_PATH, FileEntry, Manifest
 from .masking import mask_url_credentials
 from .models import OWNED, is_secret_key
@@ -60,6 +60,7 @@ class HostPlan:
     agents_added: list[str] = field(default_factory=list)
     agents_removed: list[str] = field(default_factory=list)
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. /etc/rc.conf.local overriding our lines
 
     @property
     def pending(self) -> bool:
@@ -241,6 +242,7 @@ def _meta(entry: FileEntry, stat: Stat | None, ids: Ids) -> list[str]:
 def paths_to_read(manifest: Manifest) -> list[str]:
     """Every file we own or edit, the previous apply's manifest, and the id tables."""
     paths = [e.path for e in manifest.files] + [manifest.pf_anchor_file, *EDITED, LIVE_MANIFEST_PATH, PASSWD, GROUP]
+    paths.append(RC_CONF_LOCAL)
     return list(dict.fromkeys(paths))
 
 
@@ -310,6 +312,7 @@ def plan_host(
         if change:
             changes.append(change)
     plan.changes = changes
+    plan.warnings = rc_conf_local_overrides(manifest, _decode(live.get(RC_CONF_LOCAL)))
     before = set(previous.agents) if previous else set()
     plan.agents_added = sorted(set(manifest.agents) - before)
     plan.agents_removed = sorted(before - set(manifest.agents))

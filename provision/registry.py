@@ -27,6 +27,7 @@ from .models import (
     Host,
     derive_defaults,
     pydantic_messages,
+    role_keys_for,
     split_owned,
 )
 from .problems import Location, Problem
@@ -494,7 +495,9 @@ def add_agent(agents_dir: Path, hosts: list[Host], req: AddRequest) -> tuple[Age
         ]
         if mine:
             raise _refusal(req, mine, free_net, free_port)
-        items = [(k, full[k]) for k in OWNED_KEYS if full.get(k, "") != ""]
+        # Only the address and jail-name keys of the roles this agent has.
+        others = {k for pair in ROLE_KEYS.values() for k in pair} - role_keys_for(full.get("WARDEN_JAILS", ""))
+        items = [(k, full[k]) for k in OWNED_KEYS if full.get(k, "") != "" and k not in others]
         items += [(k, v) for k, v in req.settings.items() if k not in OWNED_KEYS]
         env = EnvFile.new(
             path, f"{req.name}: written by `invoke add-agent`; derived values are spelled out and may be edited.", items

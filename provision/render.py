@@ -87,6 +87,7 @@ class HostLayout:
     inventory: str  # the inventory file's name, for headers
     agents: list[Agent]  # agents whose service and jails run on this machine
     links: tuple[tuple[str, str], ...] = ()
+    nameservers: tuple[str, ...] = ()  # the jails' resolvers, `bastille create -n`; () copies the host's
     vm_dir: str = "/vm"
     # Hosts carrying bhyve guests: the guests and the uplink network they sit on.
     guests: list[Agent] = field(default_factory=list)
@@ -122,6 +123,7 @@ def layouts(fleet: Fleet) -> list[HostLayout]:
                 bridge=host.bridge,
                 bridge_clone=host.bridge_clone,
                 release=host.release,
+                nameservers=tuple(str(n) for n in host.jail_nameservers),
                 inventory=host.source.name,
                 agents=[a for a in mine if a.placement == "host"],
                 links=host.agent_links,
@@ -138,6 +140,7 @@ def layouts(fleet: Fleet) -> list[HostLayout]:
                     bridge=GUEST_BRIDGE,
                     bridge_clone=GUEST_BRIDGE_CLONE,
                     release=host.release,
+                    nameservers=tuple(str(n) for n in host.jail_nameservers),
                     inventory=host.source.name,
                     agents=[agent],
                     links=host.agent_links,
@@ -250,6 +253,10 @@ def _rc_conf(layout: HostLayout) -> tuple[list[RcEdit], list[str]]:
         RcEdit("set", "pf_fallback_rules_enable", "YES"),
         RcEdit("set", "pf_fallback_rules_file", PF_FALLBACK_FILE),
     ]
+    if any(a.jails for a in layout.agents):
+        # Bastille's rc.d script starts the jails at boot only with bastille_enable=YES
+        # (docs/freebsd.md#bastille-jail-lifecycle).
+        edits.append(RcEdit("set", "bastille_enable", "YES"))
     if layout.guests:
         # vm-bhyve setup: docs/freebsd.md#vm-bhyve
         edits += [RcEdit("set", "vm_enable", "YES"), RcEdit("set", "vm_dir", layout.vm_dir)]
@@ -312,6 +319,10 @@ def _jails(layout: HostLayout) -> list[JailSpec]:
         # existing bridge, -M static MAC, -g the agent's gateway (a VNET jail without a
         # default route is a provisioning defect, docs/freebsd.md#clawdie-conventions).
         args = ["create", "-B", *(["-T"] if thick else []), "-M", "-g", str(agent.gateway)]
+        if layout.nameservers:
+            # The base template copies the host's resolv.conf, whose 127.0.0.1 (local_unbound)
+            # is the jail's own loopback in a VNET jail: -n replaces it (docs/freebsd.md#dns-in-vnet-jails).
+            args += ["-n", ",".join(layout.nameservers)]
         args += [name, layout.release, cidr, layout.bridge]
         specs.append(
             JailSpec(
@@ -358,7 +369,8 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
             header=header,
             name=agent.name,
             rcvar=agent.rcvar,
-            requires=list(agent.requires),
+            # An agent with jails starts after rc.d/bastille has started them.
+            requires=[*agent.requires, *(["bastille"] if agent.jails else [])],
             desc=f"{agent.assistant_name}, AI agent {agent.name}",
             directory=agent.directory,
             # docs/freebsd.md#rcsubr-knobs: _env is split on whitespace; locale names have no spaces.

@@ -40,6 +40,13 @@ def status_script(host: Host, agents: list[Agent]) -> str:
     for a in agents:
         q = shlex.quote(a.name)
         lines.append(f"section service.{a.name}; service {q} status 2>&1")
+        # daemon(8) keeps the supervisor alive while the wrapper exits and restarts (no tmux,
+        # a crashing agent): the agent lives only while its tmux session does.
+        sess = shlex.quote(f"={a.tmux_session}")
+        lines.append(
+            f'section tmux.{a.name}; tmux -S "/tmp/tmux-$(id -u {q} 2>/dev/null)/default" '
+            f"has-session -t {sess} >/dev/null 2>&1 && echo alive"
+        )
         lines.append(f"section api.{a.name}; nc -z -w 2 127.0.0.1 {a.api_port} >/dev/null 2>&1 && echo open")
         for jail in a.jails:
             j = shlex.quote(jail.name)
@@ -58,12 +65,19 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[AgentStatus]:
     for a in agents:
         svc = s.get(f"service.{a.name}", "")
         m = re.search(r"is running as pid (\d+)", svc)
+        alive = s.get(f"tmux.{a.name}") == "alive"
         row = AgentStatus(
             a.name,
-            service=f"running (pid {m.group(1)})" if m else "not running",
+            service=(
+                f"running (pid {m.group(1)})"
+                if m and alive
+                else f"supervisor only (pid {m.group(1)}), no tmux session {a.tmux_session}"
+                if m
+                else "not running"
+            ),
             api=f":{a.api_port} " + ("open" if s.get(f"api.{a.name}") == "open" else "closed"),
         )
-        row.ok = bool(m) and s.get(f"api.{a.name}") == "open"
+        row.ok = bool(m) and alive and s.get(f"api.{a.name}") == "open"
         for jail in a.jails:
             facts = s.get(f"jail.{jail.name}", "")
             running = facts.startswith("running")

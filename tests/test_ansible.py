@@ -93,6 +93,7 @@ def mutating(calls: list[dict[str, object]]) -> list[tuple[object, tuple[str, ..
             or (cmd == "pfctl" and ("-n" in argv or "-s" in argv))
             or (cmd == "vm" and argv in (("list",), ("switch", "list")))
             or (cmd == "rctl" and argv == ())
+            or (cmd == "pkg" and argv[:1] in (("query",), ("info",)))
             or argv[-1:] == ("status",)
         )
         if not read_only:
@@ -136,8 +137,8 @@ def test_converge_then_idempotent_then_check_diff_changes_nothing(registry: Regi
     first_load = next(i for i, c in enumerate(calls) if c[0] == "service" and c[1][:1] == ["pf"])
     assert check < first_load
     creates = [c[1] for c in calls if c[0] == "bastille" and c[1][0] == "create"]
-    assert ["create", "-B", "-M", "-g", "10.0.1.1", "atlascms", "15.0-RELEASE", "10.0.1.3/24", "warden0"] in creates
-    assert ["create", "-B", "-T", "-M", "-g", "10.0.2.1", "irisdb", "15.0-RELEASE", "10.0.2.5/24", "warden0"] in creates
+    assert ["create", "-B", "-M", "-g", "10.0.1.1", "atlascms", "14.3-RELEASE", "10.0.1.3/24", "warden0"] in creates
+    assert ["create", "-B", "-T", "-M", "-g", "10.0.2.1", "irisdb", "14.3-RELEASE", "10.0.2.5/24", "warden0"] in creates
     assert calls.index(("ifconfig", ["bridge", "create", "name", "warden0"])) < calls.index(("bastille", creates[0]))
     mac = next(
         j["mac"]
@@ -377,3 +378,33 @@ def test_a_bhyve_agent_gets_its_vm_and_the_guest_is_provisioned_as_a_host(regist
     assert (guest.root / "usr/local/etc/rc.d/nova").exists()
     assert sorted(guest.state()["jails"]) == ["novacms", "novagit"]
     assert recap(playbook(registry), "novavm")["changed"] == 0
+
+
+def test_a_fresh_host_provisions_in_one_run_and_the_second_changes_nothing(
+    registry: Registry, testhost: TestHost
+) -> None:
+    """FreeBSD as installed: no /etc/pf.conf, an empty package database, a 14.3 kernel,
+    local_unbound's resolv.conf (127.0.0.1). One agent with one jail and a memory limit."""
+    root = testhost.root
+    (root / "etc/pf.conf").unlink()
+    (root / "etc/resolv.conf").write_text("nameserver 127.0.0.1\n")
+    (root / "var/db/warden-doubles/state.json").write_text(json.dumps({"packages": []}))
+    setup(registry, testhost, names=("atlas",), jails="db")
+    env = registry.agents / "atlas/.env"
+    env.write_text(env.read_text() + "AGENT_MEMORY_LIMIT=4G\n")
+
+    first = playbook(registry)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
+    state = testhost.state()
+    assert {"tmux", "node", "git"} <= set(state["packages"])
+    assert state["pf"]["enabled"] and state["services"]["atlas"]["running"]
+    db = state["jails"]["atlasdb"]
+    assert db["release"] == "14.3-RELEASE" and db["services"]["postgresql"]["running"]
+    assert state["rctl"] == ["user:atlas:memoryuse:deny=4294967296"]
+    assert read_vars((root / "etc/rc.conf").read_text())["bastille_enable"] == "YES"
+    assert (root / "etc/pf.conf").stat().st_mode & 0o777 == 0o600
+
+    before = len(testhost.calls())
+    second = playbook(registry)
+    assert second.returncode == 0 and recap(second)["changed"] == 0, second.stdout[-3000:]
+    assert mutating(testhost.calls()[before:]) == []

@@ -116,7 +116,10 @@ def test_service_status_exit_codes_and_enable_check(testhost: TestHost) -> None:
     client = connect(testhost)
     try:
         assert run(client, "service atlas status")[0] == 1
-        assert run(client, "service atlas start")[0] == 1  # not enabled
+        # rc.subr run_rc_command: not enabled → the message on stdout, exit 0, nothing started
+        status, out, _ = run(client, "service atlas start")
+        assert status == 0 and "Cannot 'start' atlas. Set atlas_enable to YES" in out
+        assert run(client, "service atlas status")[0] == 1
         assert run(client, "service atlas enable")[0] == 0
         assert run(client, "service atlas start")[0] == 0
         status, out, _ = run(client, "service atlas status")
@@ -129,11 +132,11 @@ def test_service_status_exit_codes_and_enable_check(testhost: TestHost) -> None:
 def test_bastille_refuses_hyphenated_vnet_names_and_needs_a_bridge(testhost: TestHost) -> None:
     client = connect(testhost)
     try:
-        status, _, err = run(client, "bastille create -B atlas-cms 15.0-RELEASE 10.0.1.3/24 warden0")
+        status, _, err = run(client, "bastille create -B atlas-cms 14.3-RELEASE 10.0.1.3/24 warden0")
         assert status == 1 and "VNET jail names may not contain" in err
-        assert "not a bridge" in run(client, "bastille create -B atlascms 15.0-RELEASE 10.0.1.3/24 warden0")[2]
+        assert "not a bridge" in run(client, "bastille create -B atlascms 14.3-RELEASE 10.0.1.3/24 warden0")[2]
         run(client, "ifconfig bridge create name warden0")
-        assert run(client, "bastille create -B -M -g 10.0.1.1 atlascms 15.0-RELEASE 10.0.1.3/24 warden0")[0] == 0
+        assert run(client, "bastille create -B -M -g 10.0.1.1 atlascms 14.3-RELEASE 10.0.1.3/24 warden0")[0] == 0
         assert run(client, "bastille list")[1] == "atlascms\n"
     finally:
         client.close()
@@ -156,3 +159,145 @@ def test_a_ruleset_that_blocks_ssh_refuses_new_connections_but_keeps_open_ones(t
     finally:
         first.close()
     connect(testhost).close()
+
+
+def test_service_pf_start_without_pf_enable_does_nothing_and_exits_0(testhost: TestHost) -> None:
+    client = connect(testhost)
+    try:
+        status, out, _ = run(client, "service pf start")
+        assert status == 0 and "Set pf_enable to YES" in out  # libexec/rc/rc.d/pf via rc.subr
+        assert "Disabled" in run(client, "pfctl -s info")[1]
+        run(client, "sysrc pf_enable=YES")
+        (testhost.root / "etc/pf.conf").unlink()
+        status, _, err = run(client, "service pf start")
+        assert status == 1 and "/etc/pf.conf is not readable" in err  # required_files
+    finally:
+        client.close()
+
+
+def _jail(client: paramiko.SSHClient, name: str = "atlascms") -> None:
+    run(client, "ifconfig bridge create name warden0")
+    assert run(client, f"bastille create -B -M -g 10.0.1.1 -n 10.0.1.1 {name} 14.3-RELEASE 10.0.1.3/24 warden0")[0] == 0
+
+
+def test_bastille_template_evals_each_line_and_service_wants_three_arguments(testhost: TestHost) -> None:
+    tdir = testhost.root / "usr/local/bastille/templates/t"
+    for name, body in {
+        "quoted": "PKG nginx\nSYSRC nginx_enable=YES\nSERVICE 'nginx start'\n",
+        "plain": "# a comment\n\nPKG nginx\nSYSRC nginx_enable=YES\nSERVICE nginx start\n",
+    }.items():
+        (tdir / name).mkdir(parents=True)
+        (tdir / name / "Bastillefile").write_text(body)
+    client = connect(testhost)
+    try:
+        _jail(client)
+        status, _, err = run(client, "bastille template atlascms t/quoted")
+        assert status == 1 and "Failed to execute command: service" in err  # template.sh eval keeps the quotes
+        assert "Usage: bastille service" in err  # service.sh: [ $# -ne 3 ]
+        assert run(client, "bastille service atlascms 'nginx start'")[0] == 1
+        assert run(client, "bastille template atlascms t/plain")[0] == 0
+        assert run(client, "bastille template atlascms t/missing")[0] == 1
+    finally:
+        client.close()
+    jail = testhost.state()["jails"]["atlascms"]
+    assert jail["packages"] == ["nginx"] and jail["services"]["nginx"]["running"]
+    calls = [c["argv"] for c in testhost.calls() if c["cmd"] == "bastille"]
+    assert ["service", "atlascms", "nginx", "start"] in calls and ["pkg", "-y", "atlascms", "install", "nginx"] in calls
+
+
+def test_bastille_pkg_in_a_jail_needs_a_resolver_the_jail_can_reach(testhost: TestHost) -> None:
+    (testhost.root / "etc/resolv.conf").write_text("nameserver 127.0.0.1\n")  # local_unbound on the host
+    client = connect(testhost)
+    try:
+        run(client, "ifconfig bridge create name warden0")
+        run(client, "bastille create -B atlascms 14.3-RELEASE 10.0.1.3/24 warden0")
+        status, _, err = run(client, "bastille pkg -y atlascms install nginx")
+        assert status == 1 and "No address record" in err
+        run(client, "bastille create -B -n 10.0.1.1 atlasgit 14.3-RELEASE 10.0.1.2/24 warden0")
+        assert run(client, "bastille pkg -y atlasgit install git")[0] == 0
+        assert run(client, "bastille pkg -y atlasgit install nosuchpackage")[0] == 1
+    finally:
+        client.close()
+    resolv = (testhost.root / "usr/local/bastille/jails/atlasgit/root/etc/resolv.conf").read_text()
+    assert resolv == "nameserver 10.0.1.1\n"  # create.sh -n replaces every nameserver line
+
+
+def test_postgresql_initdb_needs_sysvshm_from_jail_conf_after_a_restart(testhost: TestHost) -> None:
+    client = connect(testhost)
+    try:
+        _jail(client, "atlasdb")
+        run(client, "bastille pkg -y atlasdb install postgresql17-server")
+        status, _, err = run(client, "bastille cmd atlasdb sh -c 'service postgresql initdb'")
+        assert status == 1 and "could not create shared memory segment" in err
+        assert run(client, "bastille config atlasdb set sysvshm new")[0] == 0
+        assert run(client, "bastille cmd atlasdb service postgresql initdb")[0] == 1  # not restarted yet
+        run(client, "bastille restart atlasdb")
+        assert run(client, "bastille cmd atlasdb service postgresql initdb")[0] == 0
+    finally:
+        client.close()
+    assert "  sysvshm = new;" in (testhost.root / "usr/local/bastille/jails/atlasdb/jail.conf").read_text()
+
+
+def test_bastille_destroy_prompts_without_y_and_skips_a_running_jail_without_a(testhost: TestHost) -> None:
+    client = connect(testhost)
+    try:
+        _jail(client)
+        status, _, err = run(client, "bastille destroy -f -y atlascms")
+        assert status == 0 and "Jail is running." in err and "[-a|--auto]" in err  # error_continue
+        status, out, err = run(client, "bastille destroy -a atlascms </dev/null")
+        assert status == 1 and "Are you sure" in out and "Invalid input" in err  # read at EOF
+        assert "atlascms" in testhost.state()["jails"]
+        assert run(client, "bastille destroy -a -y atlascms")[0] == 0
+    finally:
+        client.close()
+    assert "atlascms" not in testhost.state()["jails"]
+
+
+def test_rctl_lists_raw_integer_amounts_and_a_deny_replaces_its_amount(testhost: TestHost) -> None:
+    client = connect(testhost)
+    try:
+        run(client, "rctl -a user:atlas:memoryuse:deny=4G jail:atlasdb:maxproc:deny=64/jail")
+        assert run(client, "rctl")[1] == "user:atlas:memoryuse:deny=4294967296\njail:atlasdb:maxproc:deny=64\n"
+        run(client, "rctl -a user:atlas:memoryuse:deny=2g")
+        assert run(client, "rctl user:atlas")[1] == "user:atlas:memoryuse:deny=2147483648\n"
+        assert run(client, "rctl -h user:atlas")[1] == "user:atlas:memoryuse:deny=2G\n"
+        run(client, "rctl -r user:atlas")
+        assert run(client, "rctl")[1] == "jail:atlasdb:maxproc:deny=64\n"
+    finally:
+        client.close()
+
+
+def test_pkg_and_freebsd_version_answer_as_freebsd_does(testhost: TestHost) -> None:
+    client = connect(testhost)
+    try:
+        assert run(client, "pkg info -e nosuch")[0] == 1
+        status, _, err = run(client, "pkg info nosuch")
+        assert status == 70 and "No package(s) matching nosuch" in err
+        assert run(client, "pkg install -y nosuchpackage")[0] == 1
+        assert run(client, "pkg install -y node")[0] == 0 and run(client, "pkg info -e node")[0] == 0
+        assert run(client, "freebsd-version -k")[1] == "14.3-RELEASE\n"
+        assert run(client, "freebsd-version -ku")[1] == "14.3-RELEASE\n14.3-RELEASE\n"
+    finally:
+        client.close()
+
+
+def test_every_rendered_bastillefile_applies_to_a_new_jail_of_its_role(testhost: TestHost, example: Path) -> None:
+    """The example fleet's Bastillefiles (db needs SysV IPC first: the play's job, see test_ansible)."""
+    import json
+    import shutil
+
+    shutil.copytree(
+        example / "fbsd1/usr/local/bastille/templates/warden", testhost.root / "usr/local/bastille/templates/warden"
+    )
+    jails = json.loads((example / "fbsd1/.warden/manifest.json").read_text())["jails"]
+    client = connect(testhost)
+    try:
+        run(client, "ifconfig bridge create name warden0")
+        for jail in (j for j in jails if j["role"] != "db"):
+            assert run(client, "bastille " + " ".join(jail["create_args"]))[0] == 0
+            status, out, err = run(client, f"bastille template {jail['name']} {jail['template']}")
+            assert status == 0, (jail["name"], out, err)
+    finally:
+        client.close()
+    state = testhost.state()["jails"]
+    assert state["atlascms"]["services"]["nginx"]["running"] and state["atlasgit"]["services"]["sshd"]["running"]

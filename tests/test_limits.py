@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from provision.inventory import load_inventory
-from provision.limits import BEGIN, END, agent_rules, host_rules, managed_rules, rctl_changes, rctl_conf_result
+from provision.limits import (
+    BEGIN,
+    END,
+    agent_rules,
+    host_rules,
+    kernel_form,
+    managed_rules,
+    rctl_changes,
+    rctl_conf_result,
+)
 from provision.registry import load_fleet
 
-from .conftest import Registry
+from .conftest import REPO, Registry
 
 OPERATOR = "# my own limits\nuser:www:maxproc:deny=100\n"
 
@@ -77,3 +87,34 @@ def test_live_changes_add_new_rules_and_remove_old_filters() -> None:
 
 def test_unchanged_rules_need_no_live_change(tmp_path: Path) -> None:
     assert rctl_changes(["u:a:maxproc:deny=1"], ["u:a:maxproc:deny=1"]) == ([], [])
+
+
+def test_live_rules_listed_as_raw_integers_are_not_added_again(example: Path) -> None:
+    """rctl lists amounts as the kernel keeps them (`deny=4294967296` for `4G`, `/per`
+    dropped when it is the subject: docs/freebsd.md#rctl); an applied host needs no change."""
+    import importlib.util
+
+    # Loaded by path, as Ansible loads filter plugins (the directory is not a package).
+    spec = importlib.util.spec_from_file_location("warden_filters", REPO / "filter_plugins/warden.py")
+    assert spec and spec.loader
+    filters = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(filters)
+    warden_rctl_changes = filters.warden_rctl_changes
+
+    build = example / "fbsd1"
+    wanted = json.loads((build / ".warden/manifest.json").read_text())["rctl_rules"]
+    assert "user:atlas:memoryuse:deny=4G" in wanted
+    listed = [r.replace("=4G", "=4294967296").replace("=8G", "=8589934592") for r in wanted]
+    live = {"/etc/rctl.conf": rctl_conf_result("", wanted)}
+    assert warden_rctl_changes(str(build), {"rctl": listed}, live) == {"add": [], "remove": []}
+    changed = {"/etc/rctl.conf": rctl_conf_result("", [r.replace("=4G", "=2G") for r in wanted])}
+    listed_old = [r.replace("=4294967296", "=2147483648") for r in listed]
+    result = warden_rctl_changes(str(build), {"rctl": listed_old}, changed)
+    assert result["add"] == ["user:atlas:memoryuse:deny=4G"]
+
+
+def test_amounts_normalise_as_the_kernel_keeps_them() -> None:
+    assert kernel_form("user:atlas:memoryuse:deny=4G") == "user:atlas:memoryuse:deny=4294967296"
+    assert kernel_form("jail:atlasdb:maxproc:deny=64/jail") == "jail:atlasdb:maxproc:deny=64"
+    assert kernel_form("user:atlas:pcpu:deny=50/process") == "user:atlas:pcpu:deny=50/process"
+    assert kernel_form("jail:x:memoryuse:deny=512m") == "jail:x:memoryuse:deny=536870912"

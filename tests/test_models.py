@@ -225,3 +225,25 @@ def test_agent_dir_in_its_own_home_is_rendered_with_the_wrapper_and_env(registry
     pattern = re.search(r"selectattr\('path', 'match', '([^']+)'\)", role_vars["warden_agents_owned"])
     assert pattern is not None
     assert all(re.match(pattern.group(1), path) for path in paths if "/warden/jails/" not in path)
+
+
+def test_default_jail_names_fit_the_epair_limit_for_every_valid_agent_name(registry: Registry) -> None:
+    """e0a_<jail> must fit 15 characters (docs/freebsd.md#interface-name-length): the defaults
+    keep every name that already fitted, shorten the rest, and long names sharing a prefix
+    do not collide."""
+    from provision.models import JAIL_ROLES, default_jail_name
+
+    assert default_jail_name("atlas", "ollama") == "atlasollama"  # as written before: existing jails keep theirs
+    assert default_jail_name("hermes", "ollama") == "hermesllm"
+    assert default_jail_name("hermes", "llamacpp") == "hermesllm"
+    names = ["a", "atlas", "hermes", "abcdefgh", "abcdefghi", "assistant1", "assistant2", "a234567890123456"]
+    for name in names:
+        for role in JAIL_ROLES:
+            jail = default_jail_name(name, role)
+            assert len(f"e0a_{jail}") <= 15 and re.fullmatch(r"[a-z][a-z0-9]*", jail), (name, role, jail)
+    assert default_jail_name("assistant1", "git") != default_jail_name("assistant2", "git")
+    for i, name in enumerate(("assistant1", "assistant2", "hermes"), start=1):
+        registry.write_env(name, f"AGENT_NAME={name}\nAGENT_SUBNET_BASE=10.0.{i}\nWARDEN_JAILS='git cms ollama db'\n")
+    hosts, _ = load_inventory(registry.inventory)
+    problems = run_checks(load_fleet(registry.agents, hosts))
+    assert [p for p in problems if p.rule in ("epair-name", "duplicate-jail")] == []

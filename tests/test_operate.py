@@ -60,7 +60,7 @@ def test_doctor_names_each_failure_and_its_fix(registry: Registry, testhost: Tes
         "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nAGENT_MEMORY_LIMIT=1G\n"
         "AGENT_PLACEMENT=bhyve\nWARDEN_VM_IP=10.255.0.10\n",
     )
-    state = testhost.root / "usr/local/bastille/releases/15.0-RELEASE"
+    state = testhost.root / "usr/local/bastille/releases/14.3-RELEASE"
     state.rmdir()
     (testhost.root / "etc/devfs.rules").unlink()
     subprocess.run(
@@ -71,7 +71,7 @@ def test_doctor_names_each_failure_and_its_fix(registry: Registry, testhost: Tes
     result = invoke(registry, "doctor")
     assert result.returncode == 1
     expected = {
-        "Bastille release 15.0-RELEASE bootstrapped": "bastille bootstrap 15.0-RELEASE",
+        "Bastille release 14.3-RELEASE bootstrapped": "bastille bootstrap 14.3-RELEASE",
         "VIMAGE in the kernel": "options VIMAGE",
         "devfs ruleset 13 for VNET jails": "[bastille_vnet=13]",
         "gateway_enable": "sysrc gateway_enable=YES",
@@ -88,6 +88,7 @@ def test_doctor_names_each_failure_and_its_fix(registry: Registry, testhost: Tes
 def facts(**over: str) -> str:
     base = {
         "version": "14.3-RELEASE",
+        "kernel": "14.3-RELEASE-p2",
         "python": "/usr/local/bin/python3",
         "bastille": "/usr/local/bin/bastille",
         "release": "yes",
@@ -98,6 +99,7 @@ def facts(**over: str) -> str:
         "pf": "Status: Enabled",
         "pfconf": "ok",
         "racct": "1",
+        "packages": "bastille\ngit\nnode\ntmux",
         "vm": "yes",
         "disk": "/dev/ada0p2 30000000 1000000 20000000 5% /",
         "inet": "vtnet0: flags=8843<UP> mtu 1500\n\tinet 192.168.10.5 netmask 0xffffff00",
@@ -114,6 +116,13 @@ def facts(**over: str) -> str:
         ({"bastille": ""}, "Bastille installed"),
         ({"bridge": ""}, "if_bridge available"),
         ({"pfconf": ""}, "current /etc/pf.conf loads"),
+        ({"packages": "bastille\ngit"}, "packages the agents need"),
+        ({"rcconflocal": 'pf_enable="NO"'}, "/etc/rc.conf.local does not override warden's rc.conf values"),
+        (
+            {"rcconflocal": 'cloned_interfaces="lo1"\natlas_enable="YES"'},
+            "/etc/rc.conf.local does not override warden's rc.conf values",
+        ),
+        ({"kernel": "14.2-RELEASE"}, "jail release 14.3-RELEASE runs on the kernel"),
         ({"disk": "/dev/ada0p2 30000000 29000000 100000 99% /"}, "free disk on /"),
         (
             {"inet": "vtnet0: flags=8843<UP> mtu 1500\n\tinet 10.0.1.7 netmask 0xffff0000"},
@@ -160,6 +169,10 @@ def test_status_is_green_after_apply_and_red_when_things_go_down(registry: Regis
         assert "atlascms 10.0.1.3 up" in result.stdout
         down = invoke(registry, "status")  # iris's API port has nobody listening
         assert down.returncode == 1 and "closed" in down.stdout
+        # the supervisor lives but the agent's tmux session is gone (daemon -r restarting the wrapper)
+        subprocess.run(["chroot", str(testhost.root), "tmux", "kill-session", "-t", "=atlas"], check=True)
+        dead = invoke(registry, "status", "--agent", "atlas")
+        assert dead.returncode == 1 and "supervisor only" in dead.stdout and "no tmux session atlas" in dead.stdout
         subprocess.run(["chroot", str(testhost.root), "ifconfig", "warden0", "inet", "10.0.1.1", "-alias"], check=True)
         subprocess.run(["chroot", str(testhost.root), "bastille", "stop", "atlasdb"], check=True)
         subprocess.run(["chroot", str(testhost.root), "service", "atlas", "stop"], check=True, capture_output=True)
@@ -195,3 +208,30 @@ def test_site_yml_stops_on_a_preflight_fail_before_changing_anything(registry: R
         c["cmd"] in ("bastille", "ifconfig") and c["argv"][:1] != ["-l"] and len(c["argv"]) > 1
         for c in testhost.calls()
     )
+
+
+def test_doctor_accepts_a_fresh_host_without_pf_conf_and_refuses_a_release_newer_than_the_kernel() -> None:
+    """FreeBSD installs no /etc/pf.conf; a jail's userland must not be newer than the kernel."""
+    host = Host(name="fbsd1", release="15.0-RELEASE")
+    checks = {c.name: c for c in evaluate(host, [], facts(pfconf="absent", kernel="14.3-RELEASE"))}
+    assert checks["current /etc/pf.conf loads"].ok
+    newer = checks["jail release 15.0-RELEASE runs on the kernel"]
+    assert not newer.ok and not newer.applied_by_site
+    assert "set warden_release: 14.3-RELEASE for fbsd1 in inventory/hosts.yml" in newer.fix
+    assert Host(name="fbsd1").release == "14.3-RELEASE"
+
+
+def test_doctor_says_when_jails_would_copy_a_resolver_they_cannot_reach(registry: Registry) -> None:
+    """Bastille copies the host's resolv.conf into VNET jails (docs/freebsd.md#dns-in-vnet-jails)."""
+    from provision.inventory import load_inventory
+    from provision.registry import load_fleet
+
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nWARDEN_JAILS=cms\n")
+    hosts, _ = load_inventory(registry.inventory)
+    agents = load_fleet(registry.agents, hosts).agents
+    unbound = facts(resolv="nameserver 127.0.0.1")
+    copying = Host(name="fbsd1", jail_nameservers=())
+    failed = [c for c in evaluate(copying, agents, unbound) if not c.ok]
+    assert [c.name for c in failed] == ["jails can resolve names (resolv.conf copied into them)"]
+    assert "warden_jail_nameservers" in failed[0].fix and "127.0.0.1" in failed[0].detail
+    assert all(c.ok for c in evaluate(Host(name="fbsd1"), agents, unbound))  # the default gives -n resolvers

@@ -168,3 +168,15 @@ def test_exit_status_is_terraforms_detailed_exitcode() -> None:
 def test_env_comments_are_shown_with_secret_looking_words_masked(comment: str, shown: str) -> None:
     assert mask_comment(comment) == shown
     assert _env_shown(f"AGENT_NAME=atlas\n{comment}")[1] == shown
+
+
+def test_a_value_in_rc_conf_local_that_overrides_ours_is_reported(example: Path) -> None:
+    """rc_conf_files reads /etc/rc.conf.local after /etc/rc.conf (docs/freebsd.md#where-rcconf-values-come-from)."""
+    manifest = Manifest.load(example / "fbsd1")
+    local = b'pf_enable="NO"\ncloned_interfaces="lo1"\nsshd_enable="YES"\n'
+    hp = plan_host(manifest, example / "fbsd1", {"/etc/rc.conf.local": local})
+    assert len(hp.warnings) == 2
+    assert any('pf_enable="NO"' in w and '"YES"' in w for w in hp.warnings)
+    assert any('cloned_interfaces="lo1" (lacks bridge0' in w for w in hp.warnings)
+    assert all("edit /etc/rc.conf.local" in w for w in hp.warnings)
+    assert plan_host(manifest, example / "fbsd1", {"/etc/rc.conf.local": b'pf_enable="YES"\n'}).warnings == []

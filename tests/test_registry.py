@@ -244,3 +244,13 @@ def test_bhyve_agents_on_two_hosts_each_get_their_hosts_first_uplink_address(reg
     )
     result = invoke(registry, "check")
     assert result.returncode == 1 and "WARDEN_VM_IP=10.255.0.10 is used by 2 agents on fbsd1" in result.stdout
+
+
+def test_add_agent_writes_only_the_keys_of_the_roles_the_agent_has(registry: Registry) -> None:
+    result = invoke(registry, "add-agent", "atlas", "--subnet", "10.0.1", "--jails", "git cms")
+    assert result.returncode == 0, result.stderr
+    values = EnvFile.load(registry.agents / "atlas" / ".env").values()
+    assert values["GIT_JAIL_NAME"] == "atlasgit" and values["WARDEN_CMS_IP"] == "10.0.1.3"
+    unused = ("OLLAMA_JAIL_NAME", "LLAMA_CPP_JAIL_NAME", "DB_JAIL_NAME", "WARDEN_OLLAMA_IP", "WARDEN_DB_IP")
+    assert not set(unused) & set(values)
+    assert invoke(registry, "check").returncode == 0

@@ -180,7 +180,7 @@ def test_manifest_json_round_trips(example: Path) -> None:
 def test_rc_d_script_follows_rc_subr_and_daemon_rules(example: Path) -> None:
     text = (example / "fbsd1/usr/local/etc/rc.d/hermes").read_text()
     # docs/freebsd.md#rcd-scripts
-    assert "# PROVIDE: hermes\n# REQUIRE: LOGIN NETWORKING atlas\n# KEYWORD: shutdown\n" in text
+    assert "# PROVIDE: hermes\n# REQUIRE: LOGIN NETWORKING atlas bastille\n# KEYWORD: shutdown\n" in text
     assert "name=hermes\nrcvar=hermes_enable\n" in text
     assert text.index('load_rc_config "$name"') < text.index(': "${hermes_enable:=NO}"')  # docs/freebsd.md#rcd-scripts
     assert 'command="/usr/sbin/daemon"' in text and "\nprocname=" not in text  # procname stays daemon
@@ -263,7 +263,8 @@ def test_shared_llm_jail_appears_once_with_both_agents(example: Path) -> None:
     shared = [j for j in manifest.jails if j.name == "ollama"]
     assert len(shared) == 1 and shared[0].agents == ["atlas", "hermes"]
     assert shared[0].create_args == [
-        "create", "-B", "-M", "-g", "10.0.1.1", "ollama", "15.0-RELEASE", "10.0.1.4/24", "warden0",
+        "create", "-B", "-M", "-g", "10.0.1.1", "-n", "9.9.9.9,149.112.112.112",
+        "ollama", "15.0-RELEASE", "10.0.1.4/24", "warden0",
     ]  # fmt: skip
     # docs/freebsd.md#clawdie-conventions: home.arpa, the owner's zone
     assert shared[0].hostname == "ollama.atlas.home.arpa"
@@ -302,6 +303,10 @@ def test_bastillefiles_use_only_bastille_hooks(example: Path) -> None:
         for line in path.read_text().splitlines():
             if line and not line.startswith("#"):
                 assert line.split()[0] in hooks, (path, line)
+            if line.startswith("SERVICE "):
+                # template.sh evals the line as `bastille service JAIL ARGS`; service.sh
+                # wants exactly JAIL SERVICE VERB, so the words must not be quoted together.
+                assert len(shlex.split(line)) == 3, (path, line)
 
 
 def test_bhyve_agent_gets_a_guest_on_the_host_and_a_host_layout_of_its_own(example: Path) -> None:
@@ -551,3 +556,11 @@ def test_eight_renders_at_once_into_a_fresh_build_all_succeed(registry: Registry
     hosts, _ = load_inventory(registry.inventory)
     render_fleet(load_fleet(registry.agents, hosts), once)
     assert tree(registry.build / "fbsd1") == tree(once / "fbsd1")
+
+
+def test_a_host_with_jails_starts_bastille_at_boot_and_its_agents_after_it(example: Path) -> None:
+    """rc.d/bastille starts jails only with bastille_enable=YES (docs/freebsd.md#bastille-jail-lifecycle)."""
+    manifest = Manifest.load(example / "fbsd1")
+    assert {(e.name, e.value) for e in manifest.rc_conf if e.op == "set"} >= {("bastille_enable", "YES")}
+    script = (example / "fbsd1/usr/local/etc/rc.d/atlas").read_text()
+    assert re.search(r"^# REQUIRE: LOGIN NETWORKING.* bastille$", script, re.M), script[:400]

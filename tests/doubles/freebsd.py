@@ -5,8 +5,11 @@ Installed inside the test host's root tree at the FreeBSD paths (sysrc, pfctl,
 ifconfig, service, bastille, vm, pkg, jls, sysctl, kldload, kldstat, rctl,
 freebsd-version), one file dispatching on the name it is called by.  Every call is
 appended to /var/log/warden-doubles.jsonl; state lives in /var/db/warden-doubles/.
-Each behaviour follows docs/freebsd.md (section cited); where that page is
-silent the double does the least that lets order and arguments be asserted.
+Each behaviour cites the upstream file and function it follows (freebsd-src
+libexec/rc/rc.subr, libexec/rc/rc.d/pf, usr.bin/rctl/rctl.c; BastilleBSD/bastille
+usr/local/share/bastille/*.sh; churchers/vm-bhyve lib/*) and refuses what the real
+command refuses; what a double cannot emulate it refuses loudly ("double: … not
+emulated") rather than pretend success. docs/freebsd.md collects these facts.
 The doubles run inside the chroot, so "/" is the test host's tree.
 """
 
@@ -538,7 +541,52 @@ def _show(name: str, i: dict[str, Any]) -> None:
         print(f"\tmember: {m} flags=143<LEARNING,DISCOVER,AUTOEDGE,AUTOPTP>")
 
 
-# -- service (docs/freebsd.md#rcd-scripts, docs/freebsd.md#loading-pf) --------------------
+# -- service (rc.subr run_rc_command; rc.d/pf) --------------------------------------------
+
+YES = ("YES", "TRUE", "ON", "1")
+
+
+def _enabled(vs: dict[str, str], rcvar: str) -> bool:
+    return vs.get(rcvar, "NO").upper() in YES  # rc.subr checkyesno
+
+
+def _not_enabled(name: str, verb: str) -> int:
+    """rc.subr run_rc_command: a start/restart of a service whose rcvar is not YES prints
+    this on stdout and returns 0, having done nothing."""
+    print(f"Cannot '{verb}' {name}. Set {name}_enable to YES in /etc/rc.conf or use 'one{verb}' instead of '{verb}'.")
+    return 0
+
+
+def _pf_service(verb: str) -> int:
+    """libexec/rc/rc.d/pf: check = pfctl -n -f; reload/resync = -n -f then -f (states kept);
+    start = -F all, -f (or the fallback), -e if not enabled. required_files=$pf_rules."""
+    vs = rc_vars()
+    rules = vs.get("pf_rules", "/etc/pf.conf")
+    forced = verb.startswith(("one", "force"))
+    base = re.sub(r"^(one|force|fast|quiet)", "", verb)
+    if base == "status":
+        return pfctl(["-s", "info"])
+    if base in ("start", "restart", "reload", "resync", "check") and not forced and not _enabled(vs, "pf_enable"):
+        return _not_enabled("pf", base)
+    if base in ("start", "restart", "reload", "resync", "check") and not os.access(rules, os.R_OK):
+        # rc.subr check_required_before: required_files must be readable
+        print(f"/etc/rc.d/pf: WARNING: {rules} is not readable.", file=sys.stderr)
+        return 1
+    if base == "check":
+        return pfctl(["-n", "-f", rules])
+    if base in ("reload", "resync"):
+        return pfctl(["-n", "-f", rules]) or pfctl(["-f", rules])
+    if base in ("start", "restart"):
+        pfctl(["-F", "all"])
+        rc = pfctl(["-f", rules])
+        with State() as st:
+            st["pf"]["enabled"] = True
+        return rc
+    if base == "stop":
+        with State() as st:
+            st["pf"]["enabled"] = False
+        return 0
+    return 0
 
 
 def service(argv: list[str]) -> int:
@@ -546,27 +594,14 @@ def service(argv: list[str]) -> int:
         vs = rc_vars()
         for d in ("/etc/rc.d", "/usr/local/etc/rc.d"):
             for p in sorted(Path(d).glob("*")) if Path(d).is_dir() else []:
-                if vs.get(f"{p.name}_enable", "NO").upper() in ("YES", "TRUE", "ON", "1"):
+                if _enabled(vs, f"{p.name}_enable"):
                     print(p)
         return 0
     if len(argv) < 2:
         die("usage: service <rc_script> <command>", 1)
     name, verb = argv[0], argv[1]
     if name == "pf":
-        rules = rc_vars().get("pf_rules", "/etc/pf.conf")
-        if verb in ("check",):
-            return pfctl(["-n", "-f", rules])
-        if verb in ("reload", "resync"):  # -n -f then -f, keeps states (docs/freebsd.md#loading-pf)
-            return pfctl(["-n", "-f", rules]) or pfctl(["-f", rules])
-        if verb in ("start", "restart", "onestart"):
-            pfctl(["-F", "all"])
-            rc = pfctl(["-f", rules])
-            with State() as st:
-                st["pf"]["enabled"] = True
-            return rc
-        if verb == "status":
-            return pfctl(["-s", "info"])
-        return 0
+        return _pf_service(verb)
     if name in ("netif", "routing", "sshd", "devd", "rctl"):
         return 0
     script = next((Path(d) / name for d in ("/etc/rc.d", "/usr/local/etc/rc.d") if (Path(d) / name).is_file()), None)
@@ -574,7 +609,7 @@ def service(argv: list[str]) -> int:
         die(f"{name} does not exist in /etc/rc.d or the local startup", 1)
     forced = verb.startswith(("one", "force"))
     base = re.sub(r"^(one|force|fast|quiet)", "", verb)
-    enabled = rc_vars().get(f"{name}_enable", "NO").upper() in ("YES", "TRUE", "ON", "1")
+    enabled = _enabled(rc_vars(), f"{name}_enable")
     with State() as st:
         svc = st["services"].setdefault(name, {"running": False, "pid": 0})
         if base in ("enable", "disable"):
@@ -586,13 +621,9 @@ def service(argv: list[str]) -> int:
             print(f"{name} is not running.")
             return 1
         elif base in ("start", "restart", "stop"):
-            if base != "stop" and not enabled and not forced:
-                print(
-                    f"Cannot '{base}' {name}. Set {name}_enable to YES in /etc/rc.conf or use 'one{base}' "
-                    f"instead of '{base}'.",
-                    file=sys.stderr,
-                )
-                return 1
+            # rc.subr run_rc_command: the enable check is skipped for stop when a pid is found
+            if not enabled and not forced and (base != "stop" or not svc["running"]):
+                return _not_enabled(name, base)
             if base == "start" and svc["running"]:
                 print(f"{name} already running? (pid={svc['pid']}).", file=sys.stderr)
                 return 1
@@ -601,6 +632,7 @@ def service(argv: list[str]) -> int:
                 return 1
             svc["running"] = base != "stop"
             svc["pid"] = 4000 + len(st["services"]) if svc["running"] else 0
+            _supervised_session(st, script, svc["running"])
             if base != "stop":
                 print(f"Starting {name}.")
             return 0
@@ -609,9 +641,135 @@ def service(argv: list[str]) -> int:
     return 0
 
 
-# -- bastille (docs/freebsd.md#bastille-create) -------------------------------------------
+def _supervised_session(st: dict[str, Any], script: Path, running: bool) -> None:
+    """An rc.d script running daemon(8) over a wrapper that starts `tmux new-session -s
+    "$session"` (the agent's run-<agent>.sh): the session lives while the service runs,
+    and only when tmux is installed (a package, not base: pkg(8))."""
+    m = re.search(r"^command_args=(.*)$", script.read_text(errors="replace"), re.M)
+    words = sh_value(m.group(1)).split() if m else []
+    wrapper = Path(words[-1]) if words else None
+    if wrapper is None or not wrapper.is_file():
+        return
+    s = re.search(r"^session=(.*)$", wrapper.read_text(errors="replace"), re.M)
+    name = sh_value(s.group(1)) if s else ""
+    if not name:
+        return
+    sessions: list[str] = st.setdefault("tmux_sessions", [])
+    if running and "tmux" in st["packages"] and name not in sessions:
+        sessions.append(name)
+    elif not running and name in sessions:
+        sessions.remove(name)
+
+
+def tmux(argv: list[str]) -> int:
+    """tmux [-S socket] has-session|kill-session -t =NAME; absent unless the package is installed."""
+    args = list(argv)
+    if args[:1] == ["-S"]:
+        args = args[2:]
+    with State() as st:
+        if "tmux" not in st["packages"]:
+            die("/bin/sh: tmux: not found", 127)
+        sessions: list[str] = st.setdefault("tmux_sessions", [])
+        if args[:1] in (["has-session"], ["kill-session"]) and args[1:2] == ["-t"] and len(args) == 3:
+            name = args[2].removeprefix("=")
+            if name not in sessions:
+                die(f"can't find session: {name}", 1)
+            if args[0] == "kill-session":
+                sessions.remove(name)
+            return 0
+    die(f"double: tmux {' '.join(argv)} is not emulated", 1)
+    return 1
+
+
+# -- bastille (BastilleBSD/bastille usr/local/share/bastille/*.sh) ------------------------
 
 BASTILLE = Path("/usr/local/bastille")
+BASTILLE_TEMPLATES = BASTILLE / "templates"  # bastille.conf.sample bastille_templatesdir
+BASTILLE_BIN = "/usr/local/bin/bastille"
+
+# rc.d scripts a package installs into a jail's /usr/local/etc/rc.d (the ports' USE_RC_SUBR
+# names); services of the jail's base system need no package.
+PACKAGE_RC_SCRIPTS = {
+    "nginx": ["nginx"],
+    "postgresql17-server": ["postgresql"],
+    "postgresql16-server": ["postgresql"],
+    "ollama": ["ollama"],
+    "git": ["git_daemon"],
+}
+JAIL_BASE_RC_SCRIPTS = {"sshd", "cron", "syslogd", "sendmail", "netif", "routing"}
+# What the doubles know of the package repository (pkg-install(8) refuses other names).
+REPOSITORY = {
+    "bastille",
+    "vm-bhyve",
+    "python311",
+    "git",
+    "tmux",
+    "node",
+    "nginx",
+    "postgresql17-server",
+    "postgresql16-server",
+    "ollama",
+    "llama-cpp",
+    "qemu-tools",
+    "bhyve-firmware",
+}
+
+
+def _bastille_options(cmd: str, args: list[str], letters: str) -> tuple[set[str], list[str]]:
+    """Leading options as each subcommand's `while [ "$#" -gt 0 ]` loop takes them: long
+    forms, and bundled short letters split with `fold -w1` (destroy.sh, pkg.sh)."""
+    longs = {"--auto": "a", "--yes": "y", "--force": "f", "--host": "H", "--no-cache": "c"}
+    got: set[str] = set()
+    while args and args[0].startswith("-"):
+        a = args.pop(0)
+        if a in longs and longs[a] in letters:
+            got.add(longs[a])
+        elif re.match(rf"^-[{letters}]+$", a) and (len(a) == 2 or cmd in ("destroy", "pkg")):
+            got.update(a[1:])
+        else:
+            die(f'[ERROR]: Unknown Option: "{a}"', 1)
+    return got, args
+
+
+def _jail_running_or_skip(st: dict[str, Any], name: str, auto: bool, verb: str) -> bool:
+    """common check_target_is_running/stopped || error_continue: without -a the subcommand
+    prints the refusal and CONTINUES its loop over targets, so its exit status stays 0."""
+    if name not in st["jails"]:
+        die(f"[ERROR]: Jail not found: {name}", 1)
+    jail = st["jails"][name]
+    wants_running = verb != "destroy"
+    if bool(jail["running"]) == wants_running:
+        return True
+    if auto:
+        _jail_set_running(st, name, wants_running)
+        return True
+    print(f"\n[{name}]:", file=sys.stderr)
+    if wants_running:
+        print("Jail is not running.\nUse [-a|--auto] to auto-start the jail.", file=sys.stderr)
+    else:
+        print("Jail is running.\nUse [-a|--auto] to auto-stop the jail.", file=sys.stderr)
+    return False
+
+
+def _jail_conf_params(name: str) -> dict[str, str]:
+    """`key = value;` lines of the jail's jail.conf (what jail(8) applies when it starts)."""
+    conf = BASTILLE / "jails" / name / "jail.conf"
+    out: dict[str, str] = {}
+    for line in conf.read_text().splitlines() if conf.exists() else []:
+        m = re.match(r"^\s*([a-z0-9_.]+)\s*=\s*(.*?);\s*$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip("'\"")
+    return out
+
+
+def _jail_set_running(st: dict[str, Any], name: str, running: bool) -> None:
+    jail = st["jails"][name]
+    jail["running"] = running
+    # jail(8) reads jail.conf at start: parameters set later apply at the next (re)start.
+    jail["params"] = _jail_conf_params(name) if running else {}
+    if not running:
+        for svc in jail.setdefault("services", {}).values():
+            svc["running"] = False
 
 
 def bastille(argv: list[str]) -> int:
@@ -621,6 +779,8 @@ def bastille(argv: list[str]) -> int:
     if not argv:
         die("Usage: bastille command [option(s)] TARGET [args]", 1)
     cmd, args = argv[0], argv[1:]
+    if cmd == "template":
+        return _bastille_template(args)
     with State() as st:
         jails = st["jails"]
         if cmd == "bootstrap":
@@ -635,38 +795,291 @@ def bastille(argv: list[str]) -> int:
         if cmd in ("start", "stop", "restart"):
             if args[0] not in jails:
                 die(f"[{args[0]}]: Jail not found.", 1)
-            jails[args[0]]["running"] = cmd != "stop"
+            _jail_set_running(st, args[0], cmd != "stop")
             return 0
         if cmd == "destroy":
-            force = args[:1] == ["-f"]
-            name = args[-1]
-            if name not in jails:
-                die(f"[{name}]: Jail not found.", 1)
-            if jails[name]["running"] and not force:
-                die(f"[{name}]: Jail is running. Stop it first or use -f.", 1)
-            del jails[name]
-            return 0
+            return _bastille_destroy(st, args)
         if cmd == "config":
-            name, action, prop = args[0], args[1], args[2]
-            conf = jails.setdefault(name, {}).setdefault("config", {})
-            if action == "set":
-                conf[prop] = " ".join(args[3:])
-            elif action == "get":
-                print(conf.get(prop, "not set"))
-            else:
-                conf.pop(prop, None)
-            return 0
-        if cmd == "template":
-            if args[0] not in jails:
-                die(f"[{args[0]}]: Jail not found.", 1)
-            jails[args[0]].setdefault("templates", []).append(args[1])
-            return 0
+            return _bastille_config(st, args)
+        if cmd == "service":
+            return _bastille_service(st, args)
+        if cmd == "sysrc":
+            opts, args = _bastille_options(cmd, args, "a")
+            if len(args) < 2:  # sysrc.sh: [ $# -lt 2 ] → usage
+                die("Usage: bastille sysrc [option(s)] TARGET ARGS", 1)
+            if not _jail_running_or_skip(st, args[0], "a" in opts, cmd):
+                return 0
+            rc_conf = BASTILLE / "jails" / args[0] / "root/etc/rc.conf"
+            return sysrc(["-f", str(rc_conf), *args[1:]])
+        if cmd == "pkg":
+            return _bastille_pkg(st, args)
+        if cmd == "cmd":
+            opts, args = _bastille_options(cmd, args, "a")
+            if not args:
+                die("Usage: bastille cmd [option(s)] TARGET COMMAND", 1)
+            if not _jail_running_or_skip(st, args[0], "a" in opts, cmd):
+                return 0
+            return _jail_command(st, args[0], args[1:])
     die(f"bastille: unknown command {cmd}", 1)
     return 1
 
 
+def _bastille_destroy(st: dict[str, Any], args: list[str]) -> int:
+    """destroy.sh destroy_jail: a running jail is skipped unless -a (error_continue, exit 0);
+    without -y it asks "Are you sure" with `read`, and at EOF (no terminal) the empty answer
+    is "Invalid input" (error_exit, 1). -f only forces a ZFS unmount."""
+    opts, args = _bastille_options("destroy", args, "acfy")
+    if len(args) != 1:
+        die("Usage: bastille destroy [option(s)] JAIL", 1)
+    name = args[0]
+    if not _jail_running_or_skip(st, name, "a" in opts, "destroy"):
+        return 0
+    if "y" not in opts:
+        print(f"\nAttempting to destroy jail: {name}\n", file=sys.stderr)
+        sys.stdout.write("Are you sure you want to continue? [y|n]:")
+        sys.stdout.flush()
+        answer = sys.stdin.readline().strip()
+        if answer.lower() in ("n", "no"):
+            die("[ERROR]: Cancelled by user.", 1)
+        if answer.lower() not in ("y", "yes"):
+            die("[ERROR]: Invalid input. Please answer 'y' or 'n'.", 1)
+    del st["jails"][name]
+    jdir = BASTILLE / "jails" / name
+    if jdir.exists():
+        import shutil
+
+        shutil.rmtree(jdir)
+    return 0
+
+
+def _bastille_config(st: dict[str, Any], args: list[str]) -> int:
+    """config.sh: get|set|add|remove PROPERTY [VALUE] on jail.conf; set replaces the
+    property's line or appends `  PROPERTY = VALUE;` (validate_property whitelist)."""
+    if len(args) < 3:
+        die("Usage: bastille config [option(s)] TARGET [get|(set|add)|remove] PROPERTY VALUE", 1)
+    name, action, prop, value = args[0], args[1], args[2], " ".join(args[3:])
+    if name not in st["jails"]:
+        die(f"[ERROR]: Jail not found: {name}", 1)
+    if action not in ("get", "set", "add", "remove"):
+        die("[ERROR]: Only (add|set), get and remove are supported.", 1)
+    known = re.match(
+        r"^(host\.hostname|sysvshm|sysvsem|sysvmsg|allow\.sysvipc|vnet|vnet\.interface|devfs_ruleset"
+        r"|securelevel|enforce_statfs|ip4\.addr|exec\.prestart|exec\.poststop)$",
+        prop,
+    )
+    if not known:
+        die(f"[ERROR]: Unsupported property: {prop}", 1)
+    if prop in ("sysvshm", "sysvsem", "sysvmsg") and action == "set" and value not in ("disable", "inherit", "new"):
+        # jail(8): sysvshm/sysvsem/sysvmsg take disable, inherit or new; jail(8) refuses others at start
+        die(f"jail: {prop}: unknown value '{value}'", 1)
+    conf = BASTILLE / "jails" / name / "jail.conf"
+    lines = conf.read_text().splitlines() if conf.exists() else [f"{name} {{", "}"]
+    hit = [i for i, ln in enumerate(lines) if re.match(rf"^\s*{re.escape(prop)}\s*(=|;)", ln)]
+    if action == "get":
+        params = _jail_conf_params(name)
+        print(params.get(prop, "not set"))
+        return 0
+    if action == "remove":
+        if not hit:
+            die(f"[ERROR]: Value not present in jail.conf: {prop}", 1)
+        del lines[hit[0]]
+    else:
+        line = f"  {prop} = {value};" if value else f"  {prop};"
+        if hit:
+            lines[hit[0]] = line
+        else:
+            lines.insert(len(lines) - 1, line)  # before the closing brace
+    conf.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+def _bastille_service(st: dict[str, Any], args: list[str]) -> int:
+    """service.sh: exactly TARGET SERVICE ARGS (`[ $# -ne 3 ]` → usage, exit 1), then
+    `jexec -l JAIL /usr/sbin/service SERVICE ARGS`."""
+    opts, args = _bastille_options("service", args, "a")
+    if len(args) != 3:
+        print("Usage: bastille service [option(s)] TARGET SERVICE ARGS", file=sys.stderr)
+        return 1
+    if not _jail_running_or_skip(st, args[0], "a" in opts, "service"):
+        return 0
+    rc = _jail_service(st, args[0], args[1], args[2])
+    if rc:
+        die("[ERROR]: Command failed on 1 jails.", 1)
+    return 0
+
+
+def _bastille_pkg(st: dict[str, Any], args: list[str]) -> int:
+    """pkg.sh: options -a -H -y (bundled letters allowed), then TARGET ARGS; runs the jail's
+    pkg(8). pkg needs the package site's name resolved through the jail's resolv.conf."""
+    opts, args = _bastille_options("pkg", args, "aHy")
+    if len(args) < 2:
+        die("Usage: bastille pkg [option(s)] TARGET ARGS", 1)
+    name, pkg_args = args[0], args[1:]
+    if not _jail_running_or_skip(st, name, "a" in opts, "pkg"):
+        return 0
+    jail = st["jails"][name]
+    if pkg_args[:1] != ["install"]:
+        die(f"double: bastille pkg {' '.join(pkg_args)} is not emulated", 1)
+    names = [p for p in pkg_args[1:] if not p.startswith("-")]
+    resolv = BASTILLE / "jails" / name / "root/etc/resolv.conf"
+    servers = re.findall(r"^nameserver\s+(\S+)", resolv.read_text(), re.M) if resolv.exists() else []
+    # Inside a VNET jail 127.0.0.1 is the jail's own loopback, where no resolver runs.
+    if not [s for s in servers if not s.startswith("127.") and s != "::1"]:
+        print("Updating FreeBSD repository catalogue...", file=sys.stdout)
+        print("pkg: Unable to update repository FreeBSD: No address record", file=sys.stderr)
+        print("Error updating repositories!", file=sys.stderr)
+        die("[ERROR]: Command failed on 1 jails.", 1)
+    unknown = [p for p in names if p not in REPOSITORY]
+    if unknown:
+        print(f"pkg: No packages available to install matching '{unknown[0]}' have been found in the repositories")
+        die("[ERROR]: Command failed on 1 jails.", 1)
+    have = jail.setdefault("packages", [])
+    have += [p for p in names if p not in have]
+    return 0
+
+
+def _jail_rc_vars(name: str) -> dict[str, str]:
+    return rc_vars(BASTILLE / "jails" / name / "root/etc/rc.conf")
+
+
+def _jail_service(st: dict[str, Any], jail_name: str, name: str, verb: str) -> int:
+    """service(8) inside the jail, with rc.subr's enable check (see service() above)."""
+    jail = st["jails"][jail_name]
+    scripts = set(JAIL_BASE_RC_SCRIPTS)
+    for p in jail.get("packages", []):
+        scripts.update(PACKAGE_RC_SCRIPTS.get(p, []))
+    if name not in scripts:
+        print(f"{name} does not exist in /etc/rc.d or the local startup", file=sys.stderr)
+        return 1
+    forced = verb.startswith(("one", "force"))
+    base = re.sub(r"^(one|force|fast|quiet)", "", verb)
+    svc = jail.setdefault("services", {}).setdefault(name, {"running": False})
+    if base == "initdb" and name == "postgresql":
+        # PostgreSQL always creates a small SysV shared memory segment as a data directory
+        # interlock (postgres src/backend/port/sysv_shmem.c); a jail started without sysvshm
+        # has no SysV IPC (sys/kern/sysv_shm.c shm_prison_set), so shmget fails with ENOSYS.
+        if jail.get("params", {}).get("sysvshm") not in ("new", "inherit"):
+            print(
+                "FATAL:  could not create shared memory segment: Function not implemented\n"
+                "initdb: error: initdb failed",
+                file=sys.stderr,
+            )
+            return 1
+        svc["initdb"] = True
+        return 0
+    if base in ("start", "restart") and not forced and not _enabled(_jail_rc_vars(jail_name), f"{name}_enable"):
+        return _not_enabled(name, base)
+    if base == "start" and name == "postgresql" and not svc.get("initdb"):
+        print("postgresql: no data directory; run initdb first", file=sys.stderr)  # the port's rc.d check
+        return 1
+    if base == "status":
+        print(f"{name} is running." if svc["running"] else f"{name} is not running.")
+        return 0 if svc["running"] else 1
+    if base in ("start", "restart"):
+        svc["running"] = True
+        print(f"Starting {name}.")
+    elif base == "stop":
+        svc["running"] = False
+    return 0
+
+
+def _jail_command(st: dict[str, Any], jail_name: str, argv: list[str]) -> int:
+    """cmd.sh: `jexec -l -U root JAIL COMMAND...`. Only service(8) runs in the double's jails."""
+    if argv[:2] == ["sh", "-c"] and len(argv) == 3:
+        argv = shlex.split(argv[2])
+    if argv[:1] in (["service"], ["/usr/sbin/service"]) and len(argv) == 3:
+        rc = _jail_service(st, jail_name, argv[1], argv[2])
+        if rc:
+            die("[ERROR]: Command failed on 1 jails.", 1)
+        return 0
+    die(f"double: running {argv!r} inside a jail is not emulated", 1)
+    return 1
+
+
+def _bastille_template(args: list[str]) -> int:
+    """template.sh: TARGET project/template; the jail must be running (or -a). Each line of
+    the Bastillefile (continuations joined, blank and # lines dropped) is HOOK ARGS; the
+    hook, lowercased, becomes a subcommand and the line runs as
+    `eval "bastille ${cmd} ${jail} ${args}"`, so quotes group words into one argument.
+    A failing line stops the template: "[ERROR]: Failed to execute command: CMD"."""
+    auto = False
+    while args and args[0].startswith("-"):
+        a = args.pop(0)
+        if a in ("-a", "--auto"):
+            auto = True
+        else:
+            die(f'[ERROR]: Unknown Option: "{a}"', 1)
+    if len(args) < 2:
+        die("Usage: bastille template [option(s)] TARGET TEMPLATE [--arg ARG=VALUE]", 1)
+    jail, template = args[0], args[1]
+    if "/" not in template:
+        die("[ERROR]: Template name/URL not recognized.", 1)
+    tdir = BASTILLE_TEMPLATES / template
+    if not tdir.is_dir():
+        die(f"[ERROR]: {template} not found.", 1)
+    with State() as st:
+        if not _jail_running_or_skip(st, jail, auto, "template"):
+            return 0
+        ip = st["jails"][jail]["ip"].split("/")[0]
+        st["jails"][jail].setdefault("templates", []).append(template)
+    bfile = tdir / "Bastillefile"
+    if not bfile.exists() or bfile.stat().st_size == 0:
+        return 0
+    joined: list[str] = []
+    carry = ""
+    for raw in bfile.read_text().splitlines():
+        if raw.endswith("\\"):
+            carry += raw[:-1]
+            continue
+        joined.append(carry + raw)
+        carry = ""
+    replacements = {"${JAIL_NAME}": jail, "${JAIL_IP}": ip, "${JAIL_IP6}": ""}
+    for line in joined:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        hook, _, rest = line.partition(" ")
+        cmd = hook.lower()
+        rest = rest.lstrip(" ")
+        for k, v in replacements.items():
+            rest = rest.replace(k, v)
+        if cmd in ("arg", "arg+"):
+            key, _, default = rest.partition("=")
+            if not default and cmd == "arg+":
+                die(f"[ERROR]: No value provided for mandatory arg: {key}", 1)
+            replacements["${" + key + "}"] = default
+            continue
+        if cmd == "cmd":
+            rest = "sh -c '" + rest.replace("'", "'\\''") + "'"
+        elif cmd == "pkg":
+            cmd, rest = "pkg -y", f"install {rest}"
+        elif cmd == "include":
+            cmd = "template"
+        elif cmd not in ("sysrc", "service", "config", "restart", "start", "stop"):
+            die(f"double: Bastillefile hook {hook} is not emulated", 1)
+        if re.search(r"[$`]", rest):
+            die(f"double: shell expansion in a Bastillefile line is not emulated: {line}", 1)
+        try:
+            words = shlex.split(f"bastille {cmd} {jail} {rest}")  # eval's quote removal and splitting
+        except ValueError:
+            print(f"{BASTILLE_BIN}: Syntax error: Unterminated quoted string", file=sys.stderr)
+            words = []
+        import subprocess
+
+        if not words or subprocess.run([BASTILLE_BIN, *words[1:]]).returncode != 0:
+            die(f"[ERROR]: Failed to execute command: {cmd}", 1)
+    print(f"\nTemplate applied: {template}")
+    return 0
+
+
 def _bastille_create(st: dict[str, Any], args: list[str]) -> int:
-    opts: dict[str, Any] = {"bridge": False, "vnet": False, "thick": False, "mac": False, "gateway": None}
+    opts: dict[str, Any] = {
+        "bridge": False,
+        "vnet": False,
+        "thick": False,
+        "mac": False,
+        "gateway": None,
+        "nameserver": None,
+    }
     while args and args[0].startswith("-"):
         a = args.pop(0)
         if a in ("-B", "--bridge"):
@@ -679,6 +1092,11 @@ def _bastille_create(st: dict[str, Any], args: list[str]) -> int:
             opts["mac"] = True
         elif a in ("-g", "--gateway", "--defaultrouter"):
             opts["gateway"] = args.pop(0)
+        elif a in ("-n", "--nameserver"):
+            opts["nameserver"] = args.pop(0)
+            for ns in opts["nameserver"].split(","):
+                if not re.match(r"^\d{1,3}(\.\d{1,3}){3}$|^[0-9a-fA-F:]+:[0-9a-fA-F:]*$", ns):
+                    die(f"[ERROR]: Invalid nameserver(s): {opts['nameserver']}", 1)
         else:
             die(f'Unknown option: "{a}"', 1)
     if len(args) < 3:
@@ -725,6 +1143,15 @@ def _bastille_create(st: dict[str, Any], args: list[str]) -> int:
     if opts["gateway"]:
         rc.append(f'defaultrouter="{opts["gateway"]}"')
     (jdir / "root/etc/rc.conf").write_text("\n".join(rc) + "\n")
+    # templates/default/base/Bastillefile: CP "${HOST_RESOLV_CONF}" etc/resolv.conf
+    # (bastille_resolv_conf, default /etc/resolv.conf); then create.sh replaces every
+    # nameserver line with one per -n address.
+    host_resolv = Path("/etc/resolv.conf")
+    resolv = host_resolv.read_text() if host_resolv.exists() else ""
+    if opts["nameserver"]:
+        kept = [ln for ln in resolv.splitlines() if not ln.startswith("nameserver")]
+        resolv = "\n".join([*kept, *(f"nameserver {ns}" for ns in opts["nameserver"].split(","))]) + "\n"
+    (jdir / "root/etc/resolv.conf").write_text(resolv)
     st["jails"][name] = {
         "release": release,
         "ip": ip,
@@ -732,6 +1159,7 @@ def _bastille_create(st: dict[str, Any], args: list[str]) -> int:
         "running": True,
         "options": {k: v for k, v in opts.items() if v},
     }
+    _jail_set_running(st, name, True)  # create.sh leaves the jail running
     print("Creating a thinjail..." if not opts["thick"] else "Creating a thickjail...")
     return 0
 
@@ -831,16 +1259,56 @@ def vm(argv: list[str]) -> int:
 
 
 def pkg(argv: list[str]) -> int:
+    """pkg(8): `info -e` exit status; `info`/`query` list installed packages and refuse names
+    that are not installed ("No package(s) matching", EX_SOFTWARE 70); `install` refuses
+    names the repository does not have; `delete` refuses names not installed."""
+    args = [a for a in argv if a not in ("-y", "-q", "--yes", "--quiet")]
     with State() as st:
-        if argv[:1] == ["-v"]:
+        have: list[str] = st["packages"]
+        if args[:1] == ["-v"]:
             print("2.1.2")
             return 0
-        if argv[:2] == ["info", "-e"]:
-            return 0 if argv[2] in st["packages"] else 1
-        if argv[:1] == ["install"]:
-            st["packages"] += [p for p in argv[1:] if not p.startswith("-") and p not in st["packages"]]
+        if args[:1] == ["info"]:
+            rest = args[1:]
+            if rest[:1] == ["-e"]:
+                return 0 if rest[1:] and all(p in have for p in rest[1:]) else 1
+            missing = [p for p in rest if p not in have]
+            if missing:
+                print(f"pkg: No package(s) matching {missing[0]}", file=sys.stderr)
+                return 70
+            for p in rest or sorted(have):
+                print(f"{p}-1.0")
             return 0
-    return 0
+        if args[:1] == ["query"]:
+            rest = [a for a in args[1:] if a != "-a"]  # -a: every installed package (pkg-query(8))
+            fmt, names = (rest[0], rest[1:]) if rest else ("%n", [])
+            missing = [p for p in names if p not in have]
+            for p in names or sorted(have):
+                if p in have:
+                    print(fmt.replace("%n", p).replace("%v", "1.0"))
+            return 1 if missing else 0
+        if args[:1] == ["install"]:
+            names = [p for p in args[1:] if not p.startswith("-")]
+            unknown = [p for p in names if p not in REPOSITORY]
+            if unknown:
+                print(
+                    f"pkg: No packages available to install matching '{unknown[0]}' "
+                    "have been found in the repositories",
+                    file=sys.stderr,
+                )
+                return 1
+            have += [p for p in names if p not in have]
+            return 0
+        if args[:1] in (["delete"], ["remove"]):
+            names = [p for p in args[1:] if not p.startswith("-")]
+            missing = [p for p in names if p not in have]
+            if missing:
+                print(f"pkg: No packages matched for pattern '{missing[0]}'", file=sys.stderr)
+                return 1
+            have[:] = [p for p in have if p not in names]
+            return 0
+    die(f"double: pkg {' '.join(argv)} is not emulated", 1)
+    return 1
 
 
 def sysctl(argv: list[str]) -> int:
@@ -875,19 +1343,63 @@ def kldload(argv: list[str]) -> int:
     return 0
 
 
+_SUFFIX = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
+
+
+def _rctl_kernel_form(rule: str) -> str:
+    """A rule as the kernel keeps and prints it (sys/kern/kern_rctl.c rctl_rule_to_sbuf):
+    the amount a raw integer (usr.bin/rctl/rctl.c expand_amount → expand_number(3),
+    powers of 1024, either case) and `/per` only when it differs from the subject."""
+    head, _, tail = rule.partition("=")
+    amount, _, per = tail.partition("/")
+    m = re.match(r"^(\d+)([kmgtpeKMGTPE]?)$", amount)
+    if not m:
+        die(f"rctl: invalid amount '{amount}'", 1)
+    value = int(m.group(1)) * 1024 ** _SUFFIX.get(m.group(2).lower(), 0)
+    subject = head.split(":", 1)[0]
+    return f"{head}={value}" + (f"/{per}" if per and per != subject else "")
+
+
+def _rctl_matches(rule: str, flt: str) -> bool:
+    """kern_rctl.c rctl_rule_matches: every field the filter gives must be equal."""
+    fields = rule.partition("=")[0].split(":")
+    want = flt.partition("=")[0].split(":")
+    return all(not w or (i < len(fields) and fields[i] == w) for i, w in enumerate(want))
+
+
 def rctl(argv: list[str]) -> int:
-    """rctl -a RULE / -r FILTER / list (docs/freebsd.md#rctl)."""
+    """rctl -a RULE / -r FILTER / [-h] [FILTER]: usr.bin/rctl/rctl.c add_rule, remove_rule,
+    show_rules; rules printed in the kernel's form (raw integers, see _rctl_kernel_form)."""
     with State() as st:
         rules: list[str] = st["rctl"]
         if st["sysctl"].get("kern.racct.enable") != "1":
             die("rctl: RACCT/RCTL present, but disabled; enable using kern.racct.enable=1 tunable", 1)
         if argv[:1] == ["-a"]:
-            rules += [r for r in argv[1:] if r not in rules]
+            for r in argv[1:]:
+                new = _rctl_kernel_form(r)
+                head = new.partition("=")[0]
+                if head.endswith(":deny"):
+                    # kern_rctl.c rctl_rule_add: a deny rule replaces the one differing only by amount
+                    rules[:] = [x for x in rules if x.partition("=")[0] != head]
+                if new not in rules:
+                    rules.append(new)
         elif argv[:1] == ["-r"]:
             for f in argv[1:]:
-                rules[:] = [r for r in rules if not r.startswith(f)]
+                rules[:] = [r for r in rules if not _rctl_matches(r, f)]
         else:
-            print("\n".join(rules))
+            humanize = "-h" in argv
+            filters = [a for a in argv if not a.startswith("-")]
+            for r in rules:
+                if filters and not any(_rctl_matches(r, f) for f in filters):
+                    continue
+                if humanize:
+                    head, _, amount = r.partition("=")
+                    n = int(amount.split("/")[0])
+                    unit = next(
+                        (u for u, e in sorted(_SUFFIX.items(), key=lambda x: -x[1]) if n and n % 1024**e == 0), ""
+                    )
+                    r = f"{head}={n // 1024 ** _SUFFIX[unit] if unit else n}{unit.upper()}"
+                print(r)
     return 0
 
 
@@ -910,8 +1422,23 @@ def nc(argv: list[str]) -> int:
 
 
 def freebsd_version(argv: list[str]) -> int:
+    """freebsd-version(1): -k the installed kernel, -r the running kernel, -u the userland
+    (the default); several flags print one line each in k, r, u order."""
     with State() as st:
-        print(st["sysctl"]["kern.osrelease"])
+        v = st.setdefault("freebsd_version", {})
+        running = st["sysctl"]["kern.osrelease"]
+        versions = {
+            "k": v.get("kernel", running),
+            "r": running,
+            "u": v.get("userland", running),
+        }
+    flags = "".join(a[1:] for a in argv if a.startswith("-")) or "u"
+    for f in flags:
+        if f not in versions:
+            die("usage: freebsd-version [-kru] [-j jail]", 1)
+    for f in "kru":
+        if f in flags:
+            print(versions[f])
     return 0
 
 
@@ -930,6 +1457,7 @@ COMMANDS = {
     "rctl": rctl,
     "freebsd-version": freebsd_version,
     "nc": nc,
+    "tmux": tmux,
 }
 
 PATHS = {
@@ -947,6 +1475,7 @@ PATHS = {
     "rctl": "/usr/bin/rctl",
     "freebsd-version": "/bin/freebsd-version",
     "nc": "/usr/bin/nc",
+    "tmux": "/usr/local/bin/tmux",
 }
 
 

@@ -103,7 +103,7 @@ class TestHost:
                 'ext_if = "vtnet0"\nset skip on lo0\nblock in all\npass out all keep state\n'
                 "pass in on $ext_if proto tcp to port ssh keep state\n"
             )
-        (self.root / "usr/local/bastille/releases/15.0-RELEASE").mkdir(parents=True, exist_ok=True)
+        (self.root / "usr/local/bastille/releases/14.3-RELEASE").mkdir(parents=True, exist_ok=True)
         # A host prepared for Bastille VNET jails has its devfs ruleset (docs/freebsd.md#bastille-vnet-jails).
         (self.root / "etc/devfs.rules").write_text("[bastille_vnet=13]\nadd include $devfsrules_jail_vnet\n")
 
