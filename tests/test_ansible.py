@@ -137,8 +137,13 @@ def test_converge_then_idempotent_then_check_diff_changes_nothing(registry: Regi
     first_load = next(i for i, c in enumerate(calls) if c[0] == "service" and c[1][:1] == ["pf"])
     assert check < first_load
     creates = [c[1] for c in calls if c[0] == "bastille" and c[1][0] == "create"]
-    assert ["create", "-B", "-M", "-g", "10.0.1.1", "atlascms", "14.3-RELEASE", "10.0.1.3/24", "warden0"] in creates
-    assert ["create", "-B", "-T", "-M", "-g", "10.0.2.1", "irisdb", "14.3-RELEASE", "10.0.2.5/24", "warden0"] in creates
+    ns = ["-n", "9.9.9.9,149.112.112.112"]  # warden_jail_nameservers' default
+    cms = ["create", "-B", "-M", "-g", "10.0.1.1", *ns, "atlascms", "14.3-RELEASE", "10.0.1.3/24", "warden0"]
+    assert cms in creates
+    assert [
+        *("create", "-B", "-T", "-M", "-g", "10.0.2.1", *ns),
+        *("irisdb", "14.3-RELEASE", "10.0.2.5/24", "warden0"),
+    ] in creates
     assert calls.index(("ifconfig", ["bridge", "create", "name", "warden0"])) < calls.index(("bastille", creates[0]))
     mac = next(
         j["mac"]

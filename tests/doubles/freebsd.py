@@ -57,7 +57,7 @@ class State:
         self.data.setdefault("jails", {})
         self.data.setdefault("vms", {})
         self.data.setdefault("switches", {})
-        self.data.setdefault("packages", ["bastille", "vm-bhyve", "python311", "git", "tmux"])
+        self.data.setdefault("packages", ["bastille", "vm-bhyve", "python311", "git", "tmux", "node"])
         self.data.setdefault(
             "sysctl",
             {
