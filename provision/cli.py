@@ -496,6 +496,7 @@ def demo() -> int:
         inventory_sources=base.inventory_sources,
     )
     shutil.rmtree(demo_dir, ignore_errors=True)
+    demo_dir.mkdir(parents=True)  # add-agent creates only the last component of an agents directory
     os.environ["PROVISION_AGENTS_DIR"] = str(settings.agents_dir)
     os.environ["PROVISION_BUILD_DIR"] = str(settings.build_dir)
     out = console()
