@@ -56,6 +56,13 @@ GUEST_BRIDGE_CLONE = "bridge0"
 RESTART_DELAY = 5  # daemon(8) -R: seconds before a crashed agent is restarted (docs/freebsd.md#supervision-with-daemon)
 # seconds the wrapper waits for the agent after SIGTERM (rc.subr waits forever, docs/freebsd.md#rcd-scripts)
 STOP_TIMEOUT = 30
+# What root writes or runs for an agent lives in root-owned directories, never below the
+# agent's home (docs/security.md): the wrapper daemon(8) starts, and the log it opens as root.
+WRAPPER_DIR = "/usr/local/libexec/warden"
+LOG_DIR = "/var/log/warden"
+NEWSYSLOG_FILE = "/usr/local/etc/newsyslog.conf.d/warden.conf"
+LOG_KEEP = 7  # newsyslog.conf(5) count: rotated logs kept per agent
+LOG_SIZE_KB = 10240  # newsyslog.conf(5) size: rotate an agent's log past 10 MB
 
 
 class RenderError(Exception):
@@ -359,8 +366,8 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
     for agent in layout.agents:
         header = _header(_agent_origin(agent, layout))
         rc_d = f"/usr/local/etc/rc.d/{agent.name}"
-        wrapper = f"{agent.directory}/run-{agent.name}.sh"
-        logdir = f"{agent.directory}/logs"
+        wrapper = f"{WRAPPER_DIR}/run-{agent.name}.sh"
+        logdir = f"{LOG_DIR}/{agent.name}"
         logfile = f"{logdir}/{agent.name}.log"
         pidfile, child_pidfile = f"/var/run/{agent.name}.pid", f"/var/run/{agent.name}.child.pid"
         add(
@@ -391,12 +398,10 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
             FileEntry(
                 wrapper,
                 "0755",
-                owner=agent.user,
-                group=agent.user,
                 agent=agent.name,
-                purpose="daemon(8) child: the agent's tmux session, in the foreground",
+                purpose="daemon(8) child: the agent's tmux session, in the foreground (root's file, run as the agent)",
             ),
-            "agent/run-agent.sh.j2",
+            "usr/local/libexec/warden/run-agent.sh.j2",
             header=header,
             name=agent.name,
             user=agent.user,
@@ -423,6 +428,23 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
         )
 
     host_header = _header(_host_origin(layout))
+    if layout.agents:
+        add(
+            FileEntry(NEWSYSLOG_FILE, "0644", purpose="newsyslog: rotation of the agents' daemon(8) logs"),
+            "usr/local/etc/newsyslog.conf.d/warden.conf.j2",
+            header=host_header,
+            logs=[
+                {
+                    "path": f"{LOG_DIR}/{a.name}/{a.name}.log",
+                    "owner": f"root:{a.user}",
+                    "mode": "640",
+                    "count": LOG_KEEP,
+                    "size": LOG_SIZE_KB,
+                    "pidfile": f"/var/run/{a.name}.pid",
+                }
+                for a in layout.agents
+            ],
+        )
     nat_nets = _isolated(layout)
     add(
         FileEntry(PF_ANCHOR_FILE, "0644", purpose="PF anchor: NAT and inter-agent isolation"),

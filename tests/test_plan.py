@@ -147,7 +147,7 @@ def test_one_more_agent_shows_exactly_that_agents_lines(registry: Registry, test
     assert status == 2
     iris = {
         "/home/iris/clawdie/.env",
-        "/home/iris/clawdie/run-iris.sh",
+        "/usr/local/libexec/warden/run-iris.sh",
         "/usr/local/etc/rc.d/iris",
         "/usr/local/etc/warden/jails/iriscms.conf",
         "/usr/local/etc/warden/jails/irisdb.conf",

@@ -122,7 +122,11 @@ def test_re_rendering_rewrites_only_what_changed(registry: Registry) -> None:
         "iris", "AGENT_NAME=iris\nAGENT_SUBNET_BASE=10.0.2\nCONTROLPLANE_API_PORT=3101\nSYSTEM_LOCALE=C.UTF-8\n"
     )
     render(registry)
-    assert rewritten() == ["home/iris/clawdie/.env", "home/iris/clawdie/run-iris.sh", "usr/local/etc/rc.d/iris"]
+    assert rewritten() == [
+        "home/iris/clawdie/.env",
+        "usr/local/etc/rc.d/iris",
+        "usr/local/libexec/warden/run-iris.sh",
+    ]
 
 
 def test_a_directory_in_the_way_of_a_file_is_replaced(registry: Registry) -> None:
@@ -156,8 +160,10 @@ def test_modes_and_owners_follow_the_manifest(example: Path) -> None:
     entries = {e.path: e for e in Manifest.load(example / "fbsd1").files}
     env = entries["/home/atlas/clawdie/.env"]
     assert (env.mode, env.owner, env.secret, env.agent) == ("0600", "atlas", True, "atlas")
-    wrapper = entries["/home/atlas/clawdie/run-atlas.sh"]
-    assert (wrapper.mode, wrapper.owner, wrapper.group) == ("0755", "atlas", "atlas")
+    # What root runs (the wrapper daemon(8) starts) is root's, outside the agent's home.
+    wrapper = entries["/usr/local/libexec/warden/run-atlas.sh"]
+    assert (wrapper.mode, wrapper.owner, wrapper.group) == ("0755", "root", "wheel")
+    assert [p for p, e in entries.items() if e.owner != "root"] == ["/home/atlas/clawdie/.env", "/home/hermes/clawdie/.env"]
     assert (entries["/usr/local/etc/rc.d/atlas"].mode, entries["/usr/local/etc/rc.d/atlas"].owner) == ("0755", "root")
     assert all(not e.secret for p, e in entries.items() if not p.endswith("/.env"))
 
@@ -188,15 +194,16 @@ def test_rc_d_script_follows_rc_subr_and_daemon_rules(example: Path) -> None:
     assert args is not None
     argv = shlex.split(args.group(1))  # rc.subr evals command_args: one more round of sh words
     # docs/freebsd.md#supervision-with-daemon: -u
-    assert argv[-2:] == ["hermes", "/home/hermes/clawdie/run-hermes.sh"] and argv[-3] == "-u"
+    assert argv[-2:] == ["hermes", "/usr/local/libexec/warden/run-hermes.sh"] and argv[-3] == "-u"
     for flag in ("-r", "-H"):
         assert flag in argv
     assert argv[argv.index("-R") + 1] == "5" and argv[argv.index("-t") + 1] == "hermes"
     assert argv[argv.index("-P") + 1] == "/var/run/hermes.pid"
     assert argv[argv.index("-p") + 1] == "/var/run/hermes.child.pid"
     # -c would chdir to /
-    assert argv[argv.index("-o") + 1] == "/home/hermes/clawdie/logs/hermes.log" and "-c" not in argv
-    assert "pidfile=/var/run/hermes.pid\n" in text and "logfile=/home/hermes/clawdie/logs/hermes.log\n" in text
+    assert argv[argv.index("-o") + 1] == "/var/log/warden/hermes/hermes.log" and "-c" not in argv
+    assert "pidfile=/var/run/hermes.pid\n" in text and "logfile=/var/log/warden/hermes/hermes.log\n" in text
+    assert "install -d -o root -g hermes -m 0750 /var/log/warden/hermes\n" in text  # root's directory
     assert "hermes_user" not in text.replace("hermes_user would", "")  # docs/freebsd.md#supervision-with-daemon
     assert '[ -n "${hermes_chdir+set}" ] || hermes_chdir=/home/hermes/clawdie\n' in text
     assert "|| hermes_env='LANG=sl_SI.UTF-8 LC_ALL=sl_SI.UTF-8'\n" in text  # docs/freebsd.md#rcsubr-knobs
@@ -323,7 +330,7 @@ def test_bhyve_agent_gets_a_guest_on_the_host_and_a_host_layout_of_its_own(examp
     assert values["ifconfig_vtnet0"] == "inet 10.255.0.10/24" and values["defaultrouter"] == "10.255.0.1"
     assert values["ifconfig_warden0"] == "inet 10.1.0.1/24 up" and values["nova_enable"] == "YES"
     assert [j.name for j in guest.jails] == ["novacms", "novagit", "novallm"]
-    for rel in ("usr/local/etc/rc.d/nova", "home/nova/clawdie/run-nova.sh", "home/nova/clawdie/.env"):
+    for rel in ("usr/local/etc/rc.d/nova", "usr/local/libexec/warden/run-nova.sh", "home/nova/clawdie/.env"):
         assert (example / "novavm" / rel).exists()
     conf = (example / "fbsd2/vm/.templates/warden-nova.conf").read_text()
     assert 'network0_switch="warden"' in conf and "memory=2G" in conf and "cpu=2" in conf

@@ -56,7 +56,7 @@ exit 1
 
 
 def test_every_rendered_script_passes_sh_n_and_shellcheck(example: Path) -> None:
-    scripts = sorted(example.glob("*/usr/local/etc/rc.d/*")) + sorted(example.glob("*/home/*/clawdie/run-*.sh"))
+    scripts = sorted(example.glob("*/usr/local/etc/rc.d/*")) + sorted(example.glob("*/usr/local/libexec/warden/run-*.sh"))
     assert [s.name for s in scripts] == ["atlas", "hermes", "nova", "run-atlas.sh", "run-hermes.sh", "run-nova.sh"]
     for script in scripts:
         result = subprocess.run([DASH, "-n", str(script)], capture_output=True, text=True)
@@ -92,8 +92,8 @@ def test_rc_d_script_hands_rc_subr_daemon_with_supervisor_pidfile_and_locale(exa
     assert values["name"] == "hermes" and values["rcvar"] == "hermes_enable" and values["verb"] == "start"
     assert values["command"] == "/usr/sbin/daemon" and values["pidfile"] == "/var/run/hermes.pid"
     assert values["args"] == (
-        "-r -R 5 -P /var/run/hermes.pid -p /var/run/hermes.child.pid -o /home/hermes/clawdie/logs/hermes.log"
-        " -H -t hermes -u hermes /home/hermes/clawdie/run-hermes.sh"
+        "-r -R 5 -P /var/run/hermes.pid -p /var/run/hermes.child.pid -o /var/log/warden/hermes/hermes.log"
+        " -H -t hermes -u hermes /usr/local/libexec/warden/run-hermes.sh"
     )
     assert values["enable"] == "NO"  # default after load_rc_config (docs/freebsd.md#rcd-scripts)
     assert values["chdir"] == "/home/hermes/clawdie" and values["env"] == "LANG=sl_SI.UTF-8 LC_ALL=sl_SI.UTF-8"
@@ -129,7 +129,8 @@ def agent_with_evil_env(registry: Registry, tmp_path: Path) -> tuple[Path, Path,
     shutil.copy(rendered / ".env", agent_dir / ".env")  # installed as Ansible would
     # AGENT_DIR must be in the agent's home: run the wrapper moved to this test's directory.
     wrapper = tmp_path / "run-atlas.sh"
-    wrapper.write_text((rendered / "run-atlas.sh").read_text().replace("/home/atlas/clawdie", str(agent_dir)))
+    rendered_wrapper = registry.build / "fbsd1/usr/local/libexec/warden/run-atlas.sh"
+    wrapper.write_text(rendered_wrapper.read_text().replace("/home/atlas/clawdie", str(agent_dir)))
     # The fake agent reads its .env the way a dotenv parser does (as data) and reports.
     fake = agent_dir / "fake-agent"
     fake.write_text('#!/bin/sh\nprintf "%s %s %s\\n" "$LANG" "$LC_ALL" "$PWD" > seen\ncp .env seen.env\n')
