@@ -103,13 +103,39 @@ def warden_records(build_host_dir: str) -> list[dict[str, Any]]:
     ]
 
 
-def warden_removed_files(build_host_dir: str, live: dict[str, Any]) -> list[str]:
+def warden_removed_files(build_host_dir: str, live: dict[str, Any]) -> list[dict[str, str]]:
+    """Files the previous apply put there that this one does not: {path, owner}.
+
+    warden_files removes an agent's file as the agent (docs/security.md), root's as root.
+    """
     m = _manifest(build_host_dir)
     previous = _previous(live)
     if previous is None:
         return []
     current = {e.path for e in m.files}
-    return sorted(e.path for e in previous.files if e.path not in current)
+    return [
+        {"path": e.path, "owner": e.owner}
+        for e in sorted(previous.files, key=lambda e: e.path)
+        if e.path not in current
+    ]
+
+
+SOUL_BUNDLES = "/var/db/warden-soul"  # roles/warden_soul copies each bundle here
+
+
+def warden_soul_targets(souls: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """souls.json entries as warden_soul takes them: the bundle's path on the host."""
+    return [
+        {
+            "name": s["name"],
+            "user": s["user"],
+            "group": s["group"],
+            "dir": s["dir"],
+            "bundle": f"{SOUL_BUNDLES}/{s['name']}.bundle",
+            "commit": s["commit"],
+        }
+        for s in souls
+    ]
 
 
 def warden_removed_agents(build_host_dir: str, live: dict[str, Any]) -> list[str]:
@@ -215,6 +241,7 @@ class FilterModule:
             "warden_changed_agents": warden_changed_agents,
             "warden_removed_files": warden_removed_files,
             "warden_removed_agents": warden_removed_agents,
+            "warden_soul_targets": warden_soul_targets,
             "warden_probe": warden_probe,
             "warden_alias_changes": warden_alias_changes,
             "warden_rctl_changes": warden_rctl_changes,

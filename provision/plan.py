@@ -70,6 +70,11 @@ class HostPlan:
         return sum(c.kind == kind for c in self.changes)
 
 
+# A path below an agent's home that is, or lies under, a symlink: the read did not follow it
+# (remote.py `linked`), and the apply replaces or removes it as the agent (docs/security.md).
+LINK_NOTE = "(a symlink below the agent's home: not followed)"
+
+
 # -- masking ---------------------------------------------------------------------------
 
 
@@ -271,8 +276,9 @@ def plan_host(
     LIVE is what remote.fetch read (or a plain path → bytes mapping, then without
     mode/owner comparison).  A previous manifest that cannot be read is an error.
     """
+    links: set[str] = set()
     if not isinstance(live, Mapping):
-        stats = live.stats
+        stats, links = live.stats, live.symlinks
         live = live.files
     stats = stats or {}
     plan = HostPlan(manifest.host)
@@ -295,11 +301,15 @@ def plan_host(
         change = _change(entry, live.get(path), new, stats.get(path), ids)
         if change:
             changes.append(change)
+            if path in links:
+                change.meta.append(LINK_NOTE)
     for entry in sorted(previous.files if previous else [], key=lambda e: e.path):
         if entry.path in current or entry.path in EDITED:
             continue
         if entry.path not in live:  # not read (a path the read script could not list): still removed
             changes.append(FileChange(entry.path, "removed", [], ["(content not read)"]))
+        elif entry.path in links:
+            changes.append(FileChange(entry.path, "removed", [], [LINK_NOTE]))
         elif (change := _change(entry, live[entry.path], None, None, ids)) is not None:
             changes.append(change)
     # surrogateescape: a byte that is not UTF-8 survives the edit instead of showing as a change

@@ -38,12 +38,13 @@ BATCH = 500  # paths per `ls`/`cat` call: far below ARG_MAX on FreeBSD and Linux
 # What the script prints, after the START line (every <path> is preceded by its byte length):
 #   M <n>\n<path>                  absent          U <n>\n<path>   exists, not readable
 #   N <n>\n<path>                  not a regular file
+#   S <n>\n<path>                  a symlink at or above it, below an agent's home: not followed
 #   K <n>\n<path>                  readable regular file, its bytes follow in the batch's C block
 #   L <n>\n<`ls -ldnL` output>\n   mode, uid, gid and size of the batch's K files (ls sorts them)
 #   C\n<the K files' bytes, concatenated in K order>\n
 #   F <n> <mode> <uid> <gid> <size>\n<path><bytes>\n   one file read alone (a newline in its name)
 #   E\n                            the end
-_HEADER = re.compile(rb"^(?:([MUNK]) (\d+)|L (\d+)|C|F (\d+) ([-a-zA-Z.+@]{10,12}) (\d+) (\d+) (\d+)|E)$")
+_HEADER = re.compile(rb"^(?:([MUNKS]) (\d+)|L (\d+)|C|F (\d+) ([-a-zA-Z.+@]{10,12}) (\d+) (\d+) (\d+)|E)$")
 _LS_FIELDS = re.compile(r"^([-a-zA-Z.+@]{10,12}) +\d+ +(\d+) +(\d+) +(\d+) ")
 
 # One compound command ({ ... }), so sh reads the whole script before it prints a byte:
@@ -57,6 +58,10 @@ _LS_FIELDS = re.compile(r"^([-a-zA-Z.+@]{10,12}) +\d+ +(\d+) +(\d+) +(\d+) ")
 # lists every `"path": "/..."` so that files of removed agents are read in this same
 # round, whatever the layout manifest.to_json chooses.  A path with a JSON escape in it
 # is not listed; plan then reports the file removed without its content.
+# Below an agent's home (/home/<user>/, /usr/home/<user>/) the agent can replace any file
+# or directory by a symlink: `linked` tests every component there with the builtin `[ -h ]`
+# and such a path is reported (S), never read, so root never shows what a link points to
+# (docs/security.md).  The components above, /home -> /usr/home included, are root's.
 _SCRIPT = r"""{
 LC_ALL=C; export LC_ALL
 unset TIME_STYLE CLICOLOR CLICOLOR_FORCE
@@ -64,6 +69,20 @@ set -f
 nl='
 '
 seen=$nl
+linked() {
+    case $1 in
+    /home/*/?*) r=${1#/home/*/} ;;
+    /usr/home/*/?*) r=${1#/usr/home/*/} ;;
+    *) return 1 ;;
+    esac
+    p=${1%"$r"}
+    while [ -n "$r" ]; do
+        p=$p${r%%/*}
+        [ -h "$p" ] && return 0
+        case $r in */*) r=${r#*/}; p=$p/ ;; *) r= ;; esac
+    done
+    return 1
+}
 single() {
     set -- "$1" $(ls -ldnL -- "$1")
     printf 'F %s %s %s %s %s\n%s' "${#1}" "$2" "$4" "$5" "$6" "$1"
@@ -77,7 +96,9 @@ batch() {
         *"$nl"*) ;;
         *) case $seen in *"$nl$f$nl"*) continue ;; esac; seen=$seen$f$nl ;;
         esac
-        if [ ! -e "$f" ] && [ ! -h "$f" ]; then
+        if linked "$f"; then
+            printf 'S %s\n%s' "${#f}" "$f"
+        elif [ ! -e "$f" ] && [ ! -h "$f" ]; then
             printf 'M %s\n%s' "${#f}" "$f"
         elif [ ! -f "$f" ]; then
             printf 'N %s\n%s' "${#f}" "$f"
@@ -129,6 +150,8 @@ class LiveFiles:
     files: dict[str, bytes | None] = field(default_factory=dict)
     stats: dict[str, Stat] = field(default_factory=dict)
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> why
+    # Paths below an agent's home with a symlink at or above them: not read (absent in files).
+    symlinks: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -272,6 +295,9 @@ def parse_live(data: bytes) -> LiveFiles:
             path = take(int(m.group(2)), "a path").decode("utf-8", "surrogateescape")
             if kind == "M":
                 live.files.setdefault(path, None)
+            elif kind == "S":
+                live.files[path] = None
+                live.symlinks.add(path)
             elif kind == "U":
                 live.unreadable[path] = "permission denied"
             elif kind == "N":
@@ -466,13 +492,25 @@ def _manifest_paths(text: bytes) -> list[str]:
         return []
 
 
+def _linked(root: Path, path: str) -> bool:
+    """The read script's `linked` for a host whose / is ROOT."""
+    parts = path.split("/")
+    start = 3 if parts[:2] == ["", "home"] else 4 if parts[:3] == ["", "usr", "home"] else None
+    if start is None or len(parts) <= start:
+        return False
+    return any(os.path.islink(root.joinpath(*parts[1 : i + 1])) for i in range(start, len(parts)))
+
+
 def read_local(root: Path, paths: Sequence[str], manifest: str = LIVE_MANIFEST_PATH) -> LiveFiles:
     """What the script would print for a host whose `/` is ROOT, read directly."""
     live = LiveFiles()
 
     def frame(path: str) -> None:
         f = root / path.lstrip("/")
-        if not os.path.lexists(f):
+        if _linked(root, path):
+            live.files[path] = None
+            live.symlinks.add(path)
+        elif not os.path.lexists(f):
             live.files.setdefault(path, None)
         elif not f.is_file():
             live.unreadable[path] = "not a regular file"

@@ -163,7 +163,10 @@ def test_modes_and_owners_follow_the_manifest(example: Path) -> None:
     # What root runs (the wrapper daemon(8) starts) is root's, outside the agent's home.
     wrapper = entries["/usr/local/libexec/warden/run-atlas.sh"]
     assert (wrapper.mode, wrapper.owner, wrapper.group) == ("0755", "root", "wheel")
-    assert [p for p, e in entries.items() if e.owner != "root"] == ["/home/atlas/clawdie/.env", "/home/hermes/clawdie/.env"]
+    assert [p for p, e in entries.items() if e.owner != "root"] == [
+        "/home/atlas/clawdie/.env",
+        "/home/hermes/clawdie/.env",
+    ]
     assert (entries["/usr/local/etc/rc.d/atlas"].mode, entries["/usr/local/etc/rc.d/atlas"].owner) == ("0755", "root")
     assert all(not e.secret for p, e in entries.items() if not p.endswith("/.env"))
 

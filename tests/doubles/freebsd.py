@@ -2,7 +2,7 @@
 """Test doubles for the FreeBSD commands warden-provision runs on a host.
 
 Installed inside the test host's root tree at the FreeBSD paths (sysrc, pfctl,
-ifconfig, service, bastille, vm, pkg, jls, sysctl, kldload, kldstat, rctl,
+ifconfig, service, bastille, vm, pkg, jls, sysctl, kldload, kldstat, rctl, daemon, install,
 freebsd-version), one file dispatching on the name it is called by.  Every call is
 appended to /var/log/warden-doubles.jsonl; state lives in /var/db/warden-doubles/.
 Each behaviour cites the upstream file and function it follows (freebsd-src
@@ -1255,6 +1255,350 @@ def vm(argv: list[str]) -> int:
     return 1
 
 
+# -- daemon(8) and install(1): what root runs for an agent's service ---------------------
+
+
+def _daemon_usage() -> NoReturn:
+    die(
+        "usage: daemon [-cfHrS] [-p child_pidfile] [-P supervisor_pidfile]\n"
+        "              [-u user] [-o output_file] [-t title]\n"
+        "              [-l syslog_facility] [-s syslog_priority]\n"
+        "              [-T syslog_tag] [-m output_mask] [-R restart_delay_secs]\n"
+        "command arguments ...",
+        1,
+    )
+
+
+def _pidfile_open(path: str) -> int:
+    """libutil pidfile_open(path, 0600): create, lock; a locked file means daemon is running (exit 3)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        die(f"daemon: pidfile ``{path}'': {exc.strerror}", 2)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = Path(path).read_text().strip()
+        die(f"daemon: process already running, pid: {pid}", 3)
+    return fd
+
+
+def _pidfile_write(fd: int | None) -> None:
+    if fd is not None:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def _daemon_open_log(path: str) -> int:
+    # daemon.c open_log: O_CREAT|O_WRONLY|O_APPEND|O_CLOEXEC, 0600, opened by the supervisor
+    # (root under rc.d) and NOT O_NOFOLLOW: a symlink at PATH is followed.
+    return os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+
+def _restrict_process(user: str) -> None:
+    """daemon.c restrict_process: setusercontext(LOGIN_SETALL) for USER, then USER, HOME, SHELL.
+
+    The double sets the groups, gid and uid (setusercontext's LOGIN_SETGROUP|LOGIN_SETUSER);
+    login-class resources, umask and environment (login.conf) are not emulated.
+    """
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        die(f"daemon: unknown user: {user}", 1)
+    try:
+        os.initgroups(pw.pw_name, pw.pw_gid)
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+    except OSError:
+        die("daemon: failed to set user environment", 1)
+    os.environ["USER"] = pw.pw_name
+    os.environ["HOME"] = pw.pw_dir
+    os.environ["SHELL"] = pw.pw_shell or "/bin/sh"
+
+
+def daemon(argv: list[str]) -> int:
+    """daemon(8), following usr.sbin/daemon/daemon.c main (the getopt_long version).
+
+    Options as getopt "+cfHSp:P:ru:o:s:l:t:m:R:T:h" (stops at the command); supervision
+    is on with -p -P -r -o -S -s -l -T (not -R alone); the -o log is opened by the
+    supervisor before daemon(3), pidfiles are opened and locked before it (exit 3 when
+    locked: already running); the child writes the -p pidfile, drops to -u, gets the
+    pipe as stdout/stderr (-m) and execs; the supervisor copies the pipe into the log,
+    reopens the log on SIGHUP with -H, forwards SIGTERM to the child and then removes
+    the pidfiles and exits, and restarts the child after -R seconds with -r.  Syslog
+    (-S -s -l -T) is accepted and not emulated.
+    """
+    import signal
+
+    longs = {
+        "--change-dir": "-c", "--close-fds": "-f", "--sighup": "-H", "--syslog": "-S",
+        "--output-file": "-o", "--output-mask": "-m", "--child-pidfile": "-p",
+        "--supervisor-pidfile": "-P", "--restart": "-r", "--restart-delay": "-R", "--title": "-t",
+        "--user": "-u", "--syslog-priority": "-s", "--syslog-facility": "-l", "--syslog-tag": "-T",
+        "--help": "-h",
+    }  # fmt: skip
+    with_arg = set("pPuosltmRT")
+    args = list(argv)
+    opts: dict[str, str | bool] = {}
+    supervise = restart = False
+    while args and args[0].startswith("-") and args[0] != "-":
+        word = args.pop(0)
+        if word == "--":
+            break
+        if word.startswith("--"):
+            name, eq, value = word.partition("=")
+            if name not in longs:
+                _daemon_usage()
+            word = longs[name] + (value if eq else "")
+        letters = word[1:]
+        while letters:
+            ch, letters = letters[0], letters[1:]
+            if ch not in "cfHSpPruosltmRTh":
+                _daemon_usage()
+            if ch in with_arg:
+                if not letters:
+                    if not args:
+                        _daemon_usage()
+                    letters = args.pop(0)
+                opts[ch], letters = letters, ""
+            else:
+                opts[ch] = True
+            if ch == "h":
+                _daemon_usage()
+            if ch in "pPoSslTr":
+                supervise = True
+            if ch in "rR":
+                restart = True
+    if not args:
+        _daemon_usage()
+    if "R" in opts:
+        try:
+            delay = int(str(opts["R"]), 0)
+        except ValueError:
+            delay = 0
+        if delay < 1:
+            die("daemon: invalid restart delay", 6)
+    else:
+        delay = 1
+    mask = 3
+    if "m" in opts:
+        try:
+            mask = int(str(opts["m"]))
+        except ValueError:
+            mask = -1
+        if not 0 <= mask <= 3:
+            die("daemon: unrecognized listening mask", 6)
+    out_path = str(opts["o"]) if "o" in opts else None
+    out_fd = -1
+    if out_path is not None:
+        try:
+            out_fd = _daemon_open_log(out_path)
+        except OSError as exc:
+            die(f"daemon: open: {exc.strerror}", 7)
+    child_pid_fd = _pidfile_open(str(opts["p"])) if "p" in opts else None
+    parent_pid_fd = _pidfile_open(str(opts["P"])) if "P" in opts else None
+    # daemon(3): fork, the parent exits 0, the child makes a new session; -c: chdir("/");
+    # -f: stdio to /dev/null.
+    if os.fork() != 0:
+        os._exit(0)
+    os.setsid()
+    if opts.get("c"):
+        os.chdir("/")
+    if opts.get("f"):
+        null = os.open(os.devnull, os.O_RDWR)
+        for n in (0, 1, 2):
+            os.dup2(null, n)
+    _pidfile_write(parent_pid_fd)
+    user = str(opts["u"]) if "u" in opts else None
+    if not supervise:
+        _pidfile_write(child_pid_fd)
+        if user is not None:
+            _restrict_process(user)
+        os.execvp(args[0], args)
+    state = {"terminate": False, "reopen": False, "child": 0}
+
+    def on_term(signo: int, _frame: object) -> None:
+        if state["child"]:
+            os.kill(int(state["child"]), signo)
+        state["terminate"] = True
+
+    def on_hup(_signo: int, _frame: object) -> None:
+        state["reopen"] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    if opts.get("H") and out_fd >= 0:
+        signal.signal(signal.SIGHUP, on_hup)
+    while True:
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            _pidfile_write(child_pid_fd)
+            if user is not None:
+                _restrict_process(user)
+            os.close(rfd)
+            if mask & 2:
+                os.dup2(wfd, 2)
+            if mask & 1:
+                os.dup2(wfd, 1)
+            try:
+                os.execvp(args[0], args)
+            except OSError as exc:
+                print(f"daemon: {args[0]}: {exc.strerror}", file=sys.stderr)
+                os._exit(1)
+        state["child"] = pid
+        os.close(wfd)
+        while True:
+            if state["reopen"] and out_path is not None:
+                state["reopen"] = False
+                new = _daemon_open_log(out_path)  # reopen_log: the same open, links followed
+                os.close(out_fd)
+                out_fd = new
+            try:
+                chunk = os.read(rfd, 4096)
+            except InterruptedError:
+                continue
+            if not chunk:
+                break
+            if out_fd >= 0:
+                os.write(out_fd, chunk)
+            elif not opts.get("f") and not opts.get("S"):
+                os.write(1, chunk)
+        os.close(rfd)
+        while True:
+            try:
+                os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                break
+        state["child"] = 0
+        if not restart or state["terminate"]:
+            break
+        deadline = time.monotonic() + delay
+        while not state["terminate"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if state["terminate"]:
+            break
+    for which in ("p", "P"):  # pidfile_remove
+        if which in opts:
+            Path(str(opts[which])).unlink(missing_ok=True)
+    return 1  # "If daemon(3) succeeded exit status does not matter."
+
+
+def _id(name: str, db: str) -> int:
+    """xinstall.c main: a user/group name, else a number (parseid), else `unknown user|group`."""
+    import grp
+    import pwd
+
+    try:
+        return pwd.getpwnam(name).pw_uid if db == "user" else grp.getgrnam(name).gr_gid
+    except KeyError:
+        if name.isdigit():
+            return int(name)
+        die(f"install: unknown {db} {name}", 1)
+
+
+def install(argv: list[str]) -> int:
+    """install(1), following usr.bin/xinstall/xinstall.c main, install_dir and install.
+
+    -d: for each directory, every prefix is stat(2)ed (links followed) and made 0755 if
+    missing, an existing non-directory is an error; at the end chown(2) and chmod(2) the
+    path, both following links (install_dir), warning, not failing, when they fail.
+    Files: the target is stat(2)ed (links followed) and must be a regular file if it
+    exists; it is unlinked (the link itself) and created anew, then fchown/fchmod, the
+    bytes copied unless the source is /dev/null.  Only -d -o -g -m (and -c, ignored) are
+    emulated; the other options are refused.
+    """
+    import stat as st_mod
+
+    args = list(argv)
+    dodir = False
+    owner = group = None
+    mode = 0o755
+    while args and args[0].startswith("-") and args[0] != "-":
+        word = args.pop(0)
+        if word == "--":
+            break
+        letters = word[1:]
+        while letters:
+            ch, letters = letters[0], letters[1:]
+            if ch == "d":
+                dodir = True
+            elif ch == "c":
+                pass
+            elif ch in "ogm":
+                value = letters or (args.pop(0) if args else "")
+                letters = ""
+                if not value:
+                    die("usage: install [-o owner] [-g group] [-m mode] file1 file2", 64)
+                if ch == "o":
+                    owner = value
+                elif ch == "g":
+                    group = value
+                elif not re.fullmatch(r"[0-7]{1,4}", value):
+                    die(f"install: invalid file mode: {value}", 64)
+                else:
+                    mode = int(value, 8)
+            else:
+                die(f"install: option -{ch} is not emulated by the double", 64)
+    if not args or (len(args) == 1 and not dodir):
+        die("usage: install [-o owner] [-g group] [-m mode] file1 file2", 64)
+    uid = _id(owner, "user") if owner is not None else -1
+    gid = _id(group, "group") if group is not None else -1
+    if dodir:
+        for path in args:
+            parts = path.split("/")
+            for i in range(1, len(parts) + 1):
+                prefix = "/".join(parts[:i])
+                if not prefix:
+                    continue
+                try:
+                    sb = os.stat(prefix)  # stat(2): follows links
+                except FileNotFoundError:
+                    os.mkdir(prefix, 0o755)
+                    continue
+                if not st_mod.S_ISDIR(sb.st_mode):
+                    die(f"install: {prefix} exists but is not a directory", 71)
+            if uid != -1 or gid != -1:
+                try:
+                    os.chown(path, uid, gid)  # chown(2): follows links
+                except OSError as exc:
+                    print(f"install: chown {uid}:{gid} {path}: {exc.strerror}", file=sys.stderr)
+            try:
+                os.chmod(path, mode)  # chmod(2): follows links
+            except OSError as exc:
+                print(f"install: chmod {mode:o} {path}: {exc.strerror}", file=sys.stderr)
+        return 0
+    if len(args) != 2:
+        die("install: only `install [options] file1 file2` is emulated by the double", 64)
+    src, dst = args
+    try:
+        to_sb: os.stat_result | None = os.stat(dst)
+    except FileNotFoundError:
+        to_sb = None
+    if to_sb is not None and st_mod.S_ISDIR(to_sb.st_mode):
+        dst = os.path.join(dst, os.path.basename(src))
+    elif to_sb is not None and not st_mod.S_ISREG(to_sb.st_mode):
+        die(f"install: {dst}: Inappropriate file type or format", 71)
+    data = b"" if src == "/dev/null" else Path(src).read_bytes()
+    if os.path.lexists(dst):
+        os.unlink(dst)  # create_newfile: unlink the old target (a link itself, not its target)
+    fd = os.open(dst, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        if uid != -1 or gid != -1:
+            os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    return 0
+
+
 # -- small ones -------------------------------------------------------------------------
 
 
@@ -1458,6 +1802,8 @@ COMMANDS = {
     "freebsd-version": freebsd_version,
     "nc": nc,
     "tmux": tmux,
+    "daemon": daemon,
+    "install": install,
 }
 
 PATHS = {
@@ -1476,6 +1822,8 @@ PATHS = {
     "freebsd-version": "/bin/freebsd-version",
     "nc": "/usr/bin/nc",
     "tmux": "/usr/local/bin/tmux",
+    "daemon": "/usr/sbin/daemon",
+    "install": "/usr/bin/install",
 }
 
 

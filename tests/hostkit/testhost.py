@@ -94,6 +94,8 @@ class TestHost:
             target.chmod(0o755)
         for d in ("etc", "usr/local/etc/rc.d", "var/db/warden-doubles", "var/log"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
+        # rc.subr for running an rc.d script for real (tests/doubles/rc.subr says what it follows)
+        shutil.copy(DOUBLES.parent / "rc.subr", self.root / "etc/rc.subr")
         rc = self.root / "etc/rc.conf"
         if not rc.exists():
             rc.write_text('hostname="testhost.home.arpa"\nifconfig_vtnet0="DHCP"\nsshd_enable="YES"\n')
