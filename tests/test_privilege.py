@@ -200,11 +200,11 @@ def test_agent_directory_replaced_by_a_symlink_never_makes_root_chown_through_it
     assert moved.returncode == 0, moved.stderr
     try:
         result = f.play("--tags", "agents")
-        # The apply refuses, naming the link, and root's directory keeps its owner and mode.
-        assert result.returncode != 0, result.stdout[-3000:]
-        assert f"/home/atlas/{victim} is a symlink to {target}" in result.stdout
+        # Root's directory keeps its owner and mode, and the apply refuses, naming the link.
         _roots_files_untouched(f, before)
         assert not (f.root / target.lstrip("/") / ".env").exists()
+        assert result.returncode != 0, result.stdout[-3000:]
+        assert f"/home/atlas/{victim} is a symlink to {target}" in result.stdout
     finally:
         f.as_agent(f"rm ~/{victim} && mv ~/{victim}.real ~/{victim}")
 
@@ -283,17 +283,25 @@ def test_log_symlinked_to_root_authorized_keys_gets_no_agent_output(fleet: Fleet
     f = fleet
     planted = f.as_agent(
         "mkdir -p ~/clawdie/logs && ln -sf /root/.ssh/authorized_keys ~/clawdie/logs/atlas.log"
-        " && printf '#!/bin/sh\\necho agent-output uid=$(id -u)\\n' > ~/clawdie/agent-probe"
+        " && printf '#!/bin/sh\\necho agent-output uid=$(id -u)\\nid -u > probe-ran\\n' > ~/clawdie/agent-probe"
         " && chmod 0755 ~/clawdie/agent-probe"
     )
     assert planted.returncode == 0, planted.stderr
     log = f.root / "var/log/warden/atlas/atlas.log"
+    ran = f.root / "home/atlas/clawdie/probe-ran"
+    ran.unlink(missing_ok=True)
     try:
         code, output = f.as_root("/bin/sh", "/usr/local/etc/rc.d/atlas", "onestart")
         assert code == 0, output
         deadline = time.monotonic() + 20
-        while not (log.exists() and "agent-output" in log.read_text()):
-            assert time.monotonic() < deadline, f"no agent output in the log; start said: {output}"
+        while not ran.exists():
+            assert time.monotonic() < deadline, f"the agent did not run; start said: {output}"
+            time.sleep(0.2)
+        assert ran.read_text().strip() == str(f.uid())  # the wrapper and the agent ran as atlas
+        keys = f.root / "root/.ssh/authorized_keys"
+        deadline = time.monotonic() + 10  # until the supervisor has copied the output somewhere
+        while not ((log.exists() and "agent-output" in log.read_text()) or keys.read_text() != KEYS):
+            assert time.monotonic() < deadline, "the agent's output reached neither the log nor a planted target"
             time.sleep(0.2)
     finally:
         f.as_root("/bin/sh", "/usr/local/etc/rc.d/atlas", "onestop")

@@ -1451,7 +1451,7 @@ def daemon(argv: list[str]) -> int:
                 os._exit(1)
         state["child"] = pid
         os.close(wfd)
-        while True:
+        while not state["terminate"]:  # on SIGTERM the supervisor stops copying and leaves
             if state["reopen"] and out_path is not None:
                 state["reopen"] = False
                 new = _daemon_open_log(out_path)  # reopen_log: the same open, links followed
@@ -1468,6 +1468,8 @@ def daemon(argv: list[str]) -> int:
             elif not opts.get("f") and not opts.get("S"):
                 os.write(1, chunk)
         os.close(rfd)
+        if state["terminate"]:  # "bail immediately" (daemon.c main): no wait for the child
+            break
         while True:
             try:
                 os.waitpid(pid, 0)
