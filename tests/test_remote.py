@@ -284,3 +284,42 @@ def test_the_previous_manifests_paths_are_found_in_any_json_layout(tmp_path: Pat
     (tmp_path / "m.json").write_text(text)
     live = run_script([], manifest=str(tmp_path / "m.json"))
     assert live.files == {e.path: e.path.encode() for e in files}
+
+
+def test_below_an_agents_home_a_symlink_is_reported_never_read(tmp_path: Path) -> None:
+    """A link the agent planted at or above a file in its home: `S`, and its target stays unread.
+
+    The script sees TMP/home as /home in a private mount namespace (unshare(1), as root).
+    """
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    (home / "atlas/clawdie").mkdir(parents=True)
+    elsewhere.mkdir()
+    (tmp_path / "master.passwd").write_text("root:SECRET-HASH\n")
+    (elsewhere / ".env").write_text("SECRET-ELSEWHERE\n")
+    (home / "atlas/clawdie/.env").symlink_to(tmp_path / "master.passwd")
+    (home / "atlas/linked").symlink_to(elsewhere)
+    (home / "atlas/clawdie/kept").write_text("kept\n")
+    paths = ["/home/atlas/clawdie/.env", "/home/atlas/linked/.env", "/home/atlas/clawdie/kept"]
+    script = read_script(paths, manifest="/nonexistent/manifest.json")
+    out = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "/bin/sh",
+            "-c",
+            'mount --bind "$1" /home && exec /bin/sh -s',
+            "sh",
+            str(home),
+        ],
+        input=script.encode(),
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert b"SECRET" not in out
+    live = parse_live(out)
+    assert live.symlinks == set(paths[:2]) and live.files[paths[0]] is None and live.files[paths[1]] is None
+    assert live.files[paths[2]] == b"kept\n"
+    local = read_local(tmp_path, paths, manifest="/nonexistent/manifest.json")  # the sample host's reader
+    assert local.symlinks == live.symlinks and local.files == live.files
