@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.hostfiles import EDITED, edited_results
+from provision.isolation import sysctl_changes
 from provision.limits import live_additions, managed_rules, rctl_changes
 from provision.manifest import Manifest
 from provision.rcconf import read_vars
@@ -170,6 +171,7 @@ def warden_probe(stdout: str) -> dict[str, Any]:
         },
         "rctl": [ln.strip() for ln in sections.get("rctl", []) if ln.strip()],
         "packages": [ln.strip() for ln in sections.get("packages", []) if ln.strip()],
+        "bridge_sysctl": dict(ln.split(": ", 1) for ln in sections.get("bridgesysctl", []) if ": " in ln),
     }
 
 
@@ -194,6 +196,11 @@ def warden_rctl_changes(build_host_dir: str, probe: dict[str, Any], live: dict[s
     # `rctl` lists raw integer amounts (deny=4294967296 for 4G): compare as the kernel keeps them.
     added += [r for r in live_additions(m.rctl_rules, probe.get("rctl", [])) if r not in added]
     return {"add": added, "remove": removed}
+
+
+def warden_sysctl_changes(build_host_dir: str, probe: dict[str, Any]) -> list[str]:
+    """`name=value` for sysctl(8): the live kernel's bridge filtering made as the manifest says."""
+    return sysctl_changes(probe.get("bridge_sysctl", {}), _manifest(build_host_dir).sysctl)
 
 
 def warden_manifest(build_host_dir: str) -> dict[str, Any]:
@@ -245,6 +252,7 @@ class FilterModule:
             "warden_probe": warden_probe,
             "warden_alias_changes": warden_alias_changes,
             "warden_rctl_changes": warden_rctl_changes,
+            "warden_sysctl_changes": warden_sysctl_changes,
             "warden_manifest": warden_manifest,
             "warden_rc_vars": warden_rc_vars,
             "warden_doctor_script": warden_doctor_script,

@@ -11,11 +11,14 @@ import re
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 
+from .isolation import sysctl_lines
 from .models import Agent, Host
 from .rcconf import read_vars
 
 MIN_MAJOR = 14
-APPLIED_BY_SITE = frozenset({"gateway_enable", "PF enabled", "vm-bhyve initialised", "packages the agents need"})
+APPLIED_BY_SITE = frozenset(
+    {"gateway_enable", "PF enabled", "vm-bhyve initialised", "packages the agents need", "bridge filtering sysctls"}
+)
 MIN_FREE_KB = 2 * 1024 * 1024  # 2 GiB for a release and a few thin jails
 
 PROBE = r"""
@@ -35,6 +38,8 @@ section packages; pkg query -a %n </dev/null 2>/dev/null
 section resolv; grep -s '^nameserver' /etc/resolv.conf
 section rcconflocal; cat /etc/rc.conf.local 2>/dev/null
 section racct; sysctl -n kern.racct.enable 2>/dev/null
+section bridgesysctl; sysctl net.link.bridge.pfil_onlyip net.link.bridge.pfil_member \
+  net.link.bridge.pfil_bridge net.link.bridge.pfil_local_phys 2>/dev/null
 section vm; d=$(sysrc -n vm_dir 2>/dev/null); [ -n "$d" ] && [ -d "$d/.templates" ] && echo yes
 section disk; df -k / | tail -n 1
 section inet; ifconfig 2>/dev/null
@@ -195,6 +200,16 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
         "no /etc/pf.conf yet: site.yml writes one" if s.get("pfconf") == "absent" else "pfctl -nf /etc/pf.conf",
         "pfctl -nf /etc/pf.conf  # and fix what it reports",
     )
+    if agents:
+        # docs/isolation.md: the anchor's per-epair rules only see jail traffic with these values.
+        live = dict(ln.split(": ", 1) for ln in s.get("bridgesysctl", "").splitlines() if ": " in ln)
+        wrong = [line for line in sysctl_lines() if live.get(line.split("=")[0]) != line.split("=")[1]]
+        add(
+            "bridge filtering sysctls",
+            not wrong,
+            ", ".join(f"{w.split('=')[0]}={live.get(w.split('=')[0], '?')}" for w in wrong),
+            f"sysctl {' '.join(wrong or sysctl_lines())}  # and keep them in /etc/sysctl.conf (site.yml writes it)",
+        )
     if any(a.memory_limit or a.maxproc or a.pcpu or a.openfiles or a.jail_memory_limit for a in agents):
         # docs/freebsd.md#rctl: rctl needs kern.racct.enable=1, a boot-time tunable.
         add(

@@ -9,12 +9,14 @@ and the apply can never disagree about a line.  Pure functions: live text in, te
 - pf.conf: the operator's file with our three anchor lines hooked in once, in pfctl's
   section order, by `provision.pfconf` (docs/freebsd.md#pf-statement-order, docs/freebsd.md#pf-anchors).
 - rctl.conf: our managed block (docs/freebsd.md#rctl).
+- sysctl.conf: our managed block of the bridge filtering sysctls (docs/isolation.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from .isolation import sysctl_conf_result
 from .limits import rctl_conf_result
 from .manifest import Manifest, RcEdit
 from .pfconf import hook
@@ -112,7 +114,12 @@ def rc_conf_local_overrides(manifest: Manifest, local_text: str | None) -> list[
     return [f"{RC_CONF_LOCAL} overrides {o}: edit {RC_CONF_LOCAL}, it is read after /etc/rc.conf" for o in out]
 
 
-EDITED: dict[str, str] = {"/etc/rc.conf": "0644", "/etc/pf.conf": "0600", "/etc/rctl.conf": "0644"}
+EDITED: dict[str, str] = {
+    "/etc/rc.conf": "0644",
+    "/etc/pf.conf": "0600",
+    "/etc/rctl.conf": "0644",
+    "/etc/sysctl.conf": "0644",
+}
 
 
 def edited_results(
@@ -128,6 +135,7 @@ def edited_results(
         "/etc/rc.conf": lambda text: rc_conf_result(manifest, text, previous),
         "/etc/pf.conf": lambda text: pf_conf_result(manifest, text),
         "/etc/rctl.conf": lambda text: rctl_conf_result_for(manifest, text),
+        "/etc/sysctl.conf": lambda text: sysctl_conf_result(text, manifest.sysctl),
     }
     out: dict[str, str] = {}
     for path, fn in compute.items():

@@ -86,6 +86,7 @@ class Manifest:
     guests: list[GuestSpec] = field(default_factory=list)
     parent: str | None = None  # for a bhyve guest: the physical host it runs on
     rctl_rules: list[str] = field(default_factory=list)  # our managed block of /etc/rctl.conf
+    sysctl: list[str] = field(default_factory=list)  # our managed block of /etc/sysctl.conf (isolation.py)
 
     def to_json(self) -> str:
         """JSON with one line per list item: reads and diffs well, and encodes fast.
@@ -119,6 +120,7 @@ class Manifest:
             guests=[GuestSpec(**g) for g in data.get("guests", [])],
             parent=data.get("parent"),
             rctl_rules=list(data.get("rctl_rules", [])),
+            sysctl=list(data.get("sysctl", [])),
         )
 
     @classmethod

@@ -439,6 +439,9 @@ class Host(BaseModel):
     release: str = DEFAULT_RELEASE
     vm_uplink: IPv4Network = DEFAULT_VM_UPLINK
     agent_links: tuple[tuple[str, str], ...] = ()
+    # Ports on their gateway that jails may reach besides DNS and their agent's API port:
+    # `8080` (tcp) or `udp/123` (docs/isolation.md).
+    jail_host_ports: tuple[str, ...] = ()
     sample_root: str | None = None  # read this directory instead of SSH (the bundled example)
     # What the agents run that base FreeBSD lacks: the wrapper's tmux, the agent's node,
     # git for its repos (docs/freebsd.md#base-system-and-packages). The same default is in
@@ -499,6 +502,18 @@ class Host(BaseModel):
             if not all(AGENT_NAME_RE.fullmatch(n) for n in pair):
                 raise ValueError(f"{shown(str(list(pair)))} is not a pair of agent names")
         return v
+
+    @field_validator("jail_host_ports", mode="before")
+    @classmethod
+    def _host_ports(cls, v: Any) -> Any:
+        from .isolation import PolicyError, parse_host_ports
+
+        items = tuple(str(x) for x in (v if isinstance(v, list | tuple) else [v]))
+        try:
+            parse_host_ports(items)
+        except PolicyError as exc:
+            raise ValueError(str(exc)) from exc
+        return items
 
 
 _SCP_LIKE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}@[A-Za-z0-9][A-Za-z0-9.-]{0,252}:[^:\s][^\s]*")

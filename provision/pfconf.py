@@ -4,15 +4,18 @@ pfctl enforces options → ethernet → normalization → queueing → translati
 (docs/freebsd.md#pf-statement-order).  A single include mixing nat and pass lines only fits at
 one exact boundary, so instead we add three lines the operator can read (docs/freebsd.md#pf-anchors):
 
-    nat-anchor "warden"                                   # after the last translation rule
-    anchor "warden"                                       # after the last filter rule
+    nat-anchor "warden"                                   # before the first translation rule
+    anchor "warden"                                       # before the first filter rule
     load anchor "warden" from "/etc/pf.warden.conf"       # right after it
 
-The anchor file is parsed on its own and carries both its nat and its pass rules.  The
-filter hook goes AFTER the operator's filter rules: pf's last matching rule wins, so a
-default `block in all` earlier in the file does not cancel warden's passes, while the
-operator's own `quick` rules still take precedence.  The operator's lines are never
-changed; our lines carry a `# warden-provision` marker so they can be removed exactly.
+The anchor file is parsed on its own and carries both its nat and its pass rules.  Both
+hooks go FIRST in their sections: translation is first-match, and every filter rule in
+the anchor that decides agent traffic is `quick`, so the operator's later rules (a
+`block in all`, a `pass out quick`) can neither open nor close what the anchor decides,
+while rules the operator writes above our lines still win (docs/isolation.md).  A file
+hooked by an older version (filter hook after the last rule) is re-hooked in place.
+The operator's lines are never changed; ours carry a `# warden-provision` marker so
+they can be removed exactly.
 
 Standard library only.
 """
@@ -99,25 +102,34 @@ def is_hooked(text: str, anchor: str = "warden") -> bool:
     )
 
 
+def _well_placed(text: str, anchor: str) -> bool:
+    """Our nat-anchor opens the translation section and our anchor the filter section."""
+    stmts = [(b, classify(b)) for _, _, b in _statements(text)]
+    first_translation = next((b for b, c in stmts if c == "translation"), None)
+    first_filter = next((b for b, c in stmts if c == "filtering"), None)
+    return first_translation == f'nat-anchor "{anchor}"' and first_filter == f'anchor "{anchor}"'
+
+
 def hook(text: str, anchor: str = "warden", anchor_file: str = "/etc/pf.warden.conf") -> str:
-    """TEXT with the three hook lines placed in section order; unchanged if already hooked."""
+    """TEXT with the three hook lines first in their sections; unchanged if already so."""
     if is_hooked(text, anchor):
-        return text
+        if _well_placed(text, anchor) or MARKER not in text:
+            return text  # hooked by hand: the operator's choice
+        text = unhook(text)
     nat_line, anchor_line, load_line = hook_lines(anchor, anchor_file)
     lines = text.splitlines()
     stmts = [(s, e, classify(b)) for s, e, b in _statements(text)]
-    last_translation = max((e for s, e, c in stmts if c == "translation"), default=None)
+    first_translation = min((s for s, e, c in stmts if c == "translation"), default=None)
     first_filter = min((s for s, e, c in stmts if c == "filtering"), default=None)
-    last_filter = max((e for s, e, c in stmts if c == "filtering"), default=None)
     last_any = max((e for s, e, c in stmts if c is not None), default=len(lines) - 1)
 
-    if last_translation is not None:
-        nat_at = last_translation + 1
+    if first_translation is not None:
+        nat_at = first_translation
     elif first_filter is not None:
         nat_at = first_filter
     else:
         nat_at = last_any + 1
-    filter_at = (last_filter + 1) if last_filter is not None else len(lines)
+    filter_at = first_filter if first_filter is not None else len(lines)
     inserts = {nat_at: [nat_line]}
     inserts.setdefault(filter_at, []).extend([anchor_line, load_line])
     out: list[str] = []

@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 from .envfile import EnvFile
 from .escape import UnsafeValue, comment, register
+from .isolation import Policy, build_policy, sysctl_lines
 from .limits import host_rules
 from .manifest import MANIFEST_RELPATH, FileEntry, GuestSpec, JailSpec, Manifest, RcEdit
-from .models import CONTROLLER_ONLY, LLM_ROLES, Agent, Fleet, jail_mac
+from .models import CONTROLLER_ONLY, Agent, Fleet, jail_mac
 from .problems import Location, Problem
 from .rcconf import Set, alias_edits
 from .settings import REPO_ROOT
@@ -104,6 +105,9 @@ class HostLayout:
     uplink_gateway: IPv4Address | None = None
     uplink_ip: IPv4Address | None = None
     peers: list[Agent] = field(default_factory=list)  # the other guests on the same uplink
+    # The management LAN jails must not reach, and the host ports they may (isolation.py).
+    host_networks: tuple[IPv4Network, ...] = ()
+    jail_host_ports: tuple[str, ...] = ()
 
 
 @dataclass
@@ -137,6 +141,8 @@ def layouts(fleet: Fleet) -> list[HostLayout]:
                 vm_dir=host.vm_dir,
                 guests=guests,
                 vm_uplink=host.vm_uplink if guests else None,
+                host_networks=host.host_networks,
+                jail_host_ports=host.jail_host_ports,
             )
         )
         for agent in guests:
@@ -157,6 +163,8 @@ def layouts(fleet: Fleet) -> list[HostLayout]:
                     uplink_gateway=host.vm_uplink.network_address + 1,
                     uplink_ip=agent.vm_ip,
                     peers=[g for g in guests if g is not agent],
+                    host_networks=host.host_networks,
+                    jail_host_ports=host.jail_host_ports,
                 )
             )
     return out
@@ -279,20 +287,18 @@ def _isolated(layout: HostLayout) -> list[str]:
     return [str(n) for n in nets]
 
 
-def _exceptions(layout: HostLayout) -> list[Pass]:
-    """Quick passes before the isolation block: shared LLM jails, and inventory links."""
-    rules: list[Pass] = []
-    for agent in layout.agents:
-        for jail in agent.jails:
-            if jail.role in LLM_ROLES and jail.ip not in agent.subnet:
-                rules.append(Pass(str(agent.subnet), str(jail.ip), f"{agent.name} uses the shared {jail.name} jail"))
-    here = {a.name: a for a in [*layout.agents, *layout.guests]}
-    for a, b in sorted({tuple(sorted(pair)) for pair in layout.links}):
-        if a in here and b in here and layout.parent is None:
-            na, nb = _net_of(here[a]), _net_of(here[b])
-            rules.append(Pass(na, nb, f"warden_agent_links: {a} -> {b}"))
-            rules.append(Pass(nb, na, f"warden_agent_links: {b} -> {a}"))
-    return rules
+def policy_of(layout: HostLayout) -> Policy:
+    """The isolation policy of one machine (isolation.py): who may reach what there."""
+    return build_policy(
+        bridge=layout.bridge,
+        ext_if=layout.ext_if or "",
+        agents=layout.agents,
+        links=layout.links if layout.parent is None else (),
+        guests=layout.guests,
+        uplink=layout.vm_uplink if layout.guests else None,
+        host_networks=layout.host_networks,
+        jail_host_ports=layout.jail_host_ports,
+    )
 
 
 def _peer_links(layout: HostLayout) -> list[Pass]:
@@ -446,6 +452,7 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
             ],
         )
     nat_nets = _isolated(layout)
+    policy = policy_of(layout)
     add(
         FileEntry(PF_ANCHOR_FILE, "0644", purpose="PF anchor: NAT and inter-agent isolation"),
         "etc/pf.warden.conf.j2",
@@ -457,7 +464,7 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
         nat_nets=nat_nets,
         uplink=str(layout.vm_uplink) if layout.guests and layout.vm_uplink is not None else "",
         isolated=nat_nets,
-        exceptions=_exceptions(layout),
+        policy=policy,
         guest_of=layout.parent or "",
         guest_uplink=str(layout.vm_uplink) if layout.parent is not None else "",
         guest_gateway=str(layout.uplink_gateway or ""),
@@ -531,6 +538,7 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
         guests=guests,
         parent=layout.parent,
         rctl_rules=host_rules(layout.agents),
+        sysctl=sysctl_lines() if layout.agents or layout.guests else [],
     )
     return manifest, files
 

@@ -185,6 +185,12 @@ MAY_REFUSE = {
     ("agent", "vm_disk"),
     ("host", "ext_if"),
     ("host", "bridge"),
+    # pf.conf carries each jail's epair name (docs/isolation.md) and cannot quote
+    ("agent", "git_jail"),
+    ("agent", "cms_jail"),
+    ("agent", "ollama_jail"),
+    ("agent", "llamacpp_jail"),
+    ("agent", "db_jail"),
 }
 
 

@@ -23,18 +23,35 @@ pass in on $ext_if proto tcp to port ssh flags S/SA keep state \\
 """
 
 
-def test_nat_anchor_goes_after_operators_last_nat_rule() -> None:
+def test_nat_anchor_opens_the_translation_section() -> None:
+    # translation is first-match: ahead of the operator's nat, ours decides the agent networks
     lines = hook(OPERATOR).splitlines()
     assert (
         lines.index(f'nat-anchor "warden"  {MARKER}')
-        == lines.index("rdr pass on $ext_if proto tcp to port 8080 -> 10.17.89.2 port 80") + 1
+        == lines.index("nat on $ext_if from $jail_net to any -> ($ext_if:0)") - 1
     )
 
 
-def test_filter_anchor_and_load_go_after_the_last_filter_rule_and_its_continuation() -> None:
+def test_filter_anchor_and_load_open_the_filter_section() -> None:
+    # every deciding rule in the anchor is quick, so the operator's later rules cannot
+    # open or close agent traffic (docs/isolation.md)
     lines = hook(OPERATOR).splitlines()
-    assert lines[-2:] == [f'anchor "warden"  {MARKER}', f'load anchor "warden" from "/etc/pf.warden.conf"  {MARKER}']
-    assert lines[-3] == "    (max-src-conn 10, overload <bruteforce> flush global)"
+    at = lines.index("block in all")
+    assert lines[at - 2 : at] == [
+        f'anchor "warden"  {MARKER}',
+        f'load anchor "warden" from "/etc/pf.warden.conf"  {MARKER}',
+    ]
+
+
+def test_a_file_hooked_at_the_end_by_an_older_version_is_rehooked_first() -> None:
+    old = OPERATOR + f'anchor "warden"  {MARKER}\nload anchor "warden" from "/etc/pf.warden.conf"  {MARKER}\n'
+    old = old.replace("rdr pass", f'nat-anchor "warden"  {MARKER}\nrdr pass')
+    assert hook(old) == hook(OPERATOR)
+
+
+def test_hooks_the_operator_wrote_by_hand_are_left_where_they_are() -> None:
+    text = OPERATOR + 'nat-anchor "warden"\nanchor "warden"\nload anchor "warden" from "/etc/pf.warden.conf"\n'
+    assert hook(text) == text
 
 
 def test_operators_lines_are_untouched_and_in_order() -> None:
@@ -53,7 +70,8 @@ def test_hook_is_idempotent_and_unhook_restores_the_original() -> None:
 def test_a_file_without_nat_rules_gets_the_nat_anchor_before_the_first_filter_rule() -> None:
     text = "set skip on lo0\nblock in all\npass out all keep state\n"
     lines = hook(text).splitlines()
-    assert lines[1].startswith('nat-anchor "warden"') and lines[2] == "block in all"
+    assert lines[1].startswith('nat-anchor "warden"') and lines[2].startswith('anchor "warden"')
+    assert lines[4] == "block in all"
     assert section_order_errors(hook(text)) == []
 
 

@@ -221,15 +221,19 @@ def test_pf_anchor_lists_subnets_nats_and_isolates(example: Path) -> None:
     assert 'ext_if = "vtnet0"' in pf
     assert 'warden_net = "{ 10.0.0.0/24 10.0.1.0/24 }"' in pf
     assert "table <warden_agents> const { 10.0.0.0/24, 10.0.1.0/24 }" in pf
-    assert "\nnat on $ext_if from $warden_net to any -> ($ext_if)\n" in pf  # docs/freebsd.md#nat-and-forwarding
-    block = "block drop in quick on $bridge from <warden_agents> to <warden_agents>"
+    # docs/freebsd.md#nat-and-forwarding; `pass`: translated agent traffic skips pf.conf's filter rules
+    assert "\nnat pass on $ext_if from $warden_net to any -> ($ext_if)\n" in pf
+    block = "block drop quick from <warden_agents> to <warden_agents>"
     # docs/freebsd.md#pf-statement-order inside the anchor file too
-    assert pf.index("nat on") < pf.index("pass in") < pf.index(block)
+    assert pf.index("nat pass on") < pf.index("pass out quick") < pf.index(block)
     # hermes (10.0.0.0/24) reaches the shared ollama jail in atlas's /24, before the block
-    exception = "pass in quick on $bridge from 10.0.0.0/24 to 10.0.1.4 keep state"
+    exception = "pass quick from 10.0.0.0/24 to 10.0.1.4 keep state"
     assert pf.index(exception) < pf.index(block)
     assert "from 10.0.1.0/24 to 10.0.0." not in pf  # no hole the other way
-    assert pf.rstrip().endswith("pass in on $bridge from $warden_net to any keep state")
+    # every filter rule decides with quick (docs/isolation.md): pf.conf's later rules cannot undo it
+    rules = [ln for ln in pf.splitlines() if ln.startswith(("pass", "block"))]
+    assert rules and all(" quick " in ln for ln in rules)
+    assert pf.rstrip().endswith("pass in quick from <warden_agents> to any keep state")
 
 
 def test_every_pf_file_keeps_pfctl_section_order(example: Path) -> None:
@@ -259,10 +263,14 @@ def test_inventory_agent_links_open_both_directions_before_the_block(registry: R
     )
     three_agents(registry)
     pf = (render(registry) / "fbsd1/etc/pf.warden.conf").read_text()
-    block = pf.index("block drop in quick")
-    assert -1 < pf.index("pass in quick on $bridge from 10.0.1.0/24 to 10.0.2.0/24 keep state") < block
-    assert -1 < pf.index("pass in quick on $bridge from 10.0.2.0/24 to 10.0.1.0/24 keep state") < block
-    assert "to 10.0.3.0/24" not in pf.replace("from 10.0.3.0/24 to 10.0.3.0/24", "")  # nova stays apart
+    block = pf.index("block drop quick from <warden_agents> to <warden_agents>")
+    assert -1 < pf.index("pass quick from 10.0.1.0/24 to 10.0.2.0/24 keep state") < block
+    assert -1 < pf.index("pass quick from 10.0.2.0/24 to 10.0.1.0/24 keep state") < block
+    # nova stays apart: no other network is granted its /24, nor it another's
+    grants = [ln for ln in pf.splitlines() if ln.startswith("pass quick")]
+    assert [g for g in grants if "10.0.3.0/24" in g] == [
+        "pass quick from 10.0.3.0/24 to 10.0.3.0/24 keep state  # nova's jails reach each other"
+    ]
 
 
 # -- jails and guests --------------------------------------------------------------------

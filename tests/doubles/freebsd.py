@@ -65,6 +65,11 @@ class State:
                 "kern.racct.enable": "1",
                 "kern.features.vimage": "1",
                 "kern.osrelease": "14.3-RELEASE",
+                # sys/net/if_bridge.c: the VNET sysctls' initial values
+                "net.link.bridge.pfil_onlyip": "1",
+                "net.link.bridge.pfil_bridge": "1",
+                "net.link.bridge.pfil_member": "1",
+                "net.link.bridge.pfil_local_phys": "0",
             },
         )
         self.data.setdefault("modules", ["pf", "if_bridge", "vmm"])

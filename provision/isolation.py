@@ -1,0 +1,247 @@
+"""Who may reach what on one machine: the isolation policy, and the PF rules that hold it.
+
+The one place that says it (docs/isolation.md explains the model with the example fleet):
+
+* root on the machine reaches every jail; an agent's processes reach their own jails and
+  the shared LLM jails they use;
+* a jail reaches the jails of its own agent, the shared LLM jails and `warden_agent_links`
+  peers its agent is given, the internet through NAT, and on its own gateway (this host's
+  address in its /24) the DNS resolver, its own agent's API port and the ports listed in
+  `warden_jail_host_ports`;
+* everything else from a jail or guest is blocked: other agents' jails, this host's
+  other addresses and ports (sshd, other agents' API ports), the management LAN
+  (`warden_host_networks`);
+* on the bridge, a jail speaks only as its own address (per-member rules: if_bridge.c
+  filters bridged frames on the member epairs with net.link.bridge.pfil_member=1, and
+  frames for the host with pfil_local_phys=1; `sysctls()` owns those values), and nobody
+  there speaks as this host (a guest spoofing the host's uplink address is dropped).
+
+The rules are rendered into the warden anchor (templates/etc/pf.warden.conf.j2 writes
+each rule's shape, every value through the `pf` filter), which pfconf.py hooks FIRST in
+the filter section, and every rule that decides warden traffic is `quick`: pf stops at the first
+quick match (pf.conf(5) PARAMETERS quick, ANCHORS), so the operator's later rules —
+a `block in all`, a `pass out quick` — can neither open nor close what is decided here,
+and rules the operator puts above the anchor line still win (their own choice).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from .models import LLM_ROLES, Agent
+
+# Names and addresses reach the anchor through the template's `pf` filter (escape.py),
+# which refuses anything but a plain token; models.py validates them by full match first.
+HOST_PORT_RE = re.compile(r"(tcp|udp)/([0-9]{1,5})")
+DNS_PORT = 53
+
+# if_bridge.c: pfil_member filters bridged frames on the member epairs, pfil_bridge on
+# the bridge, pfil_onlyip drops non-IP frames (ARP excepted) instead of passing them
+# unfiltered, pfil_local_phys filters frames for the host on the member they came in
+# by (GRAB_OUR_PACKETS) — which is where a jail's source address is checked.
+SYSCTLS: tuple[tuple[str, str], ...] = (
+    ("net.link.bridge.pfil_onlyip", "1"),
+    ("net.link.bridge.pfil_member", "1"),
+    ("net.link.bridge.pfil_bridge", "1"),
+    ("net.link.bridge.pfil_local_phys", "1"),
+)
+
+
+class PolicyError(ValueError):
+    """A value that cannot be written into pf.conf safely."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """A jail's host-side epair on the bridge and the one address it may use."""
+
+    jail: str
+    interface: str
+    address: IPv4Address
+
+
+@dataclass(frozen=True)
+class Grant:
+    """SRC may open connections to DST (a network or an address), and why."""
+
+    src: str
+    dst: str
+    why: str
+
+
+@dataclass(frozen=True)
+class ProcessGrant:
+    """This host's processes of USERS may open connections to DST, and why."""
+
+    users: tuple[str, ...]
+    dst: str
+    why: str
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """Sources in SRC may reach PROTO/PORT on GATEWAY (this host's address in their /24)."""
+
+    src: str
+    gateway: str
+    proto: str
+    port: int
+    why: str
+
+
+@dataclass
+class Policy:
+    bridge: str
+    ext_if: str
+    agent_nets: list[str]  # the networks kept apart (agent /24s, the guests' uplink)
+    self_addresses: list[str]  # this host's addresses on the bridge
+    members: list[Member] = field(default_factory=list)
+    process_grants: list[ProcessGrant] = field(default_factory=list)
+    jail_grants: list[Grant] = field(default_factory=list)
+    host_ports: list[HostPort] = field(default_factory=list)
+    host_networks: list[str] = field(default_factory=list)
+    unpinned: list[str] = field(default_factory=list)  # jails whose epair Bastille numbers
+
+
+def parse_host_ports(values: Iterable[object]) -> list[tuple[str, int]]:
+    """`warden_jail_host_ports` items, `8080` (tcp) or `udp/123`, as (proto, port)."""
+    out: list[tuple[str, int]] = []
+    for v in values:
+        text = str(v)
+        m = HOST_PORT_RE.fullmatch(text) if "/" in text else re.fullmatch(r"([0-9]{1,5})", text)
+        if m is None:
+            raise PolicyError(f"warden_jail_host_ports: {text!r} is not PORT or tcp/PORT or udp/PORT")
+        proto, port = (m.group(1), int(m.group(2))) if "/" in text else ("tcp", int(m.group(1)))
+        if not 1 <= port <= 65535:
+            raise PolicyError(f"warden_jail_host_ports: {port} is not a port")
+        out.append((proto, port))
+    return sorted(set(out))
+
+
+def build_policy(
+    *,
+    bridge: str,
+    ext_if: str,
+    agents: Sequence[Agent],
+    links: Iterable[tuple[str, str]] = (),
+    guests: Sequence[Agent] = (),
+    uplink: IPv4Network | None = None,
+    host_networks: Sequence[IPv4Network] = (),
+    jail_host_ports: Iterable[object] = (),
+) -> Policy:
+    """The policy of one machine: its host agents, and on a host with bhyve guests their uplink."""
+    nets = sorted(a.subnet for a in agents)
+    gateways = sorted(a.gateway for a in agents)
+    if guests and uplink is not None:
+        nets = sorted([*nets, uplink])
+        gateways = sorted([*gateways, uplink.network_address + 1])
+    policy = Policy(
+        bridge=bridge,
+        ext_if=ext_if,
+        agent_nets=[str(n) for n in nets],
+        self_addresses=[str(g) for g in gateways],
+        host_networks=[str(n) for n in sorted(host_networks)],
+    )
+    seen: set[str] = set()
+    for agent in sorted(agents, key=lambda a: a.name):
+        for jail in agent.jails:
+            if jail.name in seen or jail.ip not in agent.subnet:
+                continue  # a shared jail is protected once, by the agent whose /24 holds it
+            seen.add(jail.name)
+            epair = f"e0a_{jail.name}"
+            if len(epair) > 15:
+                # Bastille numbers such an epair (e0a_bastilleN): it cannot be named here.
+                # `invoke check` warns about the name (docs/freebsd.md#interface-name-length).
+                policy.unpinned.append(jail.name)
+                continue
+            policy.members.append(Member(jail.name, epair, jail.ip))
+    policy.members.sort(key=lambda m: m.address)
+    # This host's processes: root everywhere, an agent to its own /24 and the LLM jails it shares.
+    for agent in sorted(agents, key=lambda a: a.subnet):
+        user = agent.name
+        why = f"root and {user} reach {user}'s jails"
+        policy.process_grants.append(ProcessGrant(("root", user), str(agent.subnet), why))
+    for agent in sorted(agents, key=lambda a: a.name):
+        for jail in agent.jails:
+            if jail.role in LLM_ROLES and jail.ip not in agent.subnet:
+                why = f"{agent.name} uses the shared {jail.name}"
+                policy.process_grants.append(ProcessGrant((agent.name,), str(jail.ip), why))
+    if guests and uplink is not None:
+        policy.process_grants.append(ProcessGrant(("root",), str(uplink), "root reaches the bhyve guests"))
+    # Jails: their own /24, the shared LLM jails, the linked agents.
+    for agent in sorted(agents, key=lambda a: a.subnet):
+        policy.jail_grants.append(Grant(str(agent.subnet), str(agent.subnet), f"{agent.name}'s jails reach each other"))
+    for agent in sorted(agents, key=lambda a: a.name):
+        for jail in agent.jails:
+            if jail.role in LLM_ROLES and jail.ip not in agent.subnet:
+                why = f"{agent.name} uses the shared {jail.name} jail"
+                policy.jail_grants.append(Grant(str(agent.subnet), str(jail.ip), why))
+    here = {a.name: a for a in [*agents, *guests]}
+    for a, b in sorted({tuple(sorted(pair)) for pair in links}):
+        if a in here and b in here:
+            na, nb = _net_of(here[a]), _net_of(here[b])
+            policy.jail_grants.append(Grant(na, nb, f"warden_agent_links: {a} -> {b}"))
+            policy.jail_grants.append(Grant(nb, na, f"warden_agent_links: {b} -> {a}"))
+    # Ports on the gateway: DNS, the agent's own API port, warden_jail_host_ports.
+    extra = parse_host_ports(jail_host_ports)
+    sources: list[tuple[str, str, Agent | None]] = [
+        (str(a.subnet), str(a.gateway), a) for a in sorted(agents, key=lambda a: a.subnet)
+    ]
+    if guests and uplink is not None:
+        sources.append((str(uplink), str(uplink.network_address + 1), None))
+    for net, gw, owner in sources:
+        for proto in ("tcp", "udp"):
+            policy.host_ports.append(HostPort(net, gw, proto, DNS_PORT, "the DNS resolver the jails are given"))
+        if owner is not None:
+            policy.host_ports.append(HostPort(net, gw, "tcp", owner.api_port, f"{owner.name}'s own API port"))
+        for proto, port in extra:
+            policy.host_ports.append(HostPort(net, gw, proto, port, "warden_jail_host_ports"))
+    return policy
+
+
+def _net_of(agent: Agent) -> str:
+    """How an agent's traffic looks here: its /24, or a guest's uplink address (NAT inside the guest)."""
+    if agent.placement == "bhyve" and agent.vm_ip is not None:
+        return f"{agent.vm_ip}/32"
+    return str(agent.subnet)
+
+
+def sysctl_lines() -> list[str]:
+    """/etc/sysctl.conf lines the policy depends on (sysctl.conf(5): name=value)."""
+    return [f"{name}={value}" for name, value in SYSCTLS]
+
+
+SYSCTL_BEGIN = "# BEGIN warden-provision: the bridge filtering docs/isolation.md relies on"
+SYSCTL_END = "# END warden-provision"
+
+
+def sysctl_conf_result(text: str, lines: Sequence[str]) -> str:
+    """TEXT with our block replaced by LINES, at the end so that it is applied last
+    (rc.d/sysctl sets the lines in file order); the operator's lines stay verbatim."""
+    kept: list[str] = []
+    inside = False
+    for ln in text.splitlines(keepends=True):
+        bare = ln.rstrip("\r\n")
+        if bare == SYSCTL_BEGIN:
+            inside = True
+        elif inside and bare == SYSCTL_END:
+            inside = False
+        elif not inside:
+            kept.append(ln)
+    if kept and not kept[-1].endswith("\n"):
+        kept[-1] += "\n"
+    block = [f"{SYSCTL_BEGIN}\n", *(f"{line}\n" for line in lines), f"{SYSCTL_END}\n"] if lines else []
+    return "".join(kept + block)
+
+
+def sysctl_changes(live: dict[str, str], lines: Sequence[str]) -> list[str]:
+    """`name=value` arguments for sysctl(8) that make the running kernel match LINES."""
+    out = []
+    for line in lines:
+        name, _, value = line.partition("=")
+        if live.get(name) != value:
+            out.append(line)
+    return out
