@@ -177,6 +177,12 @@ def doctor(c: Context, host: str | None = None, json: bool = False) -> None:
     cli.run(cli.doctor, host=host, as_json=json)
 
 
+@task(help=cli.OPTION_HELP["reach"])
+def reach(c: Context, host: str, pf_conf: str | None = None) -> None:
+    """Who can reach whom on a host: agents' processes, jails, guests, sshd, API ports, LAN, internet."""
+    cli.run(cli.reach, host=host, pf_conf=pf_conf)
+
+
 @task(help=cli.OPTION_HELP["status"])
 def status(c: Context, host: str | None = None, agent: str | None = None, json: bool = False) -> None:
     """Per agent: service, API port, jails and their IPs, gateway alias, PF rules. Non-zero when anything is down."""

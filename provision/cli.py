@@ -78,6 +78,10 @@ OPTION_HELP: dict[str, dict[str, str]] = {
         "agent": "only this agent",
         "json": "print one JSON document (schemas/warden.status.v1.json) instead of text",
     },
+    "reach": {
+        "host": "the host or bhyve guest to show",
+        "pf_conf": "use this pf.conf instead of the host's",
+    },
 }
 
 
@@ -833,6 +837,52 @@ def doctor(host: str | None = None, as_json: bool = False) -> int:
     if as_json:
         print_json("warden.doctor.v1", {"ok": not failed, "hosts": report})
     return 1 if failed else 0
+
+
+def reach(host: str, pf_conf: str | None = None) -> int:
+    """Print who can reach whom on HOST once the rendered anchor is loaded (docs/isolation.md).
+
+    The operator's /etc/pf.conf is read from the host (or the sample tree), or from the
+    file PF_CONF names; the anchor and the bridge sysctls are the ones warden renders.
+    """
+    from pathlib import Path
+
+    from .pf import PfSyntaxError
+    from .reach import matrix
+    from .remote import RemoteError, read_files, sample_root_of
+    from .render import PF_ANCHOR_FILE, _env, layouts, render_layout
+
+    settings, fleet = load()
+    chosen = next((lay for lay in layouts(fleet) if lay.name == host), None)
+    if chosen is None:
+        names = ", ".join(lay.name for lay in layouts(fleet))
+        raise CommandError(f"no host {host!r} in {settings.inventory} (hosts and guests: {names})")
+    _, files = render_layout(chosen, _env())
+    anchor = files[PF_ANCHOR_FILE][0]
+    if pf_conf is not None:
+        operator = Path(pf_conf).read_text(encoding="utf-8")
+        origin = pf_conf
+    else:
+        target = next((h for h in fleet.hosts if h.name == host), None)
+        if target is None:
+            raise CommandError(f"{host} is a bhyve guest: pass its pf.conf with --pf-conf FILE")
+        try:
+            data = read_files(target, ["/etc/pf.conf"], sample_root_of(target)).get("/etc/pf.conf")
+        except RemoteError as exc:
+            raise CommandError(str(exc)) from None
+        operator = (data or b"").decode("utf-8", errors="replace")
+        origin = f"{host}:/etc/pf.conf" + ("" if data is not None else " (absent)")
+    try:
+        m = matrix(chosen, operator, anchor)
+    except PfSyntaxError as exc:
+        raise CommandError(f"cannot evaluate {origin} with the rendered anchor: {exc}") from None
+    out = console()
+    out.print(f"reach on {host}: {origin} + the rendered anchor {PF_ANCHOR_FILE} + the bridge sysctls", markup=False)
+    for note in m.assumptions:
+        out.print(f"  assuming {note}", markup=False)
+    out.print("  rows reach columns: Y reachable, . blocked, - not a network path\n", markup=False)
+    out.print(m.table(), markup=False, highlight=False)
+    return 0
 
 
 def status(host: str | None = None, agent: str | None = None, as_json: bool = False) -> int:

@@ -82,7 +82,7 @@ def build_host(
     host_nets = list(layout.host_networks)
     ext = ext_address or _ext_address(host_nets)
     if ext_address is None:
-        assumptions.append(f"{layout.ext_if} has {ext} (assumed)")
+        assumptions.append(f"{layout.ext_if} has the address {ext}")
     gateways: list[tuple[IPv4Network, IPv4Address]] = [(a.subnet, a.gateway) for a in layout.agents]
     if layout.guests and layout.vm_uplink is not None:
         gateways.append((layout.vm_uplink, layout.vm_uplink.network_address + 1))

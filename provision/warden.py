@@ -209,3 +209,11 @@ def doctor(host: str | None, as_json: bool) -> None:
 def status(host: str | None, agent: str | None, as_json: bool) -> None:
     """Per agent: service, API port, jails, gateway, PF. Non-zero when anything is down."""
     _run(cli.status, host=host, agent=agent, as_json=as_json)
+
+
+@warden.command()
+@click.option("--host", required=True, help=_help("reach", "host"), shell_complete=complete_hosts)
+@click.option("--pf-conf", "pf_conf", help=_help("reach", "pf_conf"))
+def reach(host: str, pf_conf: str | None) -> None:
+    """Who can reach whom on a host once the anchor is loaded (docs/isolation.md)."""
+    _run(cli.reach, host=host, pf_conf=pf_conf)

@@ -181,3 +181,17 @@ def test_a_guest_cannot_forge_the_hosts_uplink_address(example: Path) -> None:
     assert trace[0].startswith("in on warden0: BLOCK (block drop in quick on warden0 from <warden_self>"), trace
     honest = Packet(TCP, IPv4Address("10.255.0.11"), IPv4Address("10.255.0.10"), 40000, 22, 0x02)
     assert host.send("evilvm", honest, None, []) is None  # and guests stay apart anyway
+
+
+def test_reach_command_prints_the_matrix(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from provision import cli
+
+    monkeypatch.setenv("PROVISION_INVENTORY", str(EXAMPLE / "inventory" / "hosts.yml"))
+    monkeypatch.setenv("PROVISION_AGENTS_DIR", str(EXAMPLE / "agents"))
+    assert cli.reach("fbsd1", pf_conf=str(REPO / "examples/host/etc/pf.conf")) == 0
+    out = capsys.readouterr().out
+    assert COLUMNS in " ".join(out.split())
+    atlas = next(ln.split()[1:] for ln in out.splitlines() if ln.startswith("atlas "))
+    assert " ".join(atlas) == ". . . Y Y Y Y - - - - - Y Y"
+    with pytest.raises(cli.CommandError, match="bhyve guest"):
+        cli.reach("novavm")
