@@ -38,8 +38,10 @@ section packages; pkg query -a %n </dev/null 2>/dev/null
 section resolv; grep -s '^nameserver' /etc/resolv.conf
 section rcconflocal; cat /etc/rc.conf.local 2>/dev/null
 section racct; sysctl -n kern.racct.enable 2>/dev/null
-section bridgesysctl; sysctl net.link.bridge.pfil_onlyip net.link.bridge.pfil_member \
-  net.link.bridge.pfil_bridge net.link.bridge.pfil_local_phys 2>/dev/null
+section bridgesysctl
+for o in pfil_onlyip pfil_member pfil_bridge pfil_local_phys; do
+  v=$(sysctl -n "net.link.bridge.$o" 2>/dev/null) && echo "net.link.bridge.$o: $v"
+done
 section vm; d=$(sysrc -n vm_dir 2>/dev/null); [ -n "$d" ] && [ -d "$d/.templates" ] && echo yes
 section disk; df -k / | tail -n 1
 section inet; ifconfig 2>/dev/null

@@ -40,6 +40,10 @@ def make_healthy(host: TestHost) -> None:
     rc = host.root / "etc/rc.conf"
     rc.write_text(rc.read_text() + 'gateway_enable="YES"\npf_enable="YES"\n')
     subprocess.run(["chroot", str(host.root), "pfctl", "-e"], check=True, capture_output=True)
+    # what site.yml sets for the anchor's epair rules (docs/isolation.md)
+    subprocess.run(
+        ["chroot", str(host.root), "sysctl", "net.link.bridge.pfil_local_phys=1"], check=True, capture_output=True
+    )
 
 
 def test_doctor_passes_on_a_prepared_host(registry: Registry, testhost: TestHost) -> None:
@@ -100,6 +104,8 @@ def facts(**over: str) -> str:
         "pfconf": "ok",
         "racct": "1",
         "packages": "bastille\ngit\nnode\ntmux",
+        "bridgesysctl": "net.link.bridge.pfil_onlyip: 1\nnet.link.bridge.pfil_member: 1\n"
+        "net.link.bridge.pfil_bridge: 1\nnet.link.bridge.pfil_local_phys: 1",
         "vm": "yes",
         "disk": "/dev/ada0p2 30000000 1000000 20000000 5% /",
         "inet": "vtnet0: flags=8843<UP> mtu 1500\n\tinet 192.168.10.5 netmask 0xffffff00",
@@ -123,6 +129,7 @@ def facts(**over: str) -> str:
             "/etc/rc.conf.local does not override warden's rc.conf values",
         ),
         ({"kernel": "14.2-RELEASE"}, "jail release 14.3-RELEASE runs on the kernel"),
+        ({"bridgesysctl": "net.link.bridge.pfil_member: 0"}, "bridge filtering sysctls"),
         ({"disk": "/dev/ada0p2 30000000 29000000 100000 99% /"}, "free disk on /"),
         (
             {"inet": "vtnet0: flags=8843<UP> mtu 1500\n\tinet 10.0.1.7 netmask 0xffff0000"},
