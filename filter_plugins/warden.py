@@ -57,13 +57,16 @@ def warden_owned_files(build_host_dir: str, agent: str = "", secret: bool | None
     return out
 
 
-def warden_edited_files(build_host_dir: str, live: dict[str, Any]) -> list[dict[str, Any]]:
-    """/etc/rc.conf, /etc/pf.conf and /etc/rctl.conf as `plan` computes them (sysrc semantics, hook)."""
+def warden_edited_files(
+    build_host_dir: str, live: dict[str, Any], hold_pf_enable: bool = False
+) -> list[dict[str, Any]]:
+    """/etc/rc.conf, /etc/pf.conf, /etc/rctl.conf and /etc/sysctl.conf as `plan` computes them
+    (sysrc semantics, hook, managed blocks); HOLD_PF_ENABLE leaves pf_enable as it is live."""
     m = _manifest(build_host_dir)
     previous = _previous(live)
     return [
         {"path": path, "content": content, "mode": EDITED[path], "owner": "root", "group": "wheel", "keep_mode": True}
-        for path, content in edited_results(m, live, previous).items()
+        for path, content in edited_results(m, live, previous, hold_pf_enable).items()
     ]
 
 

@@ -72,9 +72,19 @@ def rc_conf_edits(manifest: Manifest, live_rc_conf: str, previous: Manifest | No
     return [*manifest.rc_conf, *cleanup]
 
 
-def rc_conf_result(manifest: Manifest, live_rc_conf: str, previous: Manifest | None = None) -> str:
-    """/etc/rc.conf as sysrc(8) would leave it after `rc_conf_edits` (docs/freebsd.md#sysrc)."""
-    return apply_edits(live_rc_conf, rc_conf_edits(manifest, live_rc_conf, previous))
+def rc_conf_result(
+    manifest: Manifest, live_rc_conf: str, previous: Manifest | None = None, hold_pf_enable: bool = False
+) -> str:
+    """/etc/rc.conf as sysrc(8) would leave it after `rc_conf_edits` (docs/freebsd.md#sysrc).
+
+    HOLD_PF_ENABLE: leave `pf_enable` as it is live.  The roles write rc.conf before PF is
+    loaded; pf_enable=YES goes in only once the PF role has confirmed the new ruleset over
+    a new connection, so a failed run never enables an untested ruleset at the next boot.
+    """
+    edits = rc_conf_edits(manifest, live_rc_conf, previous)
+    if hold_pf_enable:
+        edits = [e for e in edits if e.name != "pf_enable"]
+    return apply_edits(live_rc_conf, edits)
 
 
 def apply_edits(rc_conf: str, edits: Sequence[RcEdit]) -> str:
@@ -123,7 +133,10 @@ EDITED: dict[str, str] = {
 
 
 def edited_results(
-    manifest: Manifest, live: Mapping[str, str | None], previous: Manifest | None = None
+    manifest: Manifest,
+    live: Mapping[str, str | None],
+    previous: Manifest | None = None,
+    hold_pf_enable: bool = False,
 ) -> dict[str, str]:
     """Each EDITED path -> its text after our edits, given its LIVE text (None: no such file).
 
@@ -132,7 +145,7 @@ def edited_results(
     and would stay empty (no rctl rules, no rctl.conf) is left out: nothing to write.
     """
     compute: dict[str, Callable[[str], str]] = {
-        "/etc/rc.conf": lambda text: rc_conf_result(manifest, text, previous),
+        "/etc/rc.conf": lambda text: rc_conf_result(manifest, text, previous, hold_pf_enable),
         "/etc/pf.conf": lambda text: pf_conf_result(manifest, text),
         "/etc/rctl.conf": lambda text: rctl_conf_result_for(manifest, text),
         "/etc/sysctl.conf": lambda text: sysctl_conf_result(text, manifest.sysctl),

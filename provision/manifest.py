@@ -87,6 +87,7 @@ class Manifest:
     parent: str | None = None  # for a bhyve guest: the physical host it runs on
     rctl_rules: list[str] = field(default_factory=list)  # our managed block of /etc/rctl.conf
     sysctl: list[str] = field(default_factory=list)  # our managed block of /etc/sysctl.conf (isolation.py)
+    ssh_ports: list[int] = field(default_factory=lambda: [22])  # what the fallback ruleset passes
 
     def to_json(self) -> str:
         """JSON with one line per list item: reads and diffs well, and encodes fast.
@@ -121,6 +122,7 @@ class Manifest:
             parent=data.get("parent"),
             rctl_rules=list(data.get("rctl_rules", [])),
             sysctl=list(data.get("sysctl", [])),
+            ssh_ports=[int(p) for p in data.get("ssh_ports", [22])],
         )
 
     @classmethod

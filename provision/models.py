@@ -442,6 +442,8 @@ class Host(BaseModel):
     # Ports on their gateway that jails may reach besides DNS and their agent's API port:
     # `8080` (tcp) or `udp/123` (docs/isolation.md).
     jail_host_ports: tuple[str, ...] = ()
+    # Ports sshd listens on besides 22 and ansible_port, kept open by the fallback ruleset.
+    ssh_ports: tuple[int, ...] = ()
     sample_root: str | None = None  # read this directory instead of SSH (the bundled example)
     # What the agents run that base FreeBSD lacks: the wrapper's tmux, the agent's node,
     # git for its repos (docs/freebsd.md#base-system-and-packages). The same default is in

@@ -35,7 +35,7 @@ from .escape import UnsafeValue, comment, register
 from .isolation import Policy, build_policy, sysctl_lines
 from .limits import host_rules
 from .manifest import MANIFEST_RELPATH, FileEntry, GuestSpec, JailSpec, Manifest, RcEdit
-from .models import CONTROLLER_ONLY, Agent, Fleet, jail_mac
+from .models import CONTROLLER_ONLY, Agent, Fleet, Host, jail_mac
 from .problems import Location, Problem
 from .rcconf import Set, alias_edits
 from .settings import REPO_ROOT
@@ -108,6 +108,8 @@ class HostLayout:
     # The management LAN jails must not reach, and the host ports they may (isolation.py).
     host_networks: tuple[IPv4Network, ...] = ()
     jail_host_ports: tuple[str, ...] = ()
+    # sshd's ports, for the fallback ruleset: 22, the port Ansible uses, warden_ssh_ports.
+    ssh_ports: tuple[int, ...] = (22,)
 
 
 @dataclass
@@ -143,6 +145,7 @@ def layouts(fleet: Fleet) -> list[HostLayout]:
                 vm_uplink=host.vm_uplink if guests else None,
                 host_networks=host.host_networks,
                 jail_host_ports=host.jail_host_ports,
+                ssh_ports=ssh_ports(host),
             )
         )
         for agent in guests:
@@ -168,6 +171,17 @@ def layouts(fleet: Fleet) -> list[HostLayout]:
                 )
             )
     return out
+
+
+def ssh_ports(host: Host) -> tuple[int, ...]:
+    """Where sshd listens on HOST as far as the inventory knows: 22, the port Ansible
+    connects to (ansible_port), and warden_ssh_ports; the PF role checks the live sshd."""
+    v = host.ansible_vars
+    ports = {22, *host.ssh_ports}
+    given = v.get("ansible_port", v.get("ansible_ssh_port"))
+    if given is not None and str(given).isdigit():
+        ports.add(int(str(given)))
+    return tuple(sorted(p for p in ports if 0 < p < 65536))
 
 
 def render_problems(fleet: Fleet) -> list[Problem]:
@@ -474,6 +488,8 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
         FileEntry(PF_FALLBACK_FILE, "0644", purpose="PF fallback ruleset keeping SSH open"),
         "etc/pf.warden-fallback.conf.j2",
         header=host_header,
+        ssh_ports=list(layout.ssh_ports),
+        agent_nets=nat_nets,
     )
 
     jails = _jails(layout)
@@ -539,6 +555,7 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
         parent=layout.parent,
         rctl_rules=host_rules(layout.agents),
         sysctl=sysctl_lines() if layout.agents or layout.guests else [],
+        ssh_ports=list(layout.ssh_ports),
     )
     return manifest, files
 

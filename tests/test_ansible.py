@@ -242,6 +242,38 @@ def test_a_pf_load_that_cuts_ssh_is_rolled_back_and_the_play_says_so(registry: R
     assert (testhost.root / "var/db/warden/pf-rollback.ran").exists()
 
 
+def test_the_first_pf_start_is_armed_and_a_cut_rolls_it_back_and_pf_enable_stays_out(
+    registry: Registry, testhost: TestHost
+) -> None:
+    setup(registry, testhost, names=("atlas",), jails="cms")
+    assert not testhost.state().get("pf", {}).get("enabled")  # a fresh host: this run enables PF
+    testhost.cut_ssh_on_next_pf_load()
+    result = playbook(registry, "-e", "warden_pf_rollback_seconds=3")
+    assert result.returncode != 0
+    assert "cut new SSH connections" in result.stdout and "rollback ran and restored" in result.stdout
+    assert "turned PF off" in result.stdout and "/var/db/warden/rejected" in result.stdout
+    assert not testhost.state()["pf"]["enabled"]  # the rollback turned PF off again
+    assert (testhost.root / "var/db/warden/pf-rollback.ran").exists()
+    assert (testhost.root / "var/db/warden/rejected/etc/pf.warden.conf").exists()  # kept for inspection
+    # an untested ruleset is never enabled for the next boot
+    assert read_vars((testhost.root / "etc/rc.conf").read_text()).get("pf_enable") != "YES"
+    assert playbook(registry).returncode == 0  # fixed (no cut): enabled, then written to rc.conf
+    assert testhost.state()["pf"]["enabled"]
+    assert read_vars((testhost.root / "etc/rc.conf").read_text())["pf_enable"] == "YES"
+
+
+def test_a_confirmation_after_the_rollback_fired_fails_loudly(registry: Registry, testhost: TestHost) -> None:
+    setup(registry, testhost, names=("atlas",), jails="cms")
+    assert playbook(registry).returncode == 0
+    add(registry, "iris", 2, jails="cms")
+    result = playbook(registry, "-e", "warden_pf_rollback_seconds=0")  # the rollback wins the race
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert "The confirmation came after warden_pf_rollback_seconds" in result.stdout
+    assert "rollback ran and restored" in result.stdout
+    assert "previous files came from /var/db/warden/backup" in result.stdout
+    assert "10.0.2.0/24" not in testhost.state()["pf"]["anchors"]["warden"]  # the previous anchor is live again
+
+
 def test_tags_and_one_agent_runs(registry: Registry, testhost: TestHost) -> None:
     setup(registry, testhost)
     # The operator's own inventory may use `agent` and `destroy_jails`: they must not collide.
@@ -251,6 +283,10 @@ def test_tags_and_one_agent_runs(registry: Registry, testhost: TestHost) -> None
     only_pf = playbook(registry, "--tags", "pf")
     assert only_pf.returncode == 0, only_pf.stdout[-3000:]
     assert (testhost.root / "etc/pf.warden.conf").exists()
+    # rc.d/pf does nothing on `start` without pf_enable: the role starts it (onestart), checks
+    # that it runs, and writes pf_enable only then
+    assert testhost.state()["pf"]["enabled"]
+    assert read_vars((testhost.root / "etc/rc.conf").read_text())["pf_enable"] == "YES"
     assert not (testhost.root / "usr/local/etc/rc.d/atlas").exists()
     assert not any(c["cmd"] == "bastille" for c in testhost.calls())
     one = playbook(registry, "--tags", "agents", "-e", "warden_agent=atlas")

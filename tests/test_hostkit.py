@@ -302,3 +302,25 @@ def test_every_rendered_bastillefile_applies_to_a_new_jail_of_its_role(testhost:
         client.close()
     state = testhost.state()["jails"]
     assert state["atlascms"]["services"]["nginx"]["running"] and state["atlasgit"]["services"]["sshd"]["running"]
+
+
+def test_pf_start_flushes_states_so_an_open_session_needs_a_rule_without_syn(testhost: TestHost) -> None:
+    # rc.d/pf pf_start runs `pfctl -F all`: the open session has no state left, and a
+    # stateful pass rule matches only SYNs (flags S/SA, sbin/pfctl/parse.y)
+    conf = testhost.root / "etc/pf.conf"
+    conf.write_text("block in all\npass in proto tcp to port ssh flags any keep state\npass out all keep state\n")
+    first = connect(testhost)
+    try:
+        assert run(first, "service pf onestart")[0] == 0
+        assert run(first, "echo still here")[1] == "still here\n"  # flags any: the session goes on
+    finally:
+        first.close()
+    conf.write_text("block in all\npass in proto tcp to port ssh keep state\npass out all keep state\n")
+    second = connect(testhost)
+    try:
+        with pytest.raises((paramiko.SSHException, EOFError, OSError)):
+            run(second, "service pf onestart")
+            run(second, "echo still here")
+    finally:
+        second.close()
+    connect(testhost).close()  # a new connection starts with a SYN: the stateful rule passes it

@@ -236,6 +236,43 @@ def test_pf_anchor_lists_subnets_nats_and_isolates(example: Path) -> None:
     assert pf.rstrip().endswith("pass in quick from <warden_agents> to any keep state")
 
 
+def test_fallback_ruleset_keeps_sshd_dhcp_and_nd_but_not_ssh_from_jails(registry: Registry) -> None:
+    # rc.d/pf loads it when pf.conf fails at start or boot: the host must stay reachable
+    from ipaddress import ip_address
+
+    from provision.pf import Firewall, Packet, parse_ruleset
+    from provision.pf.engine import Interface, host_net
+
+    registry.write_inventory(
+        "all:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n      ansible_port: 2222\n"
+        "      warden_ssh_ports: [8022]\n"
+    )
+    three_agents(registry)
+    text = (render(registry) / "fbsd1/etc/pf.warden-fallback.conf").read_text()
+    assert Manifest.load(registry.build / "fbsd1").ssh_ports == [22, 2222, 8022]
+    ifaces = {
+        "vtnet0": Interface("vtnet0", (host_net("192.0.2.2/24"), host_net("fe80::1/64"))),
+        "warden0": Interface("warden0", (host_net("10.0.1.1/24"),)),
+        "lo0": Interface("lo0", (host_net("127.0.0.1/8"),)),
+    }
+    fw = Firewall(parse_ruleset(text, source="/etc/pf.warden-fallback.conf"), ifaces)
+
+    def passes(p: Packet, ifname: str = "vtnet0") -> bool:
+        fw.states.clear()
+        return fw.test(p, ifname, "in").passed
+
+    ack = 0x10  # a session open when the fallback loads: no SYN, no state left
+    for port in (22, 2222, 8022):
+        assert passes(Packet(6, ip_address("198.51.100.7"), ip_address("192.0.2.2"), 40000, port, ack))
+    assert not passes(Packet(6, ip_address("198.51.100.7"), ip_address("192.0.2.2"), 40000, 80, 0x02))
+    # DHCP answers and IPv6 neighbour discovery
+    assert passes(Packet(17, ip_address("192.0.2.1"), ip_address("255.255.255.255"), 67, 68))
+    nd = Packet(58, ip_address("fe80::2"), ip_address("ff02::1:ff00:1"), icmp_type=135)
+    assert passes(nd)
+    # not SSH from the agents' jails
+    assert not passes(Packet(6, ip_address("10.0.1.3"), ip_address("10.0.1.1"), 40000, 22, 0x02), "warden0")
+
+
 def test_every_pf_file_keeps_pfctl_section_order(example: Path) -> None:
     files = sorted(example.glob("*/etc/pf.warden*.conf"))
     assert len(files) == 6

@@ -545,7 +545,7 @@ def _filter_rule(s: _Stream, text: str, where: str) -> list[Rule]:
     _head(s, c)
     keep: bool | None = None
     flags: tuple[int, int] | Literal["unset"] | None = "unset"
-    icmp_type: int | None = None
+    icmp_types: list[int | None] = [None]
     tag = tagged = None
     tagged_neg = False
     while not s.done():
@@ -556,13 +556,16 @@ def _filter_rule(s: _Stream, text: str, where: str) -> list[Rule]:
             flags = _flags(s.take(), s)
         elif tok in ("icmp-type", "icmp6-type"):
             names = ICMP_TYPES if tok == "icmp-type" else ICMP6_TYPES
-            t = s.take()
-            if t in names:
-                icmp_type = names[t]
-            elif t.isdigit():
-                icmp_type = int(t)
-            else:
-                raise s.fail(f"unknown {tok} {t!r}")
+
+            def one(s: _Stream, names: dict[str, int] = names, kw: str = tok) -> list[object]:
+                t = s.take()
+                if t in names:
+                    return [names[t]]
+                if t.isdigit():
+                    return [int(t)]
+                raise s.fail(f"unknown {kw} {t!r}")
+
+            icmp_types = [t for t in _list(s, one) if isinstance(t, int)]
             if s.accept("code"):
                 raise s.fail("icmp code matching is not supported by the evaluator")
         elif tok in ("keep", "modulate", "synproxy"):
@@ -605,12 +608,11 @@ def _filter_rule(s: _Stream, text: str, where: str) -> list[Rule]:
         where,
         keep_state=stateful,
         flags=flags,
-        icmp_type=icmp_type,
         tag=tag,
         tagged=tagged,
         tagged_neg=tagged_neg,
     )
-    return _expand(base, c, where)
+    return [replace(r, icmp_type=t) for r in _expand(base, c, where) for t in icmp_types]
 
 
 def _anchor_call(s: _Stream, text: str, where: str, kind: Kind) -> list[Rule]:

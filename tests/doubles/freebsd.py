@@ -453,6 +453,43 @@ def pfctl(argv: list[str]) -> int:
     return 1
 
 
+def _keeps_established_ssh(text: str, port: str) -> bool:
+    """Does a mid-stream packet (ACK, no SYN) of an open SSH session pass TEXT with no state?
+
+    `pfctl -F all` leaves no state, so only a rule can pass it; a stateful pass rule has
+    `flags S/SA` unless it says otherwise (sbin/pfctl/parse.y pfrule: "'flags S/SA' by
+    default on stateful rules"), so it takes `flags any` or `no state` — or no default block.
+    """
+    bodies = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
+    default_block = any(
+        re.match(r"^block\b.*\ball\b", b) or re.match(r"^block( drop| return)?( log)? in\s*$", b) for b in bodies
+    )
+    ports = rf"(22|ssh|{re.escape(port)})" if port else r"(22|ssh)"
+    midstream = any(
+        b.startswith("pass")
+        and re.search(rf"\bport\s*(=\s*)?(\{{[^}}]*\b{ports}\b[^}}]*\}}|{ports}\b)", b)
+        and re.search(r"\bflags any\b|\bno state\b", b)
+        for b in bodies
+    )
+    return not default_block or midstream
+
+
+def _cut_this_session() -> None:
+    """End the SSH session this command runs in, as a flushed state table does to an
+    established connection no rule passes: kill the nearest sshd ancestor."""
+    pid = os.getppid()
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if comm.startswith("sshd"):
+            os.kill(pid, 9)
+            return
+        pid = int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
 # -- ifconfig (docs/freebsd.md#the-warden0-bridge) ----------------------------------------
 
 
@@ -582,10 +619,22 @@ def _pf_service(verb: str) -> int:
     if base in ("reload", "resync"):
         return pfctl(["-n", "-f", rules]) or pfctl(["-f", rules])
     if base in ("start", "restart"):
-        pfctl(["-F", "all"])
+        pfctl(["-F", "all"])  # pf_start: rules, nat, tables and every state
         rc = pfctl(["-f", rules])
+        if rc != 0 and vs.get("pf_fallback_rules_enable", "NO").upper() == "YES":
+            # pf_fallback: the file if it exists, else the pf_fallback_rules text
+            fallback = vs.get("pf_fallback_rules_file", "/etc/pf-fallback.conf")
+            if Path(fallback).is_file():
+                rc = pfctl(["-f", fallback])
+            else:
+                (STATE_DIR / "fallback.conf").write_text(vs.get("pf_fallback_rules", "block drop log all") + "\n")
+                rc = pfctl(["-f", str(STATE_DIR / "fallback.conf")])
         with State() as st:
             st["pf"]["enabled"] = True
+            loaded = st["pf"]["main"] or ""
+        parts = os.environ.get("SSH_CONNECTION", "").split()
+        if parts and not _keeps_established_ssh(loaded, parts[3] if len(parts) == 4 else ""):
+            _cut_this_session()
         return rc
     if base == "stop":
         with State() as st:
