@@ -168,6 +168,7 @@ def layouts(fleet: Fleet) -> list[HostLayout]:
                     peers=[g for g in guests if g is not agent],
                     host_networks=host.host_networks,
                     jail_host_ports=host.jail_host_ports,
+                    ssh_ports=guest_ssh_ports(host, agent.vm_name),
                 )
             )
     return out
@@ -182,6 +183,12 @@ def ssh_ports(host: Host) -> tuple[int, ...]:
     if given is not None and str(given).isdigit():
         ports.add(int(str(given)))
     return tuple(sorted(p for p in ports if 0 < p < 65536))
+
+
+def guest_ssh_ports(host: Host, guest: str) -> tuple[int, ...]:
+    """A guest's sshd: 22, or the port warden_guest_connection says Ansible reaches it on."""
+    given = (host.guest_connection.get(guest) or {}).get("ansible_port")
+    return tuple(sorted({22, int(str(given))} if given is not None and str(given).isdigit() else {22}))
 
 
 def render_problems(fleet: Fleet) -> list[Problem]:
