@@ -26,16 +26,14 @@ and rules the operator puts above the anchor line still win (their own choice).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from .models import LLM_ROLES, Agent
+from .models import LLM_ROLES, Agent, parse_host_ports
 
 # Names and addresses reach the anchor through the template's `pf` filter (escape.py),
 # which refuses anything but a plain token; models.py validates them by full match first.
-HOST_PORT_RE = re.compile(r"(tcp|udp)/([0-9]{1,5})")
 DNS_PORT = 53
 
 # if_bridge.c: pfil_member filters bridged frames on the member epairs, pfil_bridge on
@@ -48,10 +46,6 @@ SYSCTLS: tuple[tuple[str, str], ...] = (
     ("net.link.bridge.pfil_bridge", "1"),
     ("net.link.bridge.pfil_local_phys", "1"),
 )
-
-
-class PolicyError(ValueError):
-    """A value that cannot be written into pf.conf safely."""
 
 
 @dataclass(frozen=True)
@@ -104,21 +98,6 @@ class Policy:
     host_ports: list[HostPort] = field(default_factory=list)
     host_networks: list[str] = field(default_factory=list)
     unpinned: list[str] = field(default_factory=list)  # jails whose epair Bastille numbers
-
-
-def parse_host_ports(values: Iterable[object]) -> list[tuple[str, int]]:
-    """`warden_jail_host_ports` items, `8080` (tcp) or `udp/123`, as (proto, port)."""
-    out: list[tuple[str, int]] = []
-    for v in values:
-        text = str(v)
-        m = HOST_PORT_RE.fullmatch(text) if "/" in text else re.fullmatch(r"([0-9]{1,5})", text)
-        if m is None:
-            raise PolicyError(f"warden_jail_host_ports: {text!r} is not PORT or tcp/PORT or udp/PORT")
-        proto, port = (m.group(1), int(m.group(2))) if "/" in text else ("tcp", int(m.group(1)))
-        if not 1 <= port <= 65535:
-            raise PolicyError(f"warden_jail_host_ports: {port} is not a port")
-        out.append((proto, port))
-    return sorted(set(out))
 
 
 def build_policy(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -424,6 +424,28 @@ class Agent(BaseModel):
         return out
 
 
+HOST_PORT_RE = re.compile(r"(tcp|udp)/([0-9]{1,5})")
+
+
+class PolicyError(ValueError):
+    """A value the isolation policy (isolation.py) cannot use."""
+
+
+def parse_host_ports(values: Iterable[object]) -> list[tuple[str, int]]:
+    """`warden_jail_host_ports` items, `8080` (tcp) or `udp/123`, as (proto, port)."""
+    out: list[tuple[str, int]] = []
+    for v in values:
+        text = str(v)
+        m = HOST_PORT_RE.fullmatch(text) if "/" in text else re.fullmatch(r"([0-9]{1,5})", text)
+        if m is None:
+            raise PolicyError(f"warden_jail_host_ports: {text!r} is not PORT or tcp/PORT or udp/PORT")
+        proto, port = (m.group(1), int(m.group(2))) if "/" in text else ("tcp", int(m.group(1)))
+        if not 1 <= port <= 65535:
+            raise PolicyError(f"warden_jail_host_ports: {port} is not a port")
+        out.append((proto, port))
+    return sorted(set(out))
+
+
 class Host(BaseModel):
     """A FreeBSD host from inventory/hosts.yml, with the `warden_*` variables we read."""
 
@@ -510,8 +532,6 @@ class Host(BaseModel):
     @field_validator("jail_host_ports", mode="before")
     @classmethod
     def _host_ports(cls, v: Any) -> Any:
-        from .isolation import PolicyError, parse_host_ports
-
         items = tuple(str(x) for x in (v if isinstance(v, list | tuple) else [v]))
         try:
             parse_host_ports(items)

@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 
 from provision.inventory import load_inventory
-from provision.isolation import (
-    PolicyError,
-    build_policy,
-    parse_host_ports,
-    sysctl_changes,
-    sysctl_conf_result,
-    sysctl_lines,
-)
+from provision.isolation import sysctl_changes, sysctl_conf_result, sysctl_lines
+from provision.models import PolicyError, parse_host_ports
 
 from .conftest import Registry
 from .test_render import render, three_agents
@@ -23,11 +17,6 @@ def test_host_ports_are_port_or_proto_slash_port_by_full_match() -> None:
     for bad in ("8443\n", "sctp/1", "udp/123 # x", "0", "70000", "tcp/"):
         with pytest.raises(PolicyError):
             parse_host_ports([bad])
-
-
-def test_an_interface_name_pf_conf_cannot_carry_is_refused() -> None:
-    with pytest.raises(PolicyError):
-        build_policy(bridge="warden0", ext_if="vtnet0 # pass all", agents=[])
 
 
 def test_jail_host_ports_open_the_gateway_port_to_each_agents_jails(registry: Registry) -> None:
