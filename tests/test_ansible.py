@@ -248,7 +248,8 @@ def test_the_first_pf_start_is_armed_and_a_cut_rolls_it_back_and_pf_enable_stays
     setup(registry, testhost, names=("atlas",), jails="cms")
     assert not testhost.state().get("pf", {}).get("enabled")  # a fresh host: this run enables PF
     testhost.cut_ssh_on_next_pf_load()
-    result = playbook(registry, "-e", "warden_pf_rollback_seconds=3")
+    # the rollback fires after the confirmation tried (warden_pf_start_seconds, 3)
+    result = playbook(registry, "-e", "warden_pf_rollback_seconds=8")
     assert result.returncode != 0
     assert "cut new SSH connections" in result.stdout and "rollback ran and restored" in result.stdout
     assert "turned PF off" in result.stdout and "/var/db/warden/rejected" in result.stdout
