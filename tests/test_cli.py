@@ -513,7 +513,7 @@ def test_piped_output_is_not_cut_at_80_columns_and_keeps_tabs(registry: Registry
     listed = invoke(registry, "list", env=env)
     assert "atlasollama 10.0.1.4" in listed.stdout
     rendered = invoke(registry, "render", env=env)
-    assert "/" + "d" * 90 + "/run-atlas.sh" in rendered.stdout  # the tree line is whole
+    assert "/" + "d" * 90 + "/.env" in rendered.stdout  # the tree line is whole
     planned = invoke(registry, "plan", env=env)
     assert planned.returncode == 2
     assert " #\tkept as a tab\n" in planned.stdout

@@ -218,7 +218,8 @@ def test_agent_dir_in_its_own_home_is_rendered_with_the_wrapper_and_env(registry
     (host,) = render_fleet(load_fleet(registry.agents, hosts), registry.build)
     directory = value.rstrip("/")
     paths = {e.path for e in host.manifest.files if e.agent == "atlas"}
-    assert {f"{directory}/run-atlas.sh", f"{directory}/.env", "/usr/local/etc/rc.d/atlas"} <= paths
+    # The wrapper daemon(8) runs is root's, outside the agent's directory (docs/security.md).
+    assert {"/usr/local/libexec/warden/run-atlas.sh", f"{directory}/.env", "/usr/local/etc/rc.d/atlas"} <= paths
     # ... and the agents role installs them: its path filter (Ansible's `match`, re.match)
     # used to drop a wrapper and .env outside /home while still creating the directory.
     role_vars = yaml.safe_load((REPO / "roles/warden_agents/vars/main.yml").read_text())
