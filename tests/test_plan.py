@@ -314,6 +314,11 @@ def test_a_bhyve_guest_without_ssh_settings_is_listed_as_not_planned(
     registry.write_env("nova", NOVA)
     status, out, _ = plan()
     assert status == 2 and "not planned: novavm (bhyve guest on fbsd1, no `Host novavm` block" in out
+    # the guest the host would create (docs/freebsd.md#vm-bhyve): image, size, address
+    assert (
+        "fbsd1: guest novavm to be created: image FreeBSD-15.0-RELEASE-amd64-BASIC-CLOUDINIT-ufs.raw, "
+        "disk 20G, memory 2G, 2 cpu(s), address 10.255.0.10"
+    ) in out
     status, _, err = plan("novavm")
     assert status == 1 and "error: novavm: cannot plan a bhyve guest on fbsd1" in err
 

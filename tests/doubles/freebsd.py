@@ -1282,7 +1282,8 @@ def _size_bytes(size: str) -> int:
     m = re.fullmatch(r"([0-9]+)([KkMmGgTt]?)", size)
     if not m:
         die(f"truncate: invalid size '{size}'", 1)
-    return int(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " ")
+    power: int = " KMGT".index(m.group(2).upper() or " ")
+    return int(m.group(1)) * (1 << (10 * power))
 
 
 def _vm_conf(path: Path) -> dict[str, str]:
@@ -1359,9 +1360,7 @@ def _vm_create(st: dict[str, Any], vm_dir: Path, args: list[str]) -> int:
         if "C" not in opts:
             die("/usr/local/sbin/vm: cloud-init is required for injecting public key. Use -C to enable it.", 1)
         try:
-            keys = "\n".join(
-                ln for ln in Path(opts["k"]).read_text().splitlines() if ln and not ln.startswith("#")
-            )
+            keys = "\n".join(ln for ln in Path(opts["k"]).read_text().splitlines() if ln and not ln.startswith("#"))
         except OSError:
             die(f"/usr/local/sbin/vm: can't read file with public key ({opts['k']})", 1)
     guest.mkdir(parents=True, exist_ok=True)
@@ -1484,7 +1483,11 @@ def vm(argv: list[str]) -> int:
             return _vm_create(st, vm_dir, args)
         if cmd == "img":
             if "qemu-tools" not in st["packages"]:
-                die("/usr/local/sbin/vm: Error: qemu-img is required to work with cloud images! Run 'pkg install qemu-tools'.", 1)
+                die(
+                    "/usr/local/sbin/vm: Error: qemu-img is required to work with cloud images! "
+                    "Run 'pkg install qemu-tools'.",
+                    1,
+                )
             _, rest = _getopts(args, "d:u")
             store = vm_dir / ".img"
             if not rest:

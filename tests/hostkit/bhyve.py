@@ -146,7 +146,19 @@ class GuestHost(TestHost):
         self.netns = netns
         (root / "run/sshd").mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns, "chroot", str(root), "/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/sshd_config"],
+            [
+                "ip",
+                "netns",
+                "exec",
+                netns,
+                "chroot",
+                str(root),
+                "/usr/sbin/sshd",
+                "-D",
+                "-e",
+                "-f",
+                "/etc/ssh/sshd_config",
+            ],
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
         )
@@ -224,5 +236,3 @@ def wait_until(predicate: Any, timeout: float = 30) -> bool:
             return True
         time.sleep(0.1)
     return False
-
-

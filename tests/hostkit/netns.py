@@ -66,7 +66,18 @@ def forward(port: int, netns: str, host: str, target_port: int) -> subprocess.Po
     listener.listen(64)
     try:
         return subprocess.Popen(
-            ["ip", "netns", "exec", netns, sys.executable, "-c", FORWARDER, str(listener.fileno()), host, str(target_port)],
+            [
+                "ip",
+                "netns",
+                "exec",
+                netns,
+                sys.executable,
+                "-c",
+                FORWARDER,
+                str(listener.fileno()),
+                host,
+                str(target_port),
+            ],
             pass_fds=(listener.fileno(),),
         )
     finally:
