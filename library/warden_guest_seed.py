@@ -92,7 +92,9 @@ def main() -> None:
         text = fh.read()
     if not text.startswith(HEADER):
         module.fail_json(msg=f"{module.params['user_data']} does not start with {HEADER.strip()}")
-    config = json.loads(text[len(HEADER) :])
+    # our header comments, then the JSON body (provision/guestseed.py user_data)
+    body = "".join(line for line in text.splitlines(True) if not line.startswith("#"))
+    config = json.loads(body)
     work = tempfile.mkdtemp(prefix=".warden-seed.", dir=guest)  # mode 0700
     try:
         key = os.path.join(work, "ssh_host_ed25519_key")

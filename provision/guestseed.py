@@ -116,8 +116,11 @@ def ssh_key(host: Host, home: Path | None = None) -> str | Problem:
     return lines[0]
 
 
-def user_data(key: str) -> str:
+def user_data(key: str, header: str = "") -> str:
     """The guest's user-data (libexec/nuageinit/nuageinit: users, ssh_pwauth, write_files).
+
+    nuageinit wants `#cloud-config` on the first line (nuageinit(7)); HEADER's lines
+    follow as YAML comments, then the JSON body.
 
     FreeBSD's sshd refuses root logins unless told otherwise (sshd_config(5)
     PermitRootLogin); the first value sshd reads wins and the stock file sets none, so an
@@ -130,7 +133,9 @@ def user_data(key: str) -> str:
             {"path": "/etc/ssh/sshd_config", "append": True, "content": "PermitRootLogin prohibit-password\n"}
         ],
     }
-    return "#cloud-config\n" + json.dumps(config, indent=1, sort_keys=True, ensure_ascii=True) + "\n"
+    comments = "".join(line if line.startswith("#") else f"# {line}" for line in header.splitlines(True))
+    comments += "\n" if comments and not comments.endswith("\n") else ""
+    return "#cloud-config\n" + comments + json.dumps(config, indent=1, sort_keys=True, ensure_ascii=True) + "\n"
 
 
 def network_arg(ip: str, prefixlen: int, gateway: str, nameservers: tuple[str, ...], hostname: str) -> str:

@@ -571,7 +571,7 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
         )
         guests.append(guest)
         files[seed] = (
-            user_data(layout.guest_key),
+            user_data(layout.guest_key, _header(_agent_origin(agent, layout))),
             FileEntry(seed, "0600", agent=agent.name, purpose="cloud-init user-data for the guest's first boot"),
         )
         path = f"{layout.vm_dir}/.templates/{guest.template}.conf"

@@ -83,10 +83,10 @@ def test_an_image_value_that_would_need_quoting_is_refused(value: str) -> None:
 
 def test_user_data_puts_the_key_on_root_and_creates_no_default_user() -> None:
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMa5+OOUOeHAgro0I6znJPof6D+xT8E4zWauLN9ut7qn op@x"
-    text = user_data(key)
-    assert text.startswith("#cloud-config\n")
+    text = user_data(key, "Managed by warden-provision.\n# Rendered from agents/nova/.env.")
+    assert text.startswith("#cloud-config\n# Managed by warden-provision.\n# Rendered from agents/nova/.env.\n{")
     data = yaml.safe_load(text)  # what nuageinit's YAML parser sees
-    assert data == json.loads(text.split("\n", 1)[1])
+    assert data == json.loads("".join(ln for ln in text.splitlines(True) if not ln.startswith("#")))
     # nuageinit creates the default user (password "freebsd") only when `users` is absent or
     # lists "default" (libexec/nuageinit/nuageinit create_default_user).
     assert data["users"] == [{"name": "root", "ssh_authorized_keys": [key]}]
