@@ -21,7 +21,9 @@ from .conftest import Registry
 
 def keypair(directory: Path, name: str = "id_ed25519") -> str:
     directory.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "op@x", "-f", str(directory / name)], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "op@x", "-f", str(directory / name)], check=True
+    )
     return (directory / f"{name}.pub").read_text().strip()
 
 
