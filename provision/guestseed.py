@@ -153,4 +153,14 @@ def guest_problems(hosts: list[Host], with_guests: set[str], home: Path | None =
         for found in (image_source(host), ssh_key(host, home)):
             if isinstance(found, Problem):
                 out.append(found)
+        if not IMAGE_PATH_RE.fullmatch(host.vm_dir):
+            # the seed and the pinned host key are files under $vm_dir/<guest> (library/warden_guest_seed.py)
+            out.append(
+                Problem(
+                    (_loc(host, "warden_vm_dir"),),
+                    f"warden_vm_dir {host.vm_dir!r} is not a plain absolute path",
+                    "give vm-bhyve's vm_dir as a directory path such as /vm (a zfs: datastore is not supported)",
+                    rule="guest-vm-dir",
+                )
+            )
     return out

@@ -110,3 +110,12 @@ def test_check_and_render_refuse_a_host_with_guests_but_no_key(registry: Registr
         render_fleet(fleet, registry.build)
     assert any(p.rule == "guest-ssh-key" for p in exc.value.problems)
     assert not registry.build.exists()
+
+
+def test_a_zfs_vm_dir_is_refused_for_a_host_with_guests(tmp_path: Path) -> None:
+    keypair(tmp_path / ".ssh")
+    from provision.guestseed import guest_problems
+
+    host = Host(name="fbsd1", vm_dir="zfs:zroot/vm")
+    assert [p.rule for p in guest_problems([host], {"fbsd1"}, home=tmp_path)] == ["guest-vm-dir"]
+    assert guest_problems([host], set(), home=tmp_path) == []  # no guests, no rule
