@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from provision.models import DEFAULT_RELEASE
 from provision.rcconf import read_vars
 from tests.hostkit.bhyve import GuestHost, Hypervisor, wait_until
 from tests.hostkit.testhost import TestHost
@@ -79,10 +80,8 @@ def test_a_host_agent_and_a_bhyve_agent_are_provisioned_in_one_run(registry: Reg
     result = playbook(registry)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
     calls = [(c["cmd"], c["argv"]) for c in host.calls()]
-    url = (
-        "https://download.freebsd.org/releases/VM-IMAGES/15.0-RELEASE/amd64/Latest/"
-        "FreeBSD-15.0-RELEASE-amd64-BASIC-CLOUDINIT-ufs.raw.xz"
-    )
+    rel = DEFAULT_RELEASE  # the guests' image follows the host's release (warden_release)
+    url = f"https://download.freebsd.org/releases/VM-IMAGES/{rel}/amd64/Latest/FreeBSD-{rel}-amd64-BASIC-CLOUDINIT-ufs.raw.xz"
     create = (
         "vm",
         [
@@ -92,7 +91,7 @@ def test_a_host_agent_and_a_bhyve_agent_are_provisioned_in_one_run(registry: Reg
             "-s",
             "20G",
             "-i",
-            "FreeBSD-15.0-RELEASE-amd64-BASIC-CLOUDINIT-ufs.raw",
+            f"FreeBSD-{rel}-amd64-BASIC-CLOUDINIT-ufs.raw",
             "-C",
             "-n",
             "ip=10.255.0.10/24;gateway=10.255.0.1;nameservers=9.9.9.9;hostname=novavm.home.arpa",
