@@ -198,6 +198,8 @@ def guest_ssh_ports(host: Host, guest: str) -> tuple[int, ...]:
     """A guest's sshd: 22, or the port warden_guest_connection says Ansible reaches it on."""
     given = (host.guest_connection.get(guest) or {}).get("ansible_port")
     return tuple(sorted({22, int(str(given))} if given is not None and str(given).isdigit() else {22}))
+
+
 def _guest_sources(host: Host) -> dict[str, Any]:
     """Image and key for a host's guests; "" where render_problems reports why there is none."""
     image, key = image_source(host), ssh_key(host)

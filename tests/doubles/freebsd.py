@@ -1893,6 +1893,9 @@ def install(argv: list[str]) -> int:
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
+    return 0
+
+
 def makefs(argv: list[str]) -> int:
     """makefs -t cd9660 -o R,L=LABEL IMAGE DIRECTORY, as vm-bhyve runs it (lib/vm-core core::create_cloud_init)."""
     opts, rest = _getopts(argv, "t:o:")
