@@ -590,9 +590,18 @@ def check_uplinks(fleet: Fleet) -> list[Problem]:
     return out
 
 
+def check_guest_seeds(fleet: Fleet) -> list[Problem]:
+    """A host with bhyve guests needs the image they are created from and the operator's
+    key their seed carries (provision/guestseed.py, docs/freebsd.md#vm-bhyve)."""
+    from .guestseed import guest_problems
+
+    with_guests = {a.host for a in fleet.agents if a.placement == "bhyve"}
+    return guest_problems(fleet.hosts, with_guests)
+
+
 def check_fleet(fleet: Fleet) -> list[Problem]:
     hosts = {h.name: h for h in fleet.hosts}
-    out: list[Problem] = check_uplinks(fleet)
+    out: list[Problem] = check_uplinks(fleet) + check_guest_seeds(fleet)
     for host in fleet.hosts:
         out.extend(check_host(host))
     for agent in fleet.agents:

@@ -894,23 +894,25 @@ def status(host: str | None = None, agent: str | None = None, as_json: bool = Fa
     import dataclasses
 
     from .remote import RemoteError, run_script
-    from .status import AgentStatus, evaluate, status_script
+    from .status import AgentStatus, evaluate, evaluate_guests, status_script
 
     settings, fleet, targets = _reachable_hosts(host)
     if agent is not None and agent not in {a.name for a in fleet.agents}:
         raise CommandError(_unknown_agent(agent, [a.name for a in fleet.agents], settings))
     rows: list[tuple[str, AgentStatus]] = []
     for machine, agents, why_not in _status_targets(fleet, targets, agent):
+        # a host's bhyve agents: their VMs' state from `vm list` there (vm(8))
+        guests = [a for a in fleet.agents_on(machine.name) if a.placement == "bhyve" and agent in (None, a.name)]
         if why_not is not None:
             rows.extend((machine.name, AgentStatus.unknown(a.name, why_not)) for a in agents)
             continue
         try:
-            text = run_script(machine, status_script(machine, agents))
+            text = run_script(machine, status_script(machine, agents, guests))
         except RemoteError as exc:
             print_error(console(stderr=True), str(exc))
-            rows.extend((machine.name, AgentStatus.unknown(a.name, "host unreachable")) for a in agents)
+            rows.extend((machine.name, AgentStatus.unknown(a.name, "host unreachable")) for a in [*agents, *guests])
             continue
-        rows.extend((machine.name, row) for row in evaluate(machine, agents, text))
+        rows.extend((machine.name, row) for row in [*evaluate(machine, agents, text), *evaluate_guests(guests, text)])
     if agent is not None and not rows:
         raise CommandError(f"agent {agent} is not on {host} (fix: drop --host, or give the agent's host)")
     ok = bool(rows) and all(row.ok for _, row in rows)
@@ -939,7 +941,7 @@ def _status_targets(fleet: Fleet, targets: list[Any], agent: str | None) -> list
     for target in targets:
         mine = [a for a in fleet.agents_on(target.name) if agent is None or a.name == agent]
         on_host = [a for a in mine if a.placement == "host"]
-        if on_host:
+        if mine:  # a host with only bhyve agents still shows their VMs (`vm list`)
             out.append((target, on_host, None))
         for a in mine:
             if a.placement != "bhyve":

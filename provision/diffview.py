@@ -135,6 +135,9 @@ def print_summary(out: Console, plans: Sequence[HostPlan], notes: Sequence[str] 
             ", ".join(hp.agents_removed) or "-",
         )
     out.print(table)
+    for hp in plans:
+        for guest in hp.guests_added:
+            out.print(Text(f"{hp.host}: {guest}"), soft_wrap=True)
     for note in notes:
         out.print(Text(note, style="dim"))
     status = exit_status(plans)

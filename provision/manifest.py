@@ -67,6 +67,12 @@ class GuestSpec:
     memory: str
     cpus: int
     disk: str
+    # Created from (docs/freebsd.md#vm-bhyve): the image (`vm img` URL or host path), the name
+    # `vm create -i` takes, the `-n` network argument, and our user-data on the host.
+    image: str = ""
+    image_file: str = ""
+    network: str = ""
+    user_data: str = ""
 
 
 @dataclass

@@ -88,6 +88,9 @@ DEFAULT_PACKAGES = ("tmux", "node", "git")
 DEFAULT_JAIL_NAMESERVERS = (IPv4Address("9.9.9.9"), IPv4Address("149.112.112.112"))
 PACKAGE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 DEFAULT_VM_UPLINK = IPv4Network("10.255.0.0/24")
+# A guest resolves through a public resolver unless the inventory names its own
+# (warden_guest_nameservers): the host runs no resolver on the uplink.
+DEFAULT_GUEST_NAMESERVERS = (IPv4Address("9.9.9.9"),)
 
 # Keys this tool owns, in the order add-agent writes them (the file documents itself).
 OWNED_KEYS = (
@@ -460,6 +463,10 @@ class Host(BaseModel):
     host_networks: tuple[IPv4Network, ...] = ()
     release: str = DEFAULT_RELEASE
     vm_uplink: IPv4Network = DEFAULT_VM_UPLINK
+    # bhyve guests (docs/freebsd.md#vm-bhyve): the image, the operator's key, the resolvers.
+    guest_image: str | None = None
+    guest_ssh_key: str | None = None
+    guest_nameservers: tuple[IPv4Address, ...] = DEFAULT_GUEST_NAMESERVERS
     agent_links: tuple[tuple[str, str], ...] = ()
     # Ports on their gateway that jails may reach besides DNS and their agent's API port:
     # `8080` (tcp) or `udp/123` (docs/isolation.md).

@@ -59,12 +59,14 @@ class HostPlan:
     changes: list[FileChange] = field(default_factory=list)
     agents_added: list[str] = field(default_factory=list)
     agents_removed: list[str] = field(default_factory=list)
+    # bhyve guests the last apply did not record: `vm create` from their image (docs/freebsd.md#vm-bhyve)
+    guests_added: list[str] = field(default_factory=list)
     error: str | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. /etc/rc.conf.local overriding our lines
 
     @property
     def pending(self) -> bool:
-        return bool(self.changes)
+        return bool(self.changes or self.guests_added)
 
     def count(self, kind: str) -> int:
         return sum(c.kind == kind for c in self.changes)
@@ -326,6 +328,13 @@ def plan_host(
     before = set(previous.agents) if previous else set()
     plan.agents_added = sorted(set(manifest.agents) - before)
     plan.agents_removed = sorted(before - set(manifest.agents))
+    known = {g.name for g in previous.guests} if previous else set()
+    plan.guests_added = [
+        f"guest {g.name} to be created: image {g.image_file}, disk {g.disk}, memory {g.memory}, "
+        f"{g.cpus} cpu(s), address {g.uplink_ip}"
+        for g in manifest.guests
+        if g.name not in known
+    ]
     return plan
 
 

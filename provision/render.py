@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from .envfile import EnvFile
 from .escape import UnsafeValue, comment, register
+from .guestseed import image_name, image_source, network_arg, ssh_key, user_data
 from .isolation import Policy, build_policy, sysctl_lines
 from .limits import host_rules
 from .manifest import MANIFEST_RELPATH, FileEntry, GuestSpec, JailSpec, Manifest, RcEdit
@@ -51,7 +52,10 @@ PF_ANCHOR = "warden"
 PF_ANCHOR_FILE = "/etc/pf.warden.conf"
 PF_FALLBACK_FILE = "/etc/pf.warden-fallback.conf"
 VM_SWITCH = "warden"  # vm-bhyve manual switch bound to the host's bridge (docs/freebsd.md#vm-bhyve)
-GUEST_EXT_IF = "vtnet0"  # the guest's virtio-net NIC on that switch (network0_type, docs/freebsd.md#vm-bhyve)
+# The guest's NIC on that switch: vm-bhyve's network-config names it eth0 (`set-name`, matched by
+# the MAC vm create wrote) and nuageinit renames it so (docs/freebsd.md#vm-bhyve).
+GUEST_EXT_IF = "eth0"
+GUEST_SEED_DIR = "/usr/local/etc/warden/guests"  # our user-data per guest, root's (docs/freebsd.md#vm-bhyve)
 GUEST_BRIDGE = "warden0"  # a guest is a host of its own: its own warden0 (docs/design.md#placement)
 GUEST_BRIDGE_CLONE = "bridge0"
 RESTART_DELAY = 5  # daemon(8) -R: seconds before a crashed agent is restarted (docs/freebsd.md#supervision-with-daemon)
@@ -110,6 +114,10 @@ class HostLayout:
     jail_host_ports: tuple[str, ...] = ()
     # sshd's ports, for the fallback ruleset: 22, the port Ansible uses, warden_ssh_ports.
     ssh_ports: tuple[int, ...] = (22,)
+    # Hosts carrying guests: the image, the operator's key and the guests' resolvers (guestseed.py).
+    guest_image: str = ""
+    guest_key: str = ""
+    guest_nameservers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -146,6 +154,7 @@ def layouts(fleet: Fleet) -> list[HostLayout]:
                 host_networks=host.host_networks,
                 jail_host_ports=host.jail_host_ports,
                 ssh_ports=ssh_ports(host),
+                **_guest_sources(host) if guests else {},
             )
         )
         for agent in guests:
@@ -191,14 +200,25 @@ def guest_ssh_ports(host: Host, guest: str) -> tuple[int, ...]:
     return tuple(sorted({22, int(str(given))} if given is not None and str(given).isdigit() else {22}))
 
 
+def _guest_sources(host: Host) -> dict[str, Any]:
+    """Image and key for a host's guests; "" where render_problems reports why there is none."""
+    image, key = image_source(host), ssh_key(host)
+    return {
+        "guest_image": image if isinstance(image, str) else "",
+        "guest_key": key if isinstance(key, str) else "",
+        "guest_nameservers": tuple(str(n) for n in host.guest_nameservers),
+    }
+
+
 def render_problems(fleet: Fleet) -> list[Problem]:
-    """What must be fixed before rendering (the fleet check `check_uplinks`, with the fix).
+    """What must be fixed before rendering (the fleet checks `check_uplinks` and
+    `check_guest_seeds`, with the fix).
 
     A subset of `invoke check`: the rules without which no correct file can be written.
     """
-    from .checks import check_uplinks
+    from .checks import check_guest_seeds, check_uplinks
 
-    return check_uplinks(fleet)
+    return check_uplinks(fleet) + check_guest_seeds(fleet)
 
 
 # -- values for the templates ----------------------------------------------------------
@@ -296,6 +316,8 @@ def _rc_conf(layout: HostLayout) -> tuple[list[RcEdit], list[str]]:
     if layout.guests:
         # vm-bhyve setup: docs/freebsd.md#vm-bhyve
         edits += [RcEdit("set", "vm_enable", "YES"), RcEdit("set", "vm_dir", layout.vm_dir)]
+        # rc.d/vm starts only the guests listed in vm_list (lib/vm-core core::startall).
+        edits += [RcEdit("append", "vm_list", a.vm_name) for a in layout.guests]
     edits += [RcEdit("set", f"{a.name}_enable", "YES") for a in layout.agents]  # rcvar: docs/freebsd.md#rcd-scripts
     return edits, [f"ifconfig_{bridge}_alias"]
 
@@ -527,6 +549,8 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
     guests = []
     for agent in layout.guests:
         assert agent.vm_ip is not None  # checks.py: AGENT_PLACEMENT=bhyve needs WARDEN_VM_IP
+        assert layout.vm_uplink is not None  # set with the guests (layouts)
+        seed = f"{GUEST_SEED_DIR}/{agent.vm_name}/user-data"
         guest = GuestSpec(
             name=agent.vm_name,
             agent=agent.name,
@@ -536,8 +560,22 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
             memory=agent.vm_memory,
             cpus=agent.vm_cpus,
             disk=agent.vm_disk,
+            image=layout.guest_image,
+            image_file=image_name(layout.guest_image) if layout.guest_image else "",
+            network=network_arg(
+                str(agent.vm_ip),
+                layout.vm_uplink.prefixlen,
+                str(layout.vm_uplink.network_address + 1),
+                layout.guest_nameservers,
+                f"{agent.vm_name}.home.arpa",  # docs/freebsd.md#clawdie-conventions: home.arpa
+            ),
+            user_data=seed,
         )
         guests.append(guest)
+        files[seed] = (
+            user_data(layout.guest_key, _header(_agent_origin(agent, layout))),
+            FileEntry(seed, "0600", agent=agent.name, purpose="cloud-init user-data for the guest's first boot"),
+        )
         path = f"{layout.vm_dir}/.templates/{guest.template}.conf"
         add(
             FileEntry(path, "0644", agent=agent.name, purpose="vm-bhyve guest template"),

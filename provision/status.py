@@ -31,7 +31,8 @@ class AgentStatus:
         return cls(agent, service=f"unknown ({why})", api="unknown", gateway="unknown", pf="unknown", ok=False)
 
 
-def status_script(host: Host, agents: list[Agent]) -> str:
+def status_script(host: Host, agents: list[Agent], guests: list[Agent] | None = None) -> str:
+    """AGENTS run on HOST; GUESTS are its bhyve agents, whose VMs `vm list` shows (vm(8))."""
     lines = [
         "section() { printf '=== %s ===\\n' \"$1\"; }",
         f"section bridge; ifconfig {shlex.quote(host.bridge)} 2>/dev/null",
@@ -54,7 +55,35 @@ def status_script(host: Host, agents: list[Agent]) -> str:
                 f"section jail.{jail.name}; jls -j {j} >/dev/null 2>&1 && echo running; "
                 f"grep -s '^ifconfig_vnet0=' /usr/local/bastille/jails/{j}/root/etc/rc.conf"
             )
+    if guests:
+        lines.append("section vms; vm list 2>/dev/null || true")
     return "\n".join(lines) + "\n"
+
+
+# A `vm list` row ends with AUTO and STATE (lib/vm-core core::list): "No" or "Yes [n]", then
+# "Running (pid)", "Stopped" or "Locked (host)".
+_VM_ROW = re.compile(r"^(\S+)\s.*?\s(No|Yes \[\d+\])\s+(Running \(\d+\)|Stopped|Locked \(.*\))\s*$")
+
+
+def evaluate_guests(guests: list[Agent], text: str) -> list[AgentStatus]:
+    """One row per bhyve agent: its VM's state and autostart from `vm list`."""
+    rows = {m.group(1): m for line in sections(text).get("vms", "").splitlines() if (m := _VM_ROW.match(line))}
+    out = []
+    for a in guests:
+        m = rows.get(a.vm_name)
+        if m is None:
+            out.append(AgentStatus(a.name, service=f"VM {a.vm_name}: not created", api="-", ok=False))
+            continue
+        auto = "autostart" if m.group(2).startswith("Yes") else "no autostart"
+        out.append(
+            AgentStatus(
+                a.name,
+                service=f"VM {a.vm_name}: {m.group(3)}, {auto}",
+                api="-",
+                ok=m.group(3).startswith("Running"),
+            )
+        )
+    return out
 
 
 def evaluate(host: Host, agents: list[Agent], text: str) -> list[AgentStatus]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,6 +74,15 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Regist
     )
     reg.agents.mkdir()
     reg.write_inventory(ONE_HOST)
+    # The operator's home on the controller: one ~/.ssh/id_*.pub, the key bhyve guests are
+    # seeded with unless the inventory names one (provision/guestseed.py).
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "operator@test", "-f", str(home / ".ssh/id_ed25519")],
+        check=True,
+    )
+    monkeypatch.setenv("HOME", str(home))
     for key, value in reg.env().items():
         monkeypatch.setenv(key, value)
     yield reg

@@ -383,45 +383,6 @@ def test_soul_repo_is_cloned_at_the_pinned_commit_updated_and_left_alone(
     assert (placed / "runtime-note.txt").read_text() == "written by the harness\n"
 
 
-def test_a_bhyve_agent_gets_its_vm_and_the_guest_is_provisioned_as_a_host(registry: Registry, testhost_factory) -> None:  # type: ignore[no-untyped-def]
-    host, guest = testhost_factory("host"), testhost_factory("guest")
-    inventory = {
-        "all": {
-            "hosts": {
-                "fbsd1": {
-                    "warden_ext_if": "vtnet0",
-                    **host.ansible_vars(),
-                    "warden_guest_connection": {"novavm": guest.ansible_vars()},
-                }
-            }
-        }
-    }
-    registry.inventory.write_text(yaml.safe_dump(inventory))
-    add(registry, "atlas", 1, jails="cms")
-    registry.write_env(
-        "nova",
-        "AGENT_NAME=nova\nAGENT_SUBNET_BASE=10.0.9\nAGENT_PLACEMENT=bhyve\n"
-        "WARDEN_VM_IP=10.255.0.10\nWARDEN_JAILS='git cms'\n",
-    )
-    result = playbook(registry)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    calls = [(c["cmd"], c["argv"]) for c in host.calls()]
-    assert ("vm", ["init"]) in calls
-    assert ("vm", ["switch", "create", "-t", "manual", "-b", "warden0", "warden"]) in calls
-    assert ("vm", ["create", "-t", "warden-nova", "-s", "20G", "novavm"]) in calls
-    assert calls.index(("vm", ["create", "-t", "warden-nova", "-s", "20G", "novavm"])) < calls.index(
-        ("vm", ["start", "novavm"])
-    )
-    assert host.state()["interfaces"]["warden0"]["inet"] == ["10.0.1.1/24", "10.255.0.1/24"]
-    assert not (host.root / "usr/local/etc/rc.d/nova").exists()  # the agent lives in its VM
-    values = read_vars((guest.root / "etc/rc.conf").read_text())
-    assert values["ifconfig_vtnet0"] == "inet 10.255.0.10/24" and values["defaultrouter"] == "10.255.0.1"
-    assert values["ifconfig_warden0"] == "inet 10.0.9.1/24 up" and values["nova_enable"] == "YES"
-    assert (guest.root / "usr/local/etc/rc.d/nova").exists()
-    assert sorted(guest.state()["jails"]) == ["novacms", "novagit"]
-    assert recap(playbook(registry), "novavm")["changed"] == 0
-
-
 def test_a_fresh_host_provisions_in_one_run_and_the_second_changes_nothing(
     registry: Registry, testhost: TestHost
 ) -> None:

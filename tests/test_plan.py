@@ -15,6 +15,7 @@ from provision import remote
 from provision.cli import plan_command
 from provision.hostfiles import EDITED, edited_results, pf_conf_result
 from provision.manifest import LIVE_MANIFEST_PATH, Manifest
+from provision.models import DEFAULT_RELEASE
 from provision.pfconf import section_order_errors
 from provision.plan import MASK
 from provision.settings import Settings
@@ -319,6 +320,11 @@ def test_a_bhyve_guest_without_ssh_settings_is_listed_as_not_planned(
     registry.write_env("nova", NOVA)
     status, out, _ = plan()
     assert status == 2 and "not planned: novavm (bhyve guest on fbsd1, no `Host novavm` block" in out
+    # the guest the host would create (docs/freebsd.md#vm-bhyve): image, size, address
+    assert (
+        f"fbsd1: guest novavm to be created: image FreeBSD-{DEFAULT_RELEASE}-amd64-BASIC-CLOUDINIT-ufs.raw, "
+        "disk 20G, memory 2G, 2 cpu(s), address 10.255.0.10"
+    ) in out
     status, _, err = plan("novavm")
     assert status == 1 and "error: novavm: cannot plan a bhyve guest on fbsd1" in err
 

@@ -288,7 +288,8 @@ def test_host_with_bhyve_guests_nats_and_isolates_their_uplink(example: Path) ->
 
 def test_a_guest_drops_other_guests_on_the_uplink_but_not_its_host(example: Path) -> None:
     pf = (example / "novavm/etc/pf.warden.conf").read_text()
-    assert 'ext_if = "vtnet0"' in pf and 'warden_net = "{ 10.1.0.0/24 }"' in pf
+    # vm-bhyve's network-config names the guest's NIC eth0 (docs/freebsd.md#vm-bhyve)
+    assert 'ext_if = "eth0"' in pf and 'warden_net = "{ 10.1.0.0/24 }"' in pf
     host = "pass in quick on $ext_if from 10.255.0.1 to any keep state"
     peers = "block drop in quick on $ext_if from 10.255.0.0/24 to any"
     assert pf.index(host) < pf.index(peers)
@@ -375,7 +376,7 @@ def test_bhyve_agent_gets_a_guest_on_the_host_and_a_host_layout_of_its_own(examp
     guest = Manifest.load(example / "novavm")
     assert guest.parent == "fbsd2" and guest.agents == ["nova"]
     values = {e.name: e.value for e in guest.rc_conf}
-    assert values["ifconfig_vtnet0"] == "inet 10.255.0.10/24" and values["defaultrouter"] == "10.255.0.1"
+    assert values["ifconfig_eth0"] == "inet 10.255.0.10/24" and values["defaultrouter"] == "10.255.0.1"
     assert values["ifconfig_warden0"] == "inet 10.1.0.1/24 up" and values["nova_enable"] == "YES"
     assert [j.name for j in guest.jails] == ["novacms", "novagit", "novallm"]
     for rel in ("usr/local/etc/rc.d/nova", "usr/local/libexec/warden/run-nova.sh", "home/nova/clawdie/.env"):
@@ -383,6 +384,10 @@ def test_bhyve_agent_gets_a_guest_on_the_host_and_a_host_layout_of_its_own(examp
     conf = (example / "fbsd2/vm/.templates/warden-nova.conf").read_text()
     assert 'network0_switch="warden"' in conf and "memory=2G" in conf and "cpu=2" in conf
     assert 'loader="bhyveload"' in conf
+    # created from the release's cloud image with a seed, listed for autostart (docs/freebsd.md#vm-bhyve)
+    assert host.guests[0].image_file == "FreeBSD-15.0-RELEASE-amd64-BASIC-CLOUDINIT-ufs.raw"
+    assert host.guests[0].network.startswith("ip=10.255.0.10/24;gateway=10.255.0.1;")
+    assert {"name": "vm_list", "op": "append", "value": "novavm"} in [vars(e) for e in host.rc_conf]
 
 
 # -- rc.conf and pf.conf: hostfiles ------------------------------------------------------

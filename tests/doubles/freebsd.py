@@ -766,6 +766,7 @@ REPOSITORY = {
     "llama-cpp",
     "qemu-tools",
     "bhyve-firmware",
+    "python3",
 }
 
 
@@ -1236,6 +1237,206 @@ def jls(argv: list[str]) -> int:
 
 
 # -- vm-bhyve (docs/freebsd.md#vm-bhyve) --------------------------------------------------
+#
+# Follows churchers/vm-bhyve (Apr 2025): lib/vm-core core::create, core::create_cloud_init,
+# core::write_img, core::img, core::list, core::start/__start, core::stop, core::destroy;
+# lib/vm-util util::check_name; lib/vm-datastore datastore::img_find; lib/vm-run
+# vm::generate_static_mac.  A disk written from an image holds the image's bytes, so a
+# guest "boots" only from a disk that got one; `vm start` leaves a boot record that the
+# test's hypervisor (tests/hostkit/bhyve.py) acts on, as bhyve runs in the background of
+# vm-run: the command returns before the guest is up.
+
+VM_BOOTS = STATE_DIR / "bhyve"
+# util::check_name on FreeBSD >= 13: 2 to 231 characters, case-insensitive.
+VM_NAME_RE = re.compile(r"[a-z0-9][.a-z0-9_-]{0,229}[a-z0-9]", re.I)
+VM_USAGE = "usage: vm [-fhVx] command [args] (see vm(8))"
+
+
+def _getopts(args: list[str], spec: str) -> tuple[dict[str, str], list[str]]:
+    """sh getopts(1) as vm-bhyve's `while getopts SPEC`: clustered flags, `--`, stop at the first operand."""
+    opts: dict[str, str] = {}
+    rest = list(args)
+    while rest and rest[0].startswith("-") and rest[0] != "-":
+        arg = rest.pop(0)
+        if arg == "--":
+            break
+        i = 1
+        while i < len(arg):
+            o = arg[i]
+            pos = spec.find(o)
+            if pos < 0 or o == ":":
+                die(VM_USAGE, 1)  # `*) util::usage ;;`
+            if pos + 1 < len(spec) and spec[pos + 1] == ":":
+                value = arg[i + 1 :] or (rest.pop(0) if rest else None)
+                if value is None:
+                    die(VM_USAGE, 1)
+                opts[o] = value
+                break
+            opts[o] = ""
+            i += 1
+    return opts, rest
+
+
+def _size_bytes(size: str) -> int:
+    """truncate(1) -s: a number with an optional K/M/G/T suffix (powers of 1024)."""
+    m = re.fullmatch(r"([0-9]+)([KkMmGgTt]?)", size)
+    if not m:
+        die(f"truncate: invalid size '{size}'", 1)
+    power: int = " KMGT".index(m.group(2).upper() or " ")
+    return int(m.group(1)) * (1 << (10 * power))
+
+
+def _vm_conf(path: Path) -> dict[str, str]:
+    return rc_vars(path)  # config::load sources a sh-style file, as rc_vars reads rc.conf
+
+
+def _conf_set(path: Path, key: str, value: str) -> None:
+    """config::set: `sysrc -inqf FILE KEY=VALUE`, replacing the last assignment or appending."""
+    lines = path.read_text().splitlines(True)
+    hits = [i for i, ln in enumerate(lines) if (m := _ASSIGN.match(ln)) and m.group(1) == key]
+    if hits:
+        lines[hits[-1]] = f'{key}="{value}"\n'
+    else:
+        lines.append(f'{key}="{value}"\n')
+    path.write_text("".join(lines))
+
+
+def makefs_image(image: Path, directory: Path, label: str) -> None:
+    """makefs(8) -t cd9660 -o R,L=LABEL: the image holds the tree's files; here, as JSON."""
+    files = {
+        str(p.relative_to(directory)): p.read_text(errors="replace")
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+    image.write_text(json.dumps({"makefs": "cd9660", "label": label, "files": files}, sort_keys=True))
+
+
+def _create_cloud_init(guest: Path, name: str, uuid: str, mac: str, keys: str | None, net: str | None) -> str:
+    """core::create_cloud_init: meta-data, user-data, network-config, then seed.iso."""
+    ci = guest / ".cloud-init"
+    ci.mkdir(parents=True, exist_ok=True)
+    hostname = name
+    if net:
+        # grep -oE 'ip=[^;]*' | sed 's/^ip=//' and so on: the first match of each key, up to `;`.
+        def part(key: str) -> str:
+            m = re.search(rf"{key}=([^;]*)", net)
+            return m.group(1) if m else ""
+
+        if part("hostname"):
+            hostname = part("hostname")
+        (ci / "network-config").write_text(
+            "version: 2\nethernets:\n  id0:\n    set-name: eth0\n    match:\n"
+            f'      macaddress: "{mac}"\n    addresses:\n      - {part("ip")}\n'
+            f"    gateway4: {part('gateway')}\n    nameservers:\n      search: []\n"
+            f"      addresses: [{part('nameservers')}]\n"
+        )
+    (ci / "meta-data").write_text(f"instance-id: {uuid}\nlocal-hostname: {hostname}\n")
+    user = "#cloud-config\nresize_rootfs: True\nmanage_etc_hosts: localhost\n"
+    if keys:
+        user += "ssh_authorized_keys:\n" + "".join(f"  - {k}\n" for k in keys.splitlines())
+    (ci / "user-data").write_text(user)
+    makefs_image(guest / "seed.iso", ci, "cidata")
+    return "seed.iso"
+
+
+def _vm_create(st: dict[str, Any], vm_dir: Path, args: list[str]) -> int:
+    opts, rest = _getopts(args, "d:t:s:i:c:m:Ck:n:")
+    if not rest:
+        die(VM_USAGE, 1)
+    name, template = rest[0], opts.get("t", "default")
+    if not VM_NAME_RE.fullmatch(name):
+        die(f"/usr/local/sbin/vm: invalid virtual machine name - '{name}'", 1)
+    guest = vm_dir / name
+    if (guest / f"{name}.conf").exists():
+        die(f"/usr/local/sbin/vm: virtual machine already exists in {vm_dir}/{name}", 1)
+    src = vm_dir / ".templates" / f"{template}.conf"
+    if not src.exists():
+        die(f"/usr/local/sbin/vm: unable to find template {src}", 1)
+    tconf = _vm_conf(src)
+    if not tconf.get("disk0_name"):
+        die("/usr/local/sbin/vm: template is missing disk0_name specification", 1)
+    keys = None
+    if "k" in opts:
+        if "C" not in opts:
+            die("/usr/local/sbin/vm: cloud-init is required for injecting public key. Use -C to enable it.", 1)
+        try:
+            keys = "\n".join(ln for ln in Path(opts["k"]).read_text().splitlines() if ln and not ln.startswith("#"))
+        except OSError:
+            die(f"/usr/local/sbin/vm: can't read file with public key ({opts['k']})", 1)
+    guest.mkdir(parents=True, exist_ok=True)
+    conf = guest / f"{name}.conf"
+    conf.write_text(src.read_text())
+    uuid = hashlib.md5(f"{name}:{time.time()}".encode()).hexdigest()
+    uuid = f"{uuid[:8]}-{uuid[8:12]}-{uuid[12:16]}-{uuid[16:20]}-{uuid[20:32]}"
+    _conf_set(conf, "uuid", uuid)
+    digest = hashlib.md5(f"{name}:0:{time.time()}:0".encode()).hexdigest()
+    mac = f"58:9c:fc:0{digest[0]}:{digest[1:3]}:{digest[3:5]}"  # vm::generate_static_mac
+    _conf_set(conf, "network0_mac", mac)
+    if opts.get("c"):
+        _conf_set(conf, "cpu", opts["c"])
+    if opts.get("m"):
+        _conf_set(conf, "memory", opts["m"])
+    num = 0
+    while tconf.get(f"disk{num}_name"):
+        disk = guest / tconf[f"disk{num}_name"]
+        size = opts["s"] if num == 0 and opts.get("s") else tconf.get(f"disk{num}_size", "20G")
+        if tconf.get(f"disk{num}_dev", "file") in ("file", ""):
+            with disk.open("wb") as fh:
+                fh.truncate(_size_bytes(size))
+            disk.chmod(0o600)
+            if num == 0 and opts.get("i"):
+                # core::write_img: datastore::img_find (a full path, the cwd, $vm_dir/.img), then
+                # `qemu-img dd -O raw` of it onto the disk and `qemu-img resize` to SIZE.
+                if "qemu-tools" not in st["packages"]:
+                    die("/usr/local/sbin/vm: Error: qemu-img is required to work with cloud images!", 1)
+                img = opts["i"]
+                found = next(
+                    (
+                        c
+                        for c in (
+                            Path(img) if img.startswith("/") else None,
+                            Path.cwd() / img,
+                            vm_dir / ".img" / img,
+                        )
+                        if c is not None and c.is_file()
+                    ),
+                    None,
+                )
+                if found is None:
+                    die(f"/usr/local/sbin/vm: unable to locate img file - '{img}'", 1)
+                with disk.open("r+b") as fh:
+                    fh.write(found.read_bytes())
+        # `sysrc -inxqf CONF diskN_size`: the size option is scrapped from the guest's copy
+        conf.write_text(
+            "".join(
+                ln
+                for ln in conf.read_text().splitlines(True)
+                if not ((m := _ASSIGN.match(ln)) and m.group(1) == f"disk{num}_size")
+            )
+        )
+        num += 1
+    if "C" in opts:
+        seed = _create_cloud_init(guest, name, uuid, mac, keys, opts.get("n"))
+        _conf_set(conf, f"disk{num}_type", "ahci-cd")
+        _conf_set(conf, f"disk{num}_name", seed)
+        _conf_set(conf, f"disk{num}_dev", "file")
+    st["vms"][name] = {"running": False, "template": template}
+    return 0
+
+
+def _vm_list(st: dict[str, Any], vm_dir: Path, vs: dict[str, str]) -> None:
+    """core::list: NAME DATASTORE LOADER CPU MEMORY VNC AUTO STATE through column -t."""
+    order = vs.get("vm_list", "").split()
+    rows = [["NAME", "DATASTORE", "LOADER", "CPU", "MEMORY", "VNC", "AUTO", "STATE"]]
+    for name in sorted(p.name for p in vm_dir.iterdir() if (p / f"{p.name}.conf").exists()):
+        c = _vm_conf(vm_dir / name / f"{name}.conf")
+        auto = f"Yes [{order.index(name) + 1}]" if name in order else "No"
+        vm = st["vms"].get(name, {})
+        state = f"Running ({vm.get('pid', 0)})" if vm.get("running") else "Stopped"
+        rows.append([name, "default", c.get("loader", "none"), c.get("cpu", ""), c.get("memory", ""), "-", auto, state])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
 def vm(argv: list[str]) -> int:
@@ -1279,33 +1480,73 @@ def vm(argv: list[str]) -> int:
         if not st.get("vm_init") or vm_dir is None:
             die("/usr/local/sbin/vm: vm-bhyve is not initialised (run vm init)", 1)
         if cmd == "create":
-            template, rest = "default", list(args)
-            while rest and rest[0].startswith("-"):
-                o = rest.pop(0)
-                val = rest.pop(0)
-                if o == "-t":
-                    template = val
-            name = rest[0]
-            src = vm_dir / ".templates" / f"{template}.conf"
-            if not src.exists():
-                die(f"/usr/local/sbin/vm: unable to find template {src}", 1)
-            if name in st["vms"]:
-                die(f"/usr/local/sbin/vm: {name} already exists", 1)
-            (vm_dir / name).mkdir(parents=True, exist_ok=True)
-            (vm_dir / name / f"{name}.conf").write_text(src.read_text())
-            st["vms"][name] = {"running": False, "template": template}
+            return _vm_create(st, vm_dir, args)
+        if cmd == "img":
+            if "qemu-tools" not in st["packages"]:
+                die(
+                    "/usr/local/sbin/vm: Error: qemu-img is required to work with cloud images! "
+                    "Run 'pkg install qemu-tools'.",
+                    1,
+                )
+            _, rest = _getopts(args, "d:u")
+            store = vm_dir / ".img"
+            if not rest:
+                print(f"{'DATASTORE':<20}FILENAME")
+                for p in sorted(store.iterdir()) if store.is_dir() else []:
+                    print(f"{'default':<20}{p.name}")
+                return 0
+            # fetch -o $vm_dir/.img URL, then core::decompress drops .xz.  Offline: the file
+            # holds a marker naming the URL, which the test hypervisor boots as a cloud image.
+            store.mkdir(parents=True, exist_ok=True)
+            name = rest[0].rsplit("/", 1)[-1]
+            name = name[:-3] if name.endswith(".xz") else name
+            (store / name).write_bytes(b"WARDEN-DOUBLE-IMAGE nuageinit " + rest[0].encode() + b"\n")
             return 0
-        if cmd in ("start", "stop"):
-            if args[0] not in st["vms"]:
-                die(f"/usr/local/sbin/vm: {args[0]} does not exist", 1)
-            st["vms"][args[0]]["running"] = cmd == "start"
+        if cmd == "start":
+            if not args:
+                die(VM_USAGE, 1)
+            for name in args:
+                print(f"Starting {name}")
+                if not (vm_dir / name / f"{name}.conf").exists():
+                    print(f"  ! {name} does not seem to be a valid virtual machine")
+                    return 1
+                if st["vms"].get(name, {}).get("running"):
+                    print("  ! guest appears to be running already")
+                    return 1
+                st["vms"].setdefault(name, {})["running"] = True
+                st["vms"][name]["pid"] = 4000 + len(st["vms"])
+                VM_BOOTS.mkdir(parents=True, exist_ok=True)
+                (VM_BOOTS / f"{name}.start").write_text(str(vm_dir / name) + "\n")
+            return 0
+        if cmd == "stop":
+            for name in args:
+                if not st["vms"].get(name, {}).get("running"):
+                    print(f"/usr/local/sbin/vm: WARNING: {name} doesn't appear to be a running virtual machine")
+                    continue
+                print(f"Sending ACPI shutdown to {name}")
+                st["vms"][name]["running"] = False
+                (VM_BOOTS / f"{name}.start").unlink(missing_ok=True)
+            return 0
+        if cmd == "destroy":
+            opts, rest = _getopts(args, "f")
+            if not rest:
+                die(VM_USAGE, 1)
+            name = rest[0]
+            if not (vm_dir / name).exists():
+                die(f"/usr/local/sbin/vm: {name} doesn't appear to be a valid virtual machine", 1)
+            if st["vms"].get(name, {}).get("running"):
+                die(f"/usr/local/sbin/vm: {name} appears to be running", 1)
+            if "f" not in opts:
+                die("/usr/local/sbin/vm: Are you sure you want to completely remove this virtual machine (y/n)?", 1)
+            import shutil
+
+            shutil.rmtree(vm_dir / name)
+            st["vms"].pop(name, None)
             return 0
         if cmd == "list":
-            print("NAME    DATASTORE  LOADER  CPU  MEMORY  VNC  AUTO  STATE")
-            for n, v in sorted(st["vms"].items()):
-                print(f"{n}  default  bhyveload  1  256M  -  No  {'Running' if v['running'] else 'Stopped'}")
+            _vm_list(st, vm_dir, vs)
             return 0
-    die(f"vm: unknown command {cmd}", 1)
+    die(VM_USAGE, 1)
     return 1
 
 
@@ -1655,6 +1896,19 @@ def install(argv: list[str]) -> int:
     return 0
 
 
+def makefs(argv: list[str]) -> int:
+    """makefs -t cd9660 -o R,L=LABEL IMAGE DIRECTORY, as vm-bhyve runs it (lib/vm-core core::create_cloud_init)."""
+    opts, rest = _getopts(argv, "t:o:")
+    if opts.get("t") != "cd9660" or len(rest) != 2:
+        die("usage: makefs [-t fs-type] [-o fs-options] image-file directory", 1)
+    directory = Path(rest[1])
+    if not directory.is_dir():
+        die(f"makefs: {directory}: No such file or directory", 1)
+    label = next((o[2:] for o in opts.get("o", "").split(",") if o.startswith("L=")), "")
+    makefs_image(Path(rest[0]), directory, label)
+    return 0
+
+
 # -- small ones -------------------------------------------------------------------------
 
 
@@ -1697,7 +1951,14 @@ def pkg(argv: list[str]) -> int:
                     file=sys.stderr,
                 )
                 return 1
-            have += [p for p in names if p not in have]
+            new = [p for p in names if p not in have]
+            have += new
+            if "python3" in new:
+                # lang/python3 installs the /usr/local/bin/python3 link (a bhyve guest's bootstrap)
+                link = Path("/usr/local/bin/python3")
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.unlink(missing_ok=True)
+                link.symlink_to(os.path.realpath(sys.executable))
             return 0
         if args[:1] in (["delete"], ["remove"]):
             names = [p for p in args[1:] if not p.startswith("-")]
@@ -1860,6 +2121,7 @@ COMMANDS = {
     "tmux": tmux,
     "daemon": daemon,
     "install": install,
+    "makefs": makefs,
 }
 
 PATHS = {
@@ -1880,6 +2142,7 @@ PATHS = {
     "tmux": "/usr/local/bin/tmux",
     "daemon": "/usr/sbin/daemon",
     "install": "/usr/bin/install",
+    "makefs": "/usr/sbin/makefs",
 }
 
 

@@ -28,6 +28,17 @@ cat /etc/ssh/warden_authorized_key
 """
 
 
+def ssh_banner(host: str, port: int) -> bool:
+    """An sshd answers there (a forwarder alone accepts, then closes without a banner)."""
+    with socket.socket() as s:
+        s.settimeout(2)
+        try:
+            s.connect((host, port))
+            return s.recv(4).startswith(b"SSH-")
+        except OSError:
+            return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -39,18 +50,27 @@ class TestHost:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, netns: str | None = None) -> None:
+        """NETNS: run sshd in a network namespace of that name (created here, removed by
+        stop()), reached from 127.0.0.1:port through a forwarder (tests/hostkit/netns.py)."""
         self.workdir = workdir
         self.root = workdir / "root"
         self.port = free_port()
         self.client_key = workdir / "id_ed25519"
         self.log = workdir / "sshd.log"
+        self.netns = netns
         self._mounts: list[Path] = []
         self._proc: subprocess.Popen[bytes] | None = None
+        self._forwarder: subprocess.Popen[bytes] | None = None
         self._start()
 
     # -- setup -------------------------------------------------------------------------
     def _start(self) -> None:
+        self._prepare()
+        self._install_sshd()
+
+    def _prepare(self, python: str = "/usr/bin/python3") -> None:
+        """The root tree with the doubles, run by PYTHON."""
         lower = ensure_rootfs()
         for d in ("upper", "work", "root"):
             (self.workdir / d).mkdir(parents=True, exist_ok=True)
@@ -70,14 +90,13 @@ class TestHost:
             subprocess.run(["cp", "-a", "--reflink=auto", str(lower), str(self.root)], check=True)
         self._mount(["--bind", "/dev"], self.root / "dev")
         self._mount(["-t", "proc", "proc"], self.root / "proc")
-        self._install_doubles()
-        self._install_sshd()
+        self._install_doubles(python)
 
     def _mount(self, args: list[str], target: Path) -> None:
         subprocess.run(["mount", *args, str(target)], check=True, capture_output=True)
         self._mounts.append(target)
 
-    def _install_doubles(self) -> None:
+    def _install_doubles(self, python: str) -> None:
         from tests.doubles.freebsd import PATHS
 
         lib = self.root / "usr/local/lib/warden-doubles"
@@ -88,7 +107,7 @@ class TestHost:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.unlink(missing_ok=True)
             target.write_text(
-                "#!/usr/bin/python3\nimport sys\nsys.path.insert(0, '/usr/local/lib/warden-doubles')\n"
+                f"#!{python}\nimport sys\nsys.path.insert(0, '/usr/local/lib/warden-doubles')\n"
                 f"import freebsd\nfreebsd.main({cmd!r})\n"
             )
             target.chmod(0o755)
@@ -121,7 +140,7 @@ class TestHost:
         authkeys.write_text(AUTHKEYS)
         authkeys.chmod(0o755)
         (ssh / "sshd_config_warden").write_text(
-            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey /etc/ssh/warden_host_key\n"
+            f"Port {22 if self.netns else self.port}\nListenAddress 127.0.0.1\nHostKey /etc/ssh/warden_host_key\n"
             "PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
             "UsePAM no\nAuthorizedKeysFile none\nAuthorizedKeysCommand /usr/local/libexec/warden-authkeys\n"
             "AuthorizedKeysCommandUser nobody\nStrictModes no\nLogLevel VERBOSE\nMaxStartups 100\n"
@@ -135,18 +154,25 @@ class TestHost:
         self.known_hosts = self.workdir / "known_hosts"
         self.known_hosts.write_text(self.host_key_line + "\n")
         log = self.log.open("wb")
+        inside: list[str] = []
+        if self.netns:
+            from .netns import add_netns, forward
+
+            add_netns(self.netns)
+            inside = ["ip", "netns", "exec", self.netns]
         self._proc = subprocess.Popen(
-            ["chroot", str(self.root), "/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/sshd_config_warden"],
+            [*inside, "chroot", str(self.root), "/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/sshd_config_warden"],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        if self.netns:
+            self._forwarder = forward(self.port, self.netns, "127.0.0.1", 22)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"sshd exited: {self.log.read_text()}")
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
+            if ssh_banner("127.0.0.1", self.port):
+                return
             time.sleep(0.05)
         raise RuntimeError(f"sshd did not listen on {self.port}: {self.log.read_text()}")
 
@@ -185,13 +211,18 @@ class TestHost:
         (self.root / "var/db/warden-doubles/force-ssh-cut").write_text("1\n")
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
+        for proc in (self._forwarder, self._proc):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         self._kill_chrooted()
+        if self.netns:
+            from .netns import del_netns
+
+            del_netns(self.netns)
         for target in reversed(self._mounts):
             subprocess.run(["umount", "-l", str(target)], capture_output=True)
         self._mounts.clear()
