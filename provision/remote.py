@@ -51,9 +51,10 @@ _LS_FIELDS = re.compile(r"^([-a-zA-Z.+@]{10,12}) +\d+ +(\d+) +(\d+) +(\d+) ")
 # stdin and stdout can never block each other.  LC_ALL=C makes ${#f} a byte count in
 # both FreeBSD sh and dash and the `ls` dates three words; `set -f` keeps words from
 # being globbed.  Files are tested with builtins, then read in batches: one `ls -ldnL`
-# (POSIX long format, numeric ids, symlinks followed) and one `cat` per batch, so the
-# number of processes does not grow with the number of agents (docs/design.md#quality-bars).  A size that
-# changes between `ls` and `cat` breaks the framing and is reported, never guessed.
+# (POSIX long format, numeric ids, symlinks followed) and one `cat` per batch for root's
+# files, so their processes do not grow with the number of agents
+# (docs/design.md#quality-bars); files below an agent's home cost one process each (below).
+# A size that changes between `ls` and `cat` breaks the framing and is reported, never guessed.
 # The previous apply's manifest is JSON: with each object on a line of its own (tr), sed
 # lists every `"path": "/..."` so that files of removed agents are read in this same
 # round, whatever the layout manifest.to_json chooses.  A path with a JSON escape in it
@@ -62,6 +63,10 @@ _LS_FIELDS = re.compile(r"^([-a-zA-Z.+@]{10,12}) +\d+ +(\d+) +(\d+) +(\d+) ")
 # or directory by a symlink: `linked` tests every component there with the builtin `[ -h ]`
 # and such a path is reported (S), never read, so root never shows what a link points to
 # (docs/security.md).  The components above, /home -> /usr/home included, are root's.
+# Every other path there is tested and read with the rights of the home's owner (chroot(8)
+# -u -g -G with its numeric ids, to "/", one process per such file): a link swapped in after the `[ -h ]` test, or a
+# hard link to a root-only file (FreeBSD's default security.bsd.hardlink_check_uid=0
+# lets a user link files it does not own), then reads as the agent would, never as root.
 _SCRIPT = r"""{
 LC_ALL=C; export LC_ALL
 unset TIME_STYLE CLICOLOR CLICOLOR_FORCE
@@ -83,6 +88,31 @@ linked() {
     done
     return 1
 }
+owner_of() {
+    case $1 in
+    /home/*/?*) u=${1#/home/}; h=/home/ ;;
+    /usr/home/*/?*) u=${1#/usr/home/}; h=/usr/home/ ;;
+    *) return 1 ;;
+    esac
+    h=$h${u%%/*}
+    [ -d "$h" ] && [ ! -h "$h" ] || return 1
+    set -- $(ls -ldn -- "$h")
+    [ "$3" != 0 ] || return 1
+    u=$3 g=$4
+}
+asagent() {
+    chroot -u "$1" -g "$2" -G "$2" / /bin/sh -c '
+f=$1
+if [ ! -e "$f" ] && [ ! -h "$f" ]; then printf "M %s\n%s" "${#f}" "$f"
+elif [ ! -f "$f" ]; then printf "N %s\n%s" "${#f}" "$f"
+elif [ ! -r "$f" ]; then printf "U %s\n%s" "${#f}" "$f"
+else
+    set -- "$f" $(ls -ldnL -- "$f")
+    printf "F %s %s %s %s %s\n%s" "${#1}" "$2" "$4" "$5" "$6" "$1"
+    head -c "$6" -- "$1"
+    printf "\n"
+fi' sh "$3" || printf 'U %s\n%s' "${#3}" "$3"
+}
 single() {
     set -- "$1" $(ls -ldnL -- "$1")
     printf 'F %s %s %s %s %s\n%s' "${#1}" "$2" "$4" "$5" "$6" "$1"
@@ -98,6 +128,8 @@ batch() {
         esac
         if linked "$f"; then
             printf 'S %s\n%s' "${#f}" "$f"
+        elif owner_of "$f"; then
+            asagent "$u" "$g" "$f"
         elif [ ! -e "$f" ] && [ ! -h "$f" ]; then
             printf 'M %s\n%s' "${#f}" "$f"
         elif [ ! -f "$f" ]; then

@@ -33,6 +33,7 @@ from provision.remote import (
     read_script,
     resolve,
 )
+from tests.hostkit.testhost import TestHost
 
 SHELLS = [sh for sh in ("/bin/sh", "/bin/dash", "/bin/bash") if Path(sh).exists()]
 
@@ -323,3 +324,37 @@ def test_below_an_agents_home_a_symlink_is_reported_never_read(tmp_path: Path) -
     assert live.files[paths[2]] == b"kept\n"
     local = read_local(tmp_path, paths, manifest="/nonexistent/manifest.json")  # the sample host's reader
     assert local.symlinks == live.symlinks and local.files == live.files
+
+
+@pytest.mark.e2e
+def test_below_an_agents_home_files_are_read_with_the_agents_rights(testhost: TestHost) -> None:
+    """A hard link to a root-only file is no symlink: `[ -h ]` cannot see it.
+
+    FreeBSD lets a user hard-link a file it does not own (security.bsd.hardlink_check_uid=0
+    by default), and an agent can swap a path after any check. So the read script reads
+    every file below an agent's home as the home's owner (chroot(8) -u -g -G), and the
+    kernel refuses what the agent could not read itself (docs/security.md).
+    """
+    root = testhost.root
+    subprocess.run(["chroot", str(root), "useradd", "-m", "atlas"], check=True)
+    (root / "home/atlas/clawdie").mkdir()
+    secret = root / "root/secret.env"
+    secret.write_text("AGENT_NAME=leakedrootsecret\n")
+    secret.chmod(0o600)
+    os.link(secret, root / "home/atlas/clawdie/.env")  # what `ln /root/secret.env ~/clawdie/.env` makes
+    (root / "home/atlas/clawdie/notes").write_text("the agent's own\n")
+    subprocess.run(
+        ["chroot", str(root), "chown", "-h", "atlas:atlas", "/home/atlas/clawdie", "/home/atlas/clawdie/notes"],
+        check=True,
+    )
+    paths = ["/home/atlas/clawdie/.env", "/home/atlas/clawdie/notes", "/etc/hostname"]
+    out = subprocess.run(
+        ["chroot", str(root), "/bin/sh", "-c", read_script(), "sh", *paths], capture_output=True, check=True
+    ).stdout
+    assert b"leakedrootsecret" not in out
+    live = parse_live(out)
+    assert paths[0] in live.unreadable and live.files.get(paths[0]) is None
+    assert live.files[paths[1]] == b"the agent's own\n"
+    assert live.files[paths[2]] is not None  # root's own files are read as before
+    uid = (root / "home/atlas").stat().st_uid
+    assert any(c["cmd"] == "chroot" and c["argv"][:2] == ["-u", str(uid)] for c in testhost.calls())

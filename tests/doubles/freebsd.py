@@ -23,6 +23,7 @@ import re
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -1613,6 +1614,58 @@ def _restrict_process(user: str) -> None:
     os.environ["SHELL"] = pw.pw_shell or "/bin/sh"
 
 
+def _chroot_id(value: str, by_name: Callable[[str], int], what: str) -> int:
+    """chroot.c: a value starting with a digit is a number if all of it parses, else a name."""
+    if value[:1].isdigit() and value.isdigit():
+        return int(value)
+    try:
+        return by_name(value)
+    except KeyError:
+        die(f"chroot: no such {what} `{value}'", 1)
+
+
+def chroot(argv: list[str]) -> int:
+    """chroot(8), following usr.sbin/chroot/chroot.c main.
+
+    getopt "G:g:u:" (an empty value is a usage error); names are looked up before the
+    chroot; then chdir(newroot) and chroot("."), setgroups(-G list) only when -G is given,
+    setgid only with -g, setuid only with -u — so -u alone keeps root's groups, which is
+    why the read script passes all three — then execvp the command, or $SHELL -i.
+    """
+    import getopt
+    import grp
+    import pwd
+
+    usage = "usage: chroot [-g group] [-G group,group,...] [-u user] newroot [command]"
+    try:
+        opts, args = getopt.getopt(argv, "G:g:u:")
+    except getopt.GetoptError:
+        die(usage, 1)
+    values = dict(opts)
+    if any(v == "" for v in values.values()) or not args:
+        die(usage, 1)
+    gid = _chroot_id(values["-g"], lambda n: grp.getgrnam(n).gr_gid, "group") if "-g" in values else None
+    groups = [_chroot_id(g, lambda n: grp.getgrnam(n).gr_gid, "group") for g in values.get("-G", "").split(",") if g]
+    uid = _chroot_id(values["-u"], lambda n: pwd.getpwnam(n).pw_uid, "user") if "-u" in values else None
+    try:
+        os.chdir(args[0])
+        os.chroot(".")
+    except OSError as exc:
+        die(f"chroot: {args[0]}: {exc.strerror}", 1)
+    if groups:
+        os.setgroups(groups)
+    if gid is not None:
+        os.setgid(gid)
+    if uid is not None:
+        os.setuid(uid)
+    command = args[1:] or [os.environ.get("SHELL", "/bin/sh"), "-i"]
+    try:
+        os.execvp(command[0], command)
+    except OSError as exc:
+        die(f"chroot: {command[0]}: {exc.strerror}", 1)
+    return 1
+
+
 def daemon(argv: list[str]) -> int:
     """daemon(8), following usr.sbin/daemon/daemon.c main (the getopt_long version).
 
@@ -2122,6 +2175,7 @@ COMMANDS = {
     "daemon": daemon,
     "install": install,
     "makefs": makefs,
+    "chroot": chroot,
 }
 
 PATHS = {
@@ -2143,6 +2197,7 @@ PATHS = {
     "daemon": "/usr/sbin/daemon",
     "install": "/usr/bin/install",
     "makefs": "/usr/sbin/makefs",
+    "chroot": "/usr/sbin/chroot",
 }
 
 
