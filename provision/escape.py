@@ -94,56 +94,38 @@ def bastille(value: object) -> str:
     return shlex.quote(text)
 
 
+def _refuse_unless(pattern: re.Pattern[str], limit: int, where: str) -> Callable[[object], str]:
+    """A filter for a format that cannot quote: the value as it is when it is one plain
+    token of PATTERN (at most LIMIT characters), else UnsafeValue naming WHERE and why."""
+
+    def accept(value: object) -> str:
+        text = _text(value)
+        if not pattern.fullmatch(text) or len(text) > limit:
+            raise UnsafeValue(f"refusing {text!r} in {where}")
+        return text
+
+    return accept
+
+
 # pf.conf: a value is a bare token (address, network, interface, `any`); a `#` ends the
 # line even inside quotes and a trailing backslash continues it (pfctl parse.y lgetc).
-_PF_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]*")
-
-
-def pf(value: object) -> str:
-    """A pf.conf token (address, network, interface name), or UnsafeValue."""
-    text = _text(value)
-    if not _PF_TOKEN.fullmatch(text) or len(text) > 64:
-        raise UnsafeValue(f"refusing {text!r} in pf.conf: not an address, network or interface name")
-    return text
-
+pf = _refuse_unless(
+    re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]*"), 64, "pf.conf: not an address, network or interface name"
+)
 
 # vm-bhyve: config::load keeps lines starting with a lowercase letter, cuts at the first
 # `#` and deletes every `"` (lib/vm-config); values are later used unquoted by sh.
-_VM_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/,+@=-]*")
-
-
-def vmconf(value: object) -> str:
-    """A vm-bhyve config value (no quotes, `#`, blanks), or UnsafeValue."""
-    text = _text(value)
-    if not _VM_TOKEN.fullmatch(text) or len(text) > 255:
-        raise UnsafeValue(f"refusing {text!r} in a vm-bhyve config: not one plain word")
-    return text
-
+vmconf = _refuse_unless(re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/,+@=-]*"), 255, "a vm-bhyve config: not one plain word")
 
 # newsyslog.conf(5): fields are separated by blanks, `#` starts a comment, and there is
 # no quoting (newsyslog.c parse_file uses sob/son).
-_NEWSYSLOG_TOKEN = re.compile(r"[A-Za-z0-9_./:,+@=*<>-]+")
-
-
-def newsyslog(value: object) -> str:
-    """One newsyslog.conf field, or UnsafeValue."""
-    text = _text(value)
-    if not _NEWSYSLOG_TOKEN.fullmatch(text) or len(text) > 1024:
-        raise UnsafeValue(f"refusing {text!r} in newsyslog.conf: not one field without blanks or '#'")
-    return text
-
+newsyslog = _refuse_unless(
+    re.compile(r"[A-Za-z0-9_./:,+@=*<>-]+"), 1024, "newsyslog.conf: not one field without blanks or '#'"
+)
 
 # sysctl.conf: rc.d/sysctl reads `name=value` with `read var comments`, so blanks end
 # the value and `#` starts a comment.
-_SYSCTL_TOKEN = re.compile(r"[A-Za-z0-9_.:/,+@-]+")
-
-
-def sysctl(value: object) -> str:
-    """A sysctl.conf name or value, or UnsafeValue."""
-    text = _text(value)
-    if not _SYSCTL_TOKEN.fullmatch(text) or len(text) > 1024:
-        raise UnsafeValue(f"refusing {text!r} in sysctl.conf: not one word")
-    return text
+sysctl = _refuse_unless(re.compile(r"[A-Za-z0-9_.:/,+@-]+"), 1024, "sysctl.conf: not one word")
 
 
 def yaml(value: object) -> str:
