@@ -7,12 +7,14 @@ state.  Problems name the file in the repo, the line and the rule — never the 
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -86,22 +88,32 @@ def _git_env() -> dict[str, str]:
 
 
 def _git_run(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None) -> bytes:
-    """Run git with a timeout, no terminal and only the allowed transports; stdout as bytes."""
+    """Run git with a timeout, no terminal and only the allowed transports; stdout as bytes.
+
+    git runs in a session of its own so that the timeout ends its helpers too (ssh,
+    git-remote-https): killing git alone leaves them holding the pipes, and the read
+    of its output would wait for them (setsid(2), killpg(2)).
+    """
+    proc = subprocess.Popen(
+        ["git", *args],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**_git_env(), **(env or {})},
+        start_new_session=True,
+    )
     try:
-        result = subprocess.run(
-            ["git", *args],
-            cwd=cwd,
-            capture_output=True,
-            stdin=subprocess.DEVNULL,
-            env={**_git_env(), **(env or {})},
-            timeout=GIT_TIMEOUT,
-        )
+        out, err_bytes = proc.communicate(timeout=GIT_TIMEOUT)
     except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         raise SoulError(f"git {args[0] if args else ''} timed out after {GIT_TIMEOUT} s") from None
-    if result.returncode != 0:
-        err = result.stderr.decode("utf-8", "replace").strip()
+    if proc.returncode != 0:
+        err = err_bytes.decode("utf-8", "replace").strip()
         raise SoulError(mask_url_credentials(err.splitlines()[-1]) if err else "git failed")
-    return result.stdout
+    return out
 
 
 def _git(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None) -> str:

@@ -306,3 +306,43 @@ def test_a_branch_soul_ref_is_refused_by_check_with_soul_pin_as_the_fix(registry
     result = invoke(registry, "check")
     assert result.returncode == 1 and "SOUL_REF=master is not a full commit hash" in result.stdout
     assert "invoke soul-pin atlas" in result.stdout
+
+
+def test_a_git_timeout_ends_the_helpers_git_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A hung transport (here a stand-in for ssh that leaves a child holding git's pipes):
+    # the timeout must end it and return, not wait for the child to close the pipes.
+    import signal
+    import threading
+
+    from provision import soul
+
+    pids = tmp_path / "pids"
+    helper = tmp_path / "fake-ssh"
+    helper.write_text(f"#!/bin/sh\nsleep 300 &\necho $! >> {pids}\necho $$ >> {pids}\nwait\n")
+    helper.chmod(0o755)
+    monkeypatch.setattr(soul, "GIT_TIMEOUT", 2)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            soul._git_run("ls-remote", "ssh://soul.invalid/repo", env={"GIT_SSH_COMMAND": str(helper)})
+        except BaseException as exc:  # handed to the test thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(60)
+    started = [int(p) for p in pids.read_text().split()] if pids.exists() else []
+
+    def running(pid: int) -> bool:  # a killed child may linger as a zombie until reaped
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+        except (FileNotFoundError, IndexError):
+            return False
+
+    alive = [pid for pid in started if running(pid)]
+    for pid in alive:  # leave nothing behind, whatever the outcome
+        os.kill(pid, signal.SIGKILL)
+    assert not worker.is_alive(), "git's timeout waited for the helper's child"
+    assert len(started) == 2 and not alive
+    assert len(errors) == 1 and isinstance(errors[0], SoulError) and "timed out after 2 s" in str(errors[0])
