@@ -29,6 +29,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from provision.soul import init as soul_init  # noqa: E402
 from tests.hostkit.testhost import TestHost  # noqa: E402
 
 ROUNDS = 3  # no-change runs timed per figure; the median is printed
@@ -43,20 +44,10 @@ class Figures:
     changed: int
 
 
-def git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.org"}
-    env |= {"GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@example.org"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
-
-
 def soul(root: Path, name: str) -> tuple[Path, str]:
+    """A soul repo that passes `invoke check` (provision.soul.init, as `invoke soul-init`)."""
     repo = root / "souls" / name
-    repo.mkdir(parents=True)
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "SOUL.md").write_text(f"# {name}\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "soul")
-    return repo, git(repo, "rev-parse", "HEAD").strip()
+    return repo, soul_init(repo, name, name.title(), "en_US.UTF-8", "bench")
 
 
 def write_agents(root: Path, n: int) -> None:

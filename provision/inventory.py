@@ -37,7 +37,6 @@ WARDEN_VARS = {
     "warden_agent_links": "agent_links",
     "warden_jail_host_ports": "jail_host_ports",
     "warden_ssh_ports": "ssh_ports",
-    "warden_guest_connection": "guest_connection",
     "warden_sample_root": "sample_root",
     "warden_packages": "packages",
     "warden_jail_nameservers": "jail_nameservers",

@@ -473,8 +473,6 @@ class Host(BaseModel):
     jail_host_ports: tuple[str, ...] = ()
     # Ports sshd listens on besides 22 and ansible_port, kept open by the fallback ruleset.
     ssh_ports: tuple[int, ...] = ()
-    # How to reach a bhyve guest when not on its uplink address and port 22 (playbooks/guests.yml).
-    guest_connection: Mapping[str, Mapping[str, Any]] = Field(default_factory=dict)
     sample_root: str | None = None  # read this directory instead of SSH (the bundled example)
     # What the agents run that base FreeBSD lacks: the wrapper's tmux, the agent's node,
     # git for its repos (docs/freebsd.md#base-system-and-packages). The same default is in

@@ -177,7 +177,7 @@ def layouts(fleet: Fleet) -> list[HostLayout]:
                     peers=[g for g in guests if g is not agent],
                     host_networks=host.host_networks,
                     jail_host_ports=host.jail_host_ports,
-                    ssh_ports=guest_ssh_ports(host, agent.vm_name),
+                    ssh_ports=GUEST_SSH_PORTS,
                 )
             )
     return out
@@ -194,10 +194,9 @@ def ssh_ports(host: Host) -> tuple[int, ...]:
     return tuple(sorted(p for p in ports if 0 < p < 65536))
 
 
-def guest_ssh_ports(host: Host, guest: str) -> tuple[int, ...]:
-    """A guest's sshd: 22, or the port warden_guest_connection says Ansible reaches it on."""
-    given = (host.guest_connection.get(guest) or {}).get("ansible_port")
-    return tuple(sorted({22, int(str(given))} if given is not None and str(given).isdigit() else {22}))
+# A guest's sshd listens on 22: its seed (provision/guestseed.py) leaves sshd_config as the
+# image has it, and playbooks/guests.yml reaches every guest on its uplink address, port 22.
+GUEST_SSH_PORTS = (22,)
 
 
 def _guest_sources(host: Host) -> dict[str, Any]:
