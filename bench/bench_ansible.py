@@ -1,6 +1,6 @@
 """No-change `site.yml` against no-change `invoke plan`, for 1 and N agents with souls.
 
-    python bench/bench_ansible.py [N]     (root: starts a chrooted sshd, see tests/hostkit)
+    python bench/bench_ansible.py [N [ROUNDS]]     (root: starts a chrooted sshd, see tests/hostkit)
 
 One loopback test host (tests/hostkit). Each agent has a soul: a git repo of its own,
 pinned to its commit (SOUL_REPO, SOUL_REF). The host is converged with 1 agent, then
@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from provision.soul import init as soul_init  # noqa: E402
 from tests.hostkit.testhost import TestHost  # noqa: E402
 
-ROUNDS = 3  # no-change runs timed per figure; the median is printed
+ROUNDS = 3  # no-change runs timed per figure, by default; the median is printed
 
 
 @dataclass
@@ -72,14 +72,16 @@ def timed(cmd: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> tu
     return wall, done.stdout
 
 
-def measure(n: int, env: dict[str, str], site: list[str], plan: list[str]) -> Figures:
-    timed(site, env)  # converge
+def measure(n: int, env: dict[str, str], site: list[str], plan: list[str], rounds: int) -> Figures:
+    wall, _out = timed(site, env)
+    print(f"{n} agent(s): converged in {wall:.1f} s", flush=True)
     plans, sites, out = [], [], ""
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         wall, _out = timed(plan, env)  # 0: nothing to do (2 would mean changes pending)
         plans.append(wall)
         wall, out = timed(site, env)
         sites.append(wall)
+        print(f"{n} agent(s): no-change plan {plans[-1]:.2f} s, site.yml {sites[-1]:.2f} s", flush=True)
     tasks = len(re.findall(r"^TASK \[", out, re.M))
     recap = re.search(r"^fbsd1\s+:.*changed=(\d+)", out, re.M)
     return Figures(n, statistics.median(plans), statistics.median(sites), tasks, int(recap.group(1)) if recap else -1)
@@ -87,6 +89,7 @@ def measure(n: int, env: dict[str, str], site: list[str], plan: list[str]) -> Fi
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else ROUNDS
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         host = TestHost(root / "host")
@@ -108,12 +111,12 @@ def main() -> None:
             site = ["ansible-playbook", "-i", str(root / "hosts.yml"), "site.yml"]
             plan = [sys.executable, "-m", "invoke", "plan"]
             write_agents(root, 1)
-            one = measure(1, env, site, plan)
+            one = measure(1, env, site, plan, rounds)
             write_agents(root, n)
-            many = measure(n, env, site, plan)
+            many = measure(n, env, site, plan, rounds)
         finally:
             host.stop()
-    print(f"one loopback test host, every agent with a pinned soul; medians of {ROUNDS} no-change runs")
+    print(f"one loopback test host, every agent with a pinned soul; medians of {rounds} no-change run(s)")
     print(f"{'agents':>7} {'plan s':>8} {'site.yml s':>11} {'tasks':>6} {'changed':>8}")
     for f in (one, many):
         print(f"{f.agents:>7} {f.plan:>8.2f} {f.site:>11.2f} {f.tasks:>6} {f.changed:>8}")
