@@ -8,16 +8,13 @@ apply writes exactly the lines the plan showed.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from provision.hostfiles import EDITED, edited_results
-from provision.isolation import sysctl_changes
-from provision.limits import live_additions, managed_rules, rctl_changes
 from provision.manifest import Manifest
 from provision.rcconf import read_vars
-from provision.remote import parse_frames, read_script
+from provision.remote import parse_frames, parse_live, read_script
 
 
 def _manifest(build_host_dir: str) -> Manifest:
@@ -36,9 +33,64 @@ def warden_read_command(paths: list[str]) -> str:
     return "sh -c " + shlex.quote(read_script()) + " sh " + " ".join(shlex.quote(p) for p in paths)
 
 
+def _raw(stdout: str) -> bytes:
+    return stdout.encode("utf-8", "surrogateescape") + (b"" if stdout.endswith("\n") else b"\n")
+
+
 def warden_frames(stdout: str) -> dict[str, str | None]:
-    out = parse_frames(stdout.encode("utf-8", "surrogateescape") + (b"" if stdout.endswith("\n") else b"\n"))
+    out = parse_frames(_raw(stdout))
     return {k: (None if v is None else v.decode("utf-8", "replace")) for k, v in out.items()}
+
+
+def warden_facts_command(build_host_dir: str, paths: list[str]) -> str:
+    """The facts round's one read: PATHS plus the markers host_actions reads, and the probe
+    (provision/probe.py), as `invoke plan` reads them."""
+    import shlex
+
+    from provision.actions import marker_paths
+    from provision.probe import probe_script
+
+    m = _manifest(build_host_dir)
+    every = list(dict.fromkeys([*paths, *marker_paths(m)]))
+    script = read_script(probe=probe_script(m))
+    return "sh -c " + shlex.quote(script) + " sh " + " ".join(shlex.quote(p) for p in every)
+
+
+def warden_probe(stdout: str) -> dict[str, Any]:
+    """The probe's output in the facts read (its P frame) as live facts (provision/probe.py)."""
+    from provision.probe import parse_probe
+
+    probe = parse_live(_raw(stdout)).probe
+    if probe is None:
+        raise ValueError("the facts read has no probe output")
+    found = parse_probe(probe)
+    if not found.complete:
+        raise ValueError("the probe's output ended early (was it cut off?)")
+    return found.to_dict()
+
+
+def warden_host_actions(
+    build_host_dir: str,
+    live: dict[str, Any],
+    probe: dict[str, Any],
+    agent: str = "",
+    destroy_jails: bool = False,
+    packages: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Every action of this host (provision/actions.py), computed once in the facts round."""
+    from provision.actions import host_actions
+    from provision.probe import Probe
+
+    actions = host_actions(
+        _manifest(build_host_dir),
+        Path(build_host_dir),
+        live,
+        Probe.from_dict(probe),
+        agent=agent,
+        destroy_jails=bool(destroy_jails),
+        packages=list(packages or []),
+    )
+    return [a.to_dict() for a in actions]
 
 
 def warden_owned_files(build_host_dir: str, agent: str = "", secret: bool | None = None) -> list[dict[str, Any]]:
@@ -81,16 +133,6 @@ def warden_agent_dirs(build_host_dir: str, agent: str = "") -> list[dict[str, An
         for path in (parent, f"{parent}/logs"):
             dirs[path] = {"path": path, "owner": e.owner, "group": e.group, "mode": "0750"}
     return [dirs[k] for k in sorted(dirs)]
-
-
-def warden_changed_agents(changed_paths: list[str]) -> list[str]:
-    """Agents whose rc.d script or run wrapper was just rewritten (they need a restart)."""
-    out = set()
-    for p in changed_paths:
-        m = re.match(r"^/usr/local/etc/rc\.d/([a-z][a-z0-9]*)$", p) or re.match(r"^.*/run-([a-z][a-z0-9]*)\.sh$", p)
-        if m:
-            out.add(m.group(1))
-    return sorted(out)
 
 
 def warden_records(build_host_dir: str) -> list[dict[str, Any]]:
@@ -147,65 +189,6 @@ def warden_removed_agents(build_host_dir: str, live: dict[str, Any]) -> list[str
     return sorted(set(previous.agents) - set(_manifest(build_host_dir).agents)) if previous else []
 
 
-def warden_probe(stdout: str) -> dict[str, Any]:
-    """The facts probe's sections (=== name ===, split as `invoke doctor` splits them) as live facts."""
-    from provision.doctor import sections as split_sections
-
-    text = split_sections(stdout)
-    sections = {name: body.splitlines() for name, body in text.items()}
-    inet = [m.group(1) for ln in sections.get("bridge", []) if (m := re.match(r"^\s*inet (\S+) netmask", ln))]
-    running = [ln.split()[0] for ln in sections.get("services", []) if ln.endswith(" running")]
-    return {
-        "interfaces": " ".join(sections.get("interfaces", [])).split(),
-        "bridge_addresses": inet,
-        "jails": [ln.strip() for ln in sections.get("jails", []) if ln.strip()],
-        "running_jails": [ln.strip() for ln in sections.get("jls", []) if ln.strip()],
-        "pf_enabled": "Status: Enabled" in text.get("pf", ""),
-        "forwarding": text.get("forwarding", ""),
-        "running_services": running,
-        "users": [ln.split(":")[0] for ln in sections.get("users", [])],
-        "vm_init": text.get("vminit", "") == "yes",
-        "switches": [ln.split()[0] for ln in sections.get("switches", [])[1:] if ln.split()],
-        # vm list's STATE column reads "Running (PID)" or "Stopped"
-        "vms": {
-            ln.split()[0]: "Running" if "Running" in ln else "Stopped"
-            for ln in sections.get("vms", [])[1:]
-            if ln.split()
-        },
-        "rctl": [ln.strip() for ln in sections.get("rctl", []) if ln.strip()],
-        "packages": [ln.strip() for ln in sections.get("packages", []) if ln.strip()],
-        "bridge_sysctl": dict(ln.split(": ", 1) for ln in sections.get("bridgesysctl", []) if ": " in ln),
-    }
-
-
-def warden_alias_changes(build_host_dir: str, probe: dict[str, Any]) -> dict[str, list[str]]:
-    """Gateway addresses to add to / remove from the live bridge (docs/freebsd.md#the-warden0-bridge)."""
-    m = _manifest(build_host_dir)
-    wanted: list[str] = []
-    for e in m.rc_conf:
-        if e.op == "set" and (e.name == f"ifconfig_{m.bridge}" or e.name.startswith(f"ifconfig_{m.bridge}_alias")):
-            mm = re.search(r"inet (\S+)", e.value)
-            if mm:
-                wanted.append(mm.group(1))
-    live = set(probe.get("bridge_addresses", []))
-    wanted_ips = {w.split("/")[0] for w in wanted}
-    return {"add": [w for w in wanted if w.split("/")[0] not in live], "remove": sorted(live - wanted_ips)}
-
-
-def warden_rctl_changes(build_host_dir: str, probe: dict[str, Any], live: dict[str, Any]) -> dict[str, list[str]]:
-    m = _manifest(build_host_dir)
-    before = managed_rules(live.get("/etc/rctl.conf") or "")
-    added, removed = rctl_changes(before, m.rctl_rules)
-    # `rctl` lists raw integer amounts (deny=4294967296 for 4G): compare as the kernel keeps them.
-    added += [r for r in live_additions(m.rctl_rules, probe.get("rctl", [])) if r not in added]
-    return {"add": added, "remove": removed}
-
-
-def warden_sysctl_changes(build_host_dir: str, probe: dict[str, Any]) -> list[str]:
-    """`name=value` for sysctl(8): the live kernel's bridge filtering made as the manifest says."""
-    return sysctl_changes(probe.get("bridge_sysctl", {}), _manifest(build_host_dir).sysctl)
-
-
 def warden_manifest(build_host_dir: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((Path(build_host_dir) / ".warden/manifest.json").read_text(encoding="utf-8"))
     return data
@@ -248,14 +231,12 @@ class FilterModule:
             "warden_edited_files": warden_edited_files,
             "warden_records": warden_records,
             "warden_agent_dirs": warden_agent_dirs,
-            "warden_changed_agents": warden_changed_agents,
             "warden_removed_files": warden_removed_files,
             "warden_removed_agents": warden_removed_agents,
             "warden_soul_targets": warden_soul_targets,
             "warden_probe": warden_probe,
-            "warden_alias_changes": warden_alias_changes,
-            "warden_rctl_changes": warden_rctl_changes,
-            "warden_sysctl_changes": warden_sysctl_changes,
+            "warden_facts_command": warden_facts_command,
+            "warden_host_actions": warden_host_actions,
             "warden_manifest": warden_manifest,
             "warden_rc_vars": warden_rc_vars,
             "warden_doctor_script": warden_doctor_script,

@@ -617,6 +617,7 @@ def plan_command(settings: Settings, host: str | None = None, *, as_json: bool =
     from .checks import run_checks
     from .models import Host
     from .plan import HostPlan, choose_targets, paths_to_read, plan_host
+    from .probe import probe_script
     from .remote import RemoteError, fetch, ssh_config_path
     from .render import layouts
 
@@ -641,10 +642,10 @@ def plan_command(settings: Settings, host: str | None = None, *, as_json: bool =
     def one(target: Host) -> HostPlan:
         r = rendered[target.name]
         try:
-            live = fetch(target, paths_to_read(r.manifest))
+            live = fetch(target, paths_to_read(r.manifest), probe=probe_script(r.manifest))
         except RemoteError as exc:
             return HostPlan(target.name, error=str(exc))
-        return plan_host(r.manifest, r.directory, live)
+        return plan_host(r.manifest, r.directory, live, packages=target.packages)
 
     plans: list[HostPlan] = []
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(chosen.hosts)))) as pool:

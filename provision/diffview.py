@@ -89,6 +89,22 @@ def print_host(out: Console, err: Console, hp: HostPlan, stat: bool = False) -> 
             )
         else:
             print_change(out, change)
+    print_actions(out, hp)
+
+
+def print_actions(out: Console, hp: HostPlan) -> None:
+    """The commands the apply runs on this host, decided from its live state (provision/actions.py)."""
+    from rich.text import Text
+
+    if hp.actions is None:
+        return
+    out.print(Text("actions", style="bold"))
+    if not hp.actions:
+        out.print("  no actions")
+    for line in hp.actions:
+        out.print(Text(f"  {line}"), soft_wrap=True)
+    for line in hp.action_warnings:
+        out.print(Text(f"  warning: {line}", style="yellow"), soft_wrap=True)
 
 
 def host_json(hp: HostPlan) -> dict[str, object]:
@@ -101,6 +117,8 @@ def host_json(hp: HostPlan) -> dict[str, object]:
         "removed": hp.count("removed"),
         "agents_added": list(hp.agents_added),
         "agents_removed": list(hp.agents_removed),
+        "actions": None if hp.actions is None else list(hp.actions),
+        "action_warnings": list(hp.action_warnings),
         "changes": [
             {
                 "path": c.path,

@@ -63,10 +63,14 @@ class HostPlan:
     guests_added: list[str] = field(default_factory=list)
     error: str | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. /etc/rc.conf.local overriding our lines
+    # The commands the apply runs, "concern: describe" (provision/actions.py, as the roles run them);
+    # None when the live state was not probed (the bundled sample host).
+    actions: list[str] | None = None
+    action_warnings: list[str] = field(default_factory=list)  # e.g. a jail whose spec drifted
 
     @property
     def pending(self) -> bool:
-        return bool(self.changes or self.guests_added)
+        return bool(self.changes or self.guests_added or self.actions)
 
     def count(self, kind: str) -> int:
         return sum(c.kind == kind for c in self.changes)
@@ -247,9 +251,13 @@ def _meta(entry: FileEntry, stat: Stat | None, ids: Ids) -> list[str]:
 
 
 def paths_to_read(manifest: Manifest) -> list[str]:
-    """Every file we own or edit, the previous apply's manifest, and the id tables."""
+    """Every file we own or edit, the previous apply's manifest, the id tables and the
+    markers the actions are decided from (provision/actions.py)."""
+    from .actions import marker_paths
+
     paths = [e.path for e in manifest.files] + [manifest.pf_anchor_file, *EDITED, LIVE_MANIFEST_PATH, PASSWD, GROUP]
     paths.append(RC_CONF_LOCAL)
+    paths += marker_paths(manifest)
     return list(dict.fromkeys(paths))
 
 
@@ -272,15 +280,19 @@ def plan_host(
     rendered_dir: Path,
     live: Mapping[str, bytes | None] | LiveFiles,
     stats: Mapping[str, Stat] | None = None,
+    packages: Sequence[str] = (),
 ) -> HostPlan:
     """Compare one rendered host with its live files (pure: no I/O beyond the build tree).
 
     LIVE is what remote.fetch read (or a plain path → bytes mapping, then without
     mode/owner comparison).  A previous manifest that cannot be read is an error.
+    When the read ran the probe, the actions the apply takes are listed too
+    (provision/actions.py, the same computation the roles execute).
     """
     links: set[str] = set()
+    probe_text: str | None = None
     if not isinstance(live, Mapping):
-        stats, links = live.stats, live.symlinks
+        stats, links, probe_text = live.stats, live.symlinks, live.probe
         live = live.files
     stats = stats or {}
     plan = HostPlan(manifest.host)
@@ -335,6 +347,16 @@ def plan_host(
         for g in manifest.guests
         if g.name not in known
     ]
+    if probe_text is not None:
+        from .actions import host_actions, listing
+        from .probe import parse_probe
+
+        probe = parse_probe(probe_text)
+        if not probe.complete:
+            plan.error = f"{manifest.host}: the live-state probe's output ended early (fix: run plan again)"
+            return plan
+        shown = listing(host_actions(manifest, rendered_dir, live, probe, packages=packages))
+        plan.actions, plan.action_warnings = shown.lines, shown.warnings
     return plan
 
 

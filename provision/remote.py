@@ -43,8 +43,9 @@ BATCH = 500  # paths per `ls`/`cat` call: far below ARG_MAX on FreeBSD and Linux
 #   L <n>\n<`ls -ldnL` output>\n   mode, uid, gid and size of the batch's K files (ls sorts them)
 #   C\n<the K files' bytes, concatenated in K order>\n
 #   F <n> <mode> <uid> <gid> <size>\n<path><bytes>\n   one file read alone (a newline in its name)
+#   P <n>\n<probe output>\n       the live-state probe's output (provision/probe.py), when asked for
 #   E\n                            the end
-_HEADER = re.compile(rb"^(?:([MUNKS]) (\d+)|L (\d+)|C|F (\d+) ([-a-zA-Z.+@]{10,12}) (\d+) (\d+) (\d+)|E)$")
+_HEADER = re.compile(rb"^(?:([MUNKS]) (\d+)|L (\d+)|C|F (\d+) ([-a-zA-Z.+@]{10,12}) (\d+) (\d+) (\d+)|P (\d+)|E)$")
 _LS_FIELDS = re.compile(r"^([-a-zA-Z.+@]{10,12}) +\d+ +(\d+) +(\d+) +(\d+) ")
 
 # One compound command ({ ... }), so sh reads the whole script before it prints a byte:
@@ -159,6 +160,7 @@ if [ -f MANIFEST ] && [ -r MANIFEST ]; then
     unset IFS
     batch "$@"
 fi
+@@PROBE@@
 printf 'E\n'
 }
 """
@@ -184,6 +186,7 @@ class LiveFiles:
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> why
     # Paths below an agent's home with a symlink at or above them: not read (absent in files).
     symlinks: set[str] = field(default_factory=set)
+    probe: str | None = None  # the probe's output (provision/probe.py), when the read ran it
 
 
 @dataclass
@@ -222,19 +225,29 @@ class Target:
 # -- the read script and its framing ---------------------------------------------------
 
 
-def read_script(paths: Sequence[str] | None = None, manifest: str = LIVE_MANIFEST_PATH) -> str:
-    """The sh script printing each path's frame, then the previous manifest's files.
+def read_script(paths: Sequence[str] | None = None, manifest: str = LIVE_MANIFEST_PATH, probe: str = "") -> str:
+    """The sh script printing each path's frame, then the previous manifest's files,
+    then PROBE's output (provision/probe.py) as one P frame when PROBE is given.
 
     With PATHS the list is embedded (`set -- ...`, for `/bin/sh -s`, BATCH paths per
     `ls`/`cat` call); without, the script reads "$@" (for `sh -c SCRIPT sh PATH...`, as
     the Ansible filter runs it).
     """
+    # The probe runs in a subshell as root, stdin closed: its output is one frame whose
+    # byte length (LC_ALL=C) the parser checks, like a file's.
+    run_probe = (
+        "probe_out=$( (\n" + probe + ") </dev/null 2>/dev/null )\n"
+        'printf \'P %s\\n%s\\n\' "${#probe_out}" "$probe_out"\n'
+        if probe
+        else ""
+    )
     if paths is None:
         read = 'batch "$@"'
     else:
         chunks = [paths[i : i + BATCH] for i in range(0, len(paths), BATCH)]
         read = "\n".join("set -- " + " ".join(shlex.quote(p) for p in chunk) + '\nbatch "$@"' for chunk in chunks)
-    return _SCRIPT.replace("MANIFEST", shlex.quote(manifest)).replace("READ", read)
+    head, tail = _SCRIPT.split("@@PROBE@@\n")
+    return head.replace("MANIFEST", shlex.quote(manifest)).replace("READ", read) + run_probe + tail
 
 
 def _mode_bits(text: str) -> int:
@@ -315,6 +328,10 @@ def parse_live(data: bytes) -> LiveFiles:
             sizes = _ls_stats(listing, batch)
             if set(sizes) != set(batch):
                 raise ValueError("ls did not list every file (one changed while it was read?)")
+        elif m.group(9) is not None:  # P: the probe's output
+            live.probe = take(int(m.group(9)), "the probe").decode("utf-8", "replace")
+            if take(1, "the probe") != b"\n":
+                raise ValueError("bad probe frame")
         elif m.group(4) is not None:  # F: one file alone
             path = take(int(m.group(4)), "a path").decode("utf-8", "surrogateescape")
             body = take(int(m.group(8)), path)
@@ -562,8 +579,10 @@ def read_local(root: Path, paths: Sequence[str], manifest: str = LIVE_MANIFEST_P
     return live
 
 
-def fetch(host: Host, paths: Sequence[str], ssh_config: Path | None = None) -> LiveFiles:
-    """Every path's bytes and stat, plus the files of the previous apply, in one round.
+def fetch(host: Host, paths: Sequence[str], ssh_config: Path | None = None, probe: str = "") -> LiveFiles:
+    """Every path's bytes and stat, plus the files of the previous apply, in one round;
+    with PROBE (provision/probe.py) its output too, in the same round (LiveFiles.probe).
+    The bundled sample host is a tree on disk: nothing is probed there (probe stays None).
 
     Raises RemoteError (one line, naming the host) if the host cannot be reached, refuses
     us, or a path cannot be read (permission, or not a regular file).
@@ -572,10 +591,16 @@ def fetch(host: Host, paths: Sequence[str], ssh_config: Path | None = None) -> L
     if root is not None:
         live = read_local(root, paths)
         who = "this user"
+        if probe and host.sample_root is None:  # plan run on the host itself
+            import subprocess
+
+            out = subprocess.run(["/bin/sh", "-c", probe], capture_output=True, stdin=subprocess.DEVNULL, check=False)
+            live.probe = out.stdout.decode("utf-8", "replace")
     else:
         t = resolve(host, ssh_config)
         command = " ".join(shlex.quote(w) for w in (*t.become, "/bin/sh", "-s"))
-        status, data, err = _exec_ssh(t, command, read_script(list(dict.fromkeys(paths))).encode())
+        script = read_script(list(dict.fromkeys(paths)), probe=probe)
+        status, data, err = _exec_ssh(t, command, script.encode())
         if status != 0:
             fix = " (fix: allow it without a password, or connect as root)" if t.become else ""
             raise RemoteError(f"{t.host}: reading files failed (exit {status}): {err or 'no message'}{fix}")

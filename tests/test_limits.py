@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from provision.inventory import load_inventory
@@ -18,7 +17,7 @@ from provision.limits import (
 )
 from provision.registry import load_fleet
 
-from .conftest import REPO, Registry
+from .conftest import Registry
 
 OPERATOR = "# my own limits\nuser:www:maxproc:deny=100\n"
 
@@ -92,25 +91,22 @@ def test_unchanged_rules_need_no_live_change(tmp_path: Path) -> None:
 def test_live_rules_listed_as_raw_integers_are_not_added_again(example: Path) -> None:
     """rctl lists amounts as the kernel keeps them (`deny=4294967296` for `4G`, `/per`
     dropped when it is the subject: docs/freebsd.md#rctl); an applied host needs no change."""
-    import importlib.util
-
-    # Loaded by path, as Ansible loads filter plugins (the directory is not a package).
-    spec = importlib.util.spec_from_file_location("warden_filters", REPO / "filter_plugins/warden.py")
-    assert spec and spec.loader
-    filters = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(filters)
-    warden_rctl_changes = filters.warden_rctl_changes
+    from provision.actions import rctl_actions
+    from provision.manifest import Manifest
+    from provision.probe import Probe
 
     build = example / "fbsd1"
-    wanted = json.loads((build / ".warden/manifest.json").read_text())["rctl_rules"]
+    manifest = Manifest.load(build)
+    wanted = manifest.rctl_rules
     assert "user:atlas:memoryuse:deny=4G" in wanted
     listed = [r.replace("=4G", "=4294967296").replace("=8G", "=8589934592") for r in wanted]
-    live = {"/etc/rctl.conf": rctl_conf_result("", wanted)}
-    assert warden_rctl_changes(str(build), {"rctl": listed}, live) == {"add": [], "remove": []}
-    changed = {"/etc/rctl.conf": rctl_conf_result("", [r.replace("=4G", "=2G") for r in wanted])}
+    live: dict[str, str | None] = {"/etc/rctl.conf": rctl_conf_result("", wanted)}
+    assert rctl_actions(manifest, live, Probe(rctl=listed), None) == []
+    changed: dict[str, str | None] = {"/etc/rctl.conf": rctl_conf_result("", [r.replace("=4G", "=2G") for r in wanted])}
     listed_old = [r.replace("=4294967296", "=2147483648") for r in listed]
-    result = warden_rctl_changes(str(build), {"rctl": listed_old}, changed)
-    assert result["add"] == ["user:atlas:memoryuse:deny=4G"]
+    argvs = [a.argv for a in rctl_actions(manifest, changed, Probe(rctl=listed_old), None)]
+    # a changed amount: the old rule removed by its filter, then the new one added
+    assert argvs == [("rctl", "-r", "user:atlas:memoryuse:deny"), ("rctl", "-a", "user:atlas:memoryuse:deny=4G")]
 
 
 def test_amounts_normalise_as_the_kernel_keeps_them() -> None:

@@ -31,6 +31,9 @@ STATE_DIR = Path("/var/db/warden-doubles")
 LOG = Path("/var/log/warden-doubles.jsonl")
 SSH_CUT = STATE_DIR / "ssh-cut"
 FORCE_CUT = STATE_DIR / "force-ssh-cut"
+# A test's instruction to fail a call (tests/hostkit/testhost.py fail_call): {"match": "bastille
+# template", "n": 2} fails the 2nd call whose command line starts with "bastille template".
+FAIL = STATE_DIR / "fail.json"
 RC_CONF = Path("/etc/rc.conf")
 
 
@@ -2201,9 +2204,29 @@ PATHS = {
 }
 
 
+def _injected_failure(cmd: str, argv: list[str]) -> None:
+    """Fail this call when a test asked for it (not FreeBSD behaviour: a test control, like
+    force-ssh-cut): the Nth call matching the prefix exits 1 before doing anything."""
+    if not FAIL.exists():
+        return
+    fd = os.open(FAIL, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        order = json.loads(FAIL.read_text())
+        if not " ".join([cmd, *argv]).startswith(order["match"]):
+            return
+        order["seen"] = order.get("seen", 0) + 1
+        FAIL.write_text(json.dumps(order))
+        if order["seen"] == order.get("n", 1):
+            die(f"double: injected failure of {order['match']!r} (call {order['seen']})", 1)
+    finally:
+        os.close(fd)
+
+
 def main(cmd: str | None = None) -> None:
     cmd = cmd or os.path.basename(sys.argv[0])
     log_call(cmd, sys.argv[1:])
+    _injected_failure(cmd, sys.argv[1:])
     sys.exit(COMMANDS[cmd](sys.argv[1:]) or 0)
 
 

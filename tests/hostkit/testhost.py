@@ -210,6 +210,13 @@ class TestHost:
     def cut_ssh_on_next_pf_load(self) -> None:
         (self.root / "var/db/warden-doubles/force-ssh-cut").write_text("1\n")
 
+    def fail_call(self, match: str, n: int = 1) -> None:
+        """Make the Nth double call whose command line starts with MATCH exit 1 (tests/doubles/freebsd.py)."""
+        (self.root / "var/db/warden-doubles/fail.json").write_text(json.dumps({"match": match, "n": n}))
+
+    def clear_failures(self) -> None:
+        (self.root / "var/db/warden-doubles/fail.json").unlink(missing_ok=True)
+
     def stop(self) -> None:
         for proc in (self._forwarder, self._proc):
             if proc is not None and proc.poll() is None:
