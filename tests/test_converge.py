@@ -54,7 +54,7 @@ def check_actions(stdout: str) -> list[str]:
     out: list[str] = []
     concern = None
     for line in stdout.splitlines():
-        m = re.match(r"^\+\+\+ to run: (\w+) actions$", line)
+        m = re.match(r"^\+\+\+ (?:after: )?to run: (\w+) actions$", line)
         if m:
             concern = m.group(1)
         elif concern and line.startswith("@@"):
@@ -83,7 +83,7 @@ def test_check_diff_lists_the_same_actions_as_plan(registry: Registry, testhost:
     assert check_actions(dry.stdout) == planned
 
     assert playbook(registry).returncode == 0
-    assert plan_actions(registry, testhost)[1] == []
+    assert plan_actions(registry, testhost) == (0, [])  # applied: nothing pending, exit 0
     add(registry, "nova", 2, "cms")  # a new agent: alias, jail, user, start, PF reload
     status, planned = plan_actions(registry, testhost)
     dry = playbook(registry, "--check", "--diff")

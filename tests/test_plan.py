@@ -127,14 +127,23 @@ def test_fresh_host_shows_everything_added_and_exits_2(registry: Registry, testh
     assert testhost.log.read_text().count("Starting session: command") == 1
 
 
-def test_provisioned_host_has_no_diff_and_exits_0(registry: Registry, testhost: TestHost, plan: Plan) -> None:
+def test_provisioned_files_have_no_diff_and_the_live_state_still_needs_its_actions(
+    registry: Registry, testhost: TestHost, plan: Plan
+) -> None:
+    """Files alone are not an apply: nothing runs yet (no bridge, no jail, PF off), so the
+    actions section lists what the apply would still run (docs/convergence.md); exit 0 after
+    a real apply is tested in tests/test_converge.py."""
     setup(registry, testhost, names=("atlas", "iris"))
     assert plan()[0] == 2
     apply_like_ansible(registry, testhost)
     status, out, _ = plan()
-    assert status == 0, out
+    assert status == 2, out
     assert "no changes" in out and not diff_lines(out, "+") and not diff_lines(out, "-")
-    assert testhost.connection_count() == 2  # one per plan
+    actions = out.split("\nactions\n", 1)[1]
+    assert "jails: create jail atlascms: bastille create" in actions
+    assert "pf: start PF with confirm-or-rollback: service pf onestart" in actions
+    assert "agents: start agent iris: service iris start" in actions
+    assert testhost.connection_count() == 2  # one per plan: the probe rides in the same round
 
 
 def test_one_more_agent_shows_exactly_that_agents_lines(registry: Registry, testhost: TestHost, plan: Plan) -> None:

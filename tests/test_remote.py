@@ -358,3 +358,24 @@ def test_below_an_agents_home_files_are_read_with_the_agents_rights(testhost: Te
     assert live.files[paths[2]] is not None  # root's own files are read as before
     uid = (root / "home/atlas").stat().st_uid
     assert any(c["cmd"] == "chroot" and c["argv"][:2] == ["-u", str(uid)] for c in testhost.calls())
+
+
+def test_the_probe_rides_in_the_same_round_as_one_frame(tmp_path: Path) -> None:
+    """provision/probe.py's output comes back whole, its byte length checked, after the files."""
+    from provision.probe import parse_probe, probe_script
+
+    (tmp_path / "f").write_text("x\n")
+    probe = 'printf "=== interfaces ===\\nvtnet0 w\\303\\244rden0\\n\\n"\n' + probe_script(Manifest("h", "warden0"))
+    for dash in (["/bin/sh", "-s"], ["dash", "-s"]):
+        out = subprocess.run(
+            dash, input=read_script([str(tmp_path / "f")], probe=probe).encode(), capture_output=True, check=True
+        ).stdout
+        live = parse_live(out)
+        assert live.files == {str(tmp_path / "f"): b"x\n"} and live.probe is not None
+        assert live.probe.startswith("=== interfaces ===\nvtnet0 w\u00e4rden0\n")
+        assert parse_probe(live.probe).complete  # the whole probe, to its last section
+    # no probe asked for: no frame
+    out = subprocess.run(["/bin/sh", "-s"], input=read_script([]).encode(), capture_output=True, check=True).stdout
+    assert parse_live(out).probe is None
+    with pytest.raises(ValueError):
+        parse_live(START + b"P 9\nshort\nE\n")
