@@ -77,7 +77,13 @@ def _write(path: str, data: bytes, mode: int) -> None:
 def _marker_dir(path: str) -> None:
     """The marker's directory: root's, 0700, never a symlink (it holds only root's records)."""
     directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    missing = []
+    d = directory
+    while d not in ("", "/") and not os.path.lexists(d):
+        missing.append(d)
+        d = os.path.dirname(d)
+    for d in reversed(missing):  # each one 0700 (makedirs would give the parents 0755)
+        os.mkdir(d, 0o700)
     st = os.lstat(directory)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
         raise OSError(f"{directory} is not a directory owned by root")
