@@ -202,7 +202,9 @@ def test_hand_edited_rc_conf_keeps_the_operators_lines(registry: Registry, testh
     rc = testhost.root / "etc/rc.conf"
     rc.write_text(rc.read_text().replace("# my own comment\n", '# my own comment\nntpd_enable="YES"\n'))
     status, out, _ = plan()
-    assert status == 0, out  # the operator's new line is theirs: nothing to change
+    # the operator's new line is theirs: no file to change (the live state still needs its
+    # actions: apply_like_ansible wrote files only)
+    assert "no changes" in out and not diff_lines(out, "+") and not diff_lines(out, "-"), out
     rc.write_text(rc.read_text().replace('atlas_enable="YES"', 'atlas_enable="NO"'))
     status, out, _ = plan()
     assert status == 2
