@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from .models import LLM_ROLES, Agent, parse_host_ports
+from .models import LLM_ROLES, Agent, jail_mac, parse_host_ports
 
 # Names and addresses reach the anchor through the template's `pf` filter (escape.py),
 # which refuses anything but a plain token; models.py validates them by full match first.
@@ -50,11 +50,27 @@ SYSCTLS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class Member:
-    """A jail's host-side epair on the bridge and the one address it may use."""
+    """A bridge member: a jail's host-side epair or a guest's tap, the one address it may
+    use and, for a jail, the MAC of its interface (pinned in the host's ARP table and the
+    bridge's forwarding table; docs/isolation.md "Layer 2 on the shared bridge")."""
 
     jail: str
     interface: str
     address: IPv4Address
+    mac: str = ""  # "" for a guest: vm-bhyve chooses it at `vm create`
+
+    @property
+    def pair(self) -> str:
+        """Its rc.conf static_arp pair name (rc.d/static_arp: static_arp_<pair>)."""
+        return f"warden_{self.jail}"
+
+
+def guest_tap(vm_name: str) -> str:
+    """The name vm-bhyve gives the guest's tap (`network0_name`, lib/vm-switch-standard
+    switch::standard::provision: `ifconfig tap create name NAME`), or "" when it would
+    not fit an interface name (15 characters, docs/freebsd.md#interface-name-length)."""
+    name = f"vm_{vm_name.removesuffix('vm')}"
+    return name if len(name) <= 15 else ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,7 @@ class Policy:
 
 def build_policy(
     *,
+    host: str,
     bridge: str,
     ext_if: str,
     agents: Sequence[Agent],
@@ -136,7 +153,15 @@ def build_policy(
                 # `invoke check` warns about the name (docs/freebsd.md#interface-name-length).
                 policy.unpinned.append(jail.name)
                 continue
-            policy.members.append(Member(jail.name, epair, jail.ip))
+            policy.members.append(Member(jail.name, epair, jail.ip, jail_mac(host, jail.name)))
+    for guest in sorted(guests, key=lambda g: g.name):
+        tap = guest_tap(guest.vm_name)
+        if guest.vm_ip is None:
+            continue
+        if not tap:
+            policy.unpinned.append(guest.vm_name)
+            continue
+        policy.members.append(Member(guest.vm_name, tap, guest.vm_ip))
     policy.members.sort(key=lambda m: m.address)
     # This host's processes: root everywhere, an agent to its own /24 and the LLM jails it shares.
     for agent in sorted(agents, key=lambda a: a.subnet):
