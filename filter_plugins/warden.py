@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.hostfiles import EDITED, edited_results
-from provision.isolation import sysctl_changes
+from provision.isolation import static_arp_pins, sysctl_changes
 from provision.limits import live_additions, managed_rules, rctl_changes
 from provision.manifest import Manifest
 from provision.rcconf import read_vars
@@ -175,6 +175,8 @@ def warden_probe(stdout: str) -> dict[str, Any]:
         "rctl": [ln.strip() for ln in sections.get("rctl", []) if ln.strip()],
         "packages": [ln.strip() for ln in sections.get("packages", []) if ln.strip()],
         "bridge_sysctl": dict(ln.split(": ", 1) for ln in sections.get("bridgesysctl", []) if ": " in ln),
+        "arp": text.get("arp", ""),
+        "bridge_addr": text.get("bridgeaddr", ""),
     }
 
 
@@ -204,6 +206,32 @@ def warden_rctl_changes(build_host_dir: str, probe: dict[str, Any], live: dict[s
 def warden_sysctl_changes(build_host_dir: str, probe: dict[str, Any]) -> list[str]:
     """`name=value` for sysctl(8): the live kernel's bridge filtering made as the manifest says."""
     return sysctl_changes(probe.get("bridge_sysctl", {}), _manifest(build_host_dir).sysctl)
+
+
+def warden_layer2_changes(build_host_dir: str, probe: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    """What pins each jail at layer 2 now (docs/isolation.md "Layer 2 on the shared bridge"):
+    `arp -S`/`arp -d` for the host's ARP table, `ifconfig BRIDGE static` for running jails."""
+    from provision.isolation import arp_entries, arp_pin_changes, bridge_entries, bridge_pin_changes
+
+    m = _manifest(build_host_dir)
+    previous = _previous(live)
+    wanted = static_arp_pins((e.op, e.name, e.value) for e in m.rc_conf)
+    before = static_arp_pins((e.op, e.name, e.value) for e in previous.rc_conf) if previous else {}
+    add, drop = arp_pin_changes(wanted, before, arp_entries(probe.get("arp", "")))
+    pins = [(f"e0a_{j.name}", j.mac) for j in m.jails if len(f"e0a_{j.name}") <= 15]
+    static = bridge_pin_changes(pins, probe.get("interfaces", []), bridge_entries(probe.get("bridge_addr", "")))
+    return {
+        "arp_set": [list(p) for p in add],
+        "arp_delete": drop,
+        "bridge_static": [list(p) for p in static],
+    }
+
+
+def warden_prestart_pin(jail: dict[str, Any]) -> str:
+    """The jail.conf exec.prestart line pinning JAIL's MAC to its epair (isolation.prestart_pin)."""
+    from provision.isolation import prestart_pin
+
+    return prestart_pin(jail["bridge"], f"e0a_{jail['name']}", jail["mac"])
 
 
 def warden_manifest(build_host_dir: str) -> dict[str, Any]:
@@ -243,6 +271,8 @@ class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "warden_read_command": warden_read_command,
+            "warden_layer2_changes": warden_layer2_changes,
+            "warden_prestart_pin": warden_prestart_pin,
             "warden_frames": warden_frames,
             "warden_owned_files": warden_owned_files,
             "warden_edited_files": warden_edited_files,

@@ -113,9 +113,7 @@ def build_host(
         port = ROLE_PORTS[jail.role]
         mac = pinned[name].mac if name in pinned else ""
         members.append(
-            Member(
-                name, epair, layout.bridge, jail.ip, agent.subnet, agent.gateway, frozenset({(TCP, port)}), mac=mac
-            )
+            Member(name, epair, layout.bridge, jail.ip, agent.subnet, agent.gateway, frozenset({(TCP, port)}), mac=mac)
         )
     for i, guest in enumerate(sorted(layout.guests, key=lambda g: g.name)):
         assert guest.vm_ip is not None and layout.vm_uplink is not None

@@ -14,8 +14,8 @@ resolver there (udp 53); a LAN host (tcp 22); an internet host (tcp 443).
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
 import shutil
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
@@ -258,9 +258,14 @@ def test_a_jail_sending_with_another_jails_mac_does_not_steal_its_frames(fbsd1: 
 
 
 def _guest_env(name: str, subnet: str, vm_ip: str) -> str:
-    return (EXAMPLE / "agents/nova/.env").read_text().replace("nova", name).replace("Nova", name.title()).replace(
-        "10.1.0", subnet
-    ).replace("10.255.0.10", vm_ip)
+    return (
+        (EXAMPLE / "agents/nova/.env")
+        .read_text()
+        .replace("nova", name)
+        .replace("Nova", name.title())
+        .replace("10.1.0", subnet)
+        .replace("10.255.0.10", vm_ip)
+    )
 
 
 def test_a_guest_forging_a_linked_guests_uplink_address_is_dropped(tmp_path: Path) -> None:

@@ -188,10 +188,11 @@ class Host:
         return None if r is None else self._link_output(r, out_if, trace)
 
     def _link_output(self, p: Packet, ifname: str, trace: list[str]) -> tuple[str, Packet] | None:
-        """After ip_output: a bridge hands the frame to the member owning the address with
-        no pfil (bridge_output, bridge_enqueue); other interfaces reach what is behind them."""
+        """After ip_output: the host's ARP entry names a MAC, the bridge's forwarding entry the
+        member, which gets the frame with no pfil (bridge_output, bridge_enqueue); other
+        interfaces reach what is behind them."""
         if ifname in self.bridges:
-            mac = self._resolve(p.dst)
+            mac = self._resolve(p.dst) if isinstance(p.dst, IPv4Address) else None
             to = self._by_port(ifname, mac) if mac is not None else []
             if not to:
                 trace.append(f"no neighbour {p.dst} on {ifname}")
