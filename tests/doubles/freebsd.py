@@ -658,7 +658,7 @@ def _arp_usage() -> NoReturn:
 
 
 def _arp_iface(ifs: dict[str, Any], ip: str) -> str | None:
-    """The interface whose connected network holds IP (set_rtsock: RTM_GET, no gateway)."""
+    """The interface whose connected network holds IP (arp_netlink.c fix_ifindex; 0 when none)."""
     addr = ipaddress.IPv4Address(ip)
     for name in sorted(ifs):
         for a in ifs[name]["inet"]:
@@ -707,11 +707,17 @@ def arp(argv: list[str]) -> int:
                 life = "permanent" if permanent else "expires in 1200 seconds"
                 print(f"? ({ip}) at {mac} on {name} {life} [{kind}]")
             return 0
+        # FreeBSD 14 and later build arp with netlink (arp_netlink.c): an address on no
+        # connected network is "delete: cannot locate HOST" with exit status 0, for -s/-S
+        # as for -d; a set creates or replaces (NLM_F_CREATE | NLM_F_REPLACE).
         if "d" in flags:
             if len(args) != 1:
                 _arp_usage()
+            if _arp_iface(ifs, args[0]) is None:
+                print(f"arp: delete: cannot locate {args[0]}", file=sys.stderr)
+                return 0
             if args[0] not in table:
-                die(f"arp: delete: cannot locate {args[0]}", 1)
+                die(f"arp: delete {args[0]}: No such file or directory", 1)
             del table[args[0]]
             print(f"{args[0]} ({args[0]}) deleted")
             return 0
@@ -719,20 +725,19 @@ def arp(argv: list[str]) -> int:
             if not 2 <= len(args) <= 6:
                 _arp_usage()
             host, text = args[0], args[1]
-            if "S" in flags:
-                table.pop(host, None)  # F_REPLACE: delete(argv[0]) first, its failure ignored
             try:
                 ipaddress.IPv4Address(host)
             except ValueError:
                 die(f"arp: {host}: Unknown host", 1)  # getaddr: inet_addr, then gethostbyname
+            dev = _arp_iface(ifs, host)
+            if "S" in flags and dev is not None:
+                table.pop(host, None)  # F_REPLACE: delete(argv[0]) first, its failure ignored
             lladdr = _ether_aton(text)
             if lladdr is None:
                 die(f"arp: invalid Ethernet address '{text}'", 1)
-            dev = _arp_iface(ifs, host)
             if dev is None:
-                die(f"arp: cannot intuit interface index and type for {host}", 1)
-            if host in table:
-                die("arp: writing to routing socket: File exists", 1)  # RTM_ADD of an existing entry
+                print(f"arp: delete: cannot locate {host}", file=sys.stderr)
+                return 0
             table[host] = {"mac": lladdr, "iface": dev, "permanent": True}
             return 0
         _arp_usage()
