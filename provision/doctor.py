@@ -222,20 +222,24 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
             ", ".join(f"{w.split('=')[0]}={live.get(w.split('=')[0], '?')}" for w in wrong),
             f"sysctl {' '.join(wrong or sysctl_lines())}  # and keep them in /etc/sysctl.conf (site.yml writes it)",
         )
-    pins = _layer2_pins(host, agents)
+    # docs/isolation.md "Layer 2 on the shared bridge": each running jail's address permanent
+    # in the host's ARP table and its MAC static on its epair (a jail's epair exists while it
+    # runs; site.yml pins the others when it creates or starts them).
+    running = s.get("interfaces", "").split()
+    pins = [p for p in layer2_pins(host, agents) if p[2] in running]
     if pins:
-        # docs/isolation.md "Layer 2 on the shared bridge": each jail's address permanent in
-        # the host's ARP table, and each running jail's MAC static on its epair.
         arp = arp_entries(s.get("arp", ""))
         fdb = bridge_entries(s.get("bridgeaddr", ""))
-        running = s.get("interfaces", "").split()
-        missing = [f"arp {ip}" for ip, mac, _ in pins if arp.get(ip, ("", "", False))[::2] != (mac, True)]
-        missing += [
-            f"bridge {member}" for member, mac in bridge_pin_changes([(m, mac) for _, mac, m in pins], running, fdb)
-        ]
-        fixes = [f"arp -S {ip} {mac}" for ip, mac, _ in pins if f"arp {ip}" in missing]
-        fixes += [f"ifconfig {host.bridge} static {m} {mac}" for _, mac, m in pins if f"bridge {m}" in missing]
-        add("jails pinned at layer 2", not missing, ", ".join(missing), " && ".join(fixes) or "-")
+        unpinned = {ip for ip, mac, _ in pins if arp.get(ip, ("", "", False))[::2] != (mac, True)}
+        loose = {m for m, _ in bridge_pin_changes([(m, mac) for _, mac, m in pins], running, fdb)}
+        fixes = [f"arp -S {ip} {mac}" for ip, mac, _ in pins if ip in unpinned]
+        fixes += [f"ifconfig {host.bridge} static {m} {mac}" for _, mac, m in pins if m in loose]
+        add(
+            "jails pinned at layer 2",
+            not fixes,
+            ", ".join([*(f"arp {ip}" for ip in sorted(unpinned)), *(f"bridge {m}" for m in sorted(loose))]),
+            " && ".join(fixes) or "-",
+        )
     if any(a.memory_limit or a.maxproc or a.pcpu or a.openfiles or a.jail_memory_limit for a in agents):
         # docs/freebsd.md#rctl: rctl needs kern.racct.enable=1, a boot-time tunable.
         add(
@@ -263,7 +267,7 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
     return checks
 
 
-def _layer2_pins(host: Host, agents: list[Agent]) -> list[tuple[str, str, str]]:
+def layer2_pins(host: Host, agents: list[Agent]) -> list[tuple[str, str, str]]:
     """(address, MAC, epair) of each jail on this host, as isolation.build_policy pins them."""
     seen: dict[str, tuple[str, str, str]] = {}
     for a in agents:
