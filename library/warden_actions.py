@@ -146,7 +146,8 @@ def main() -> None:
         else:
             env = {str(k): str(v) for k, v in (a.get("env") or {}).items()}
             rc, _out, stderr = module.run_command(list(a["argv"]), environ_update=env, use_unsafe_shell=False)
-            if rc != 0:
+            refused = bool(a.get("fail_stderr")) and a["fail_stderr"] in stderr
+            if rc != 0 or refused:
                 module.fail_json(
                     msg=f"{a['describe']} failed (exit {rc}): {stderr.strip() or 'no message'}",
                     rc=rc,

@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .hostfiles import edited_results
-from .isolation import sysctl_changes
+from .isolation import (
+    arp_entries,
+    arp_pin_changes,
+    bridge_entries,
+    bridge_pin_changes,
+    prestart_pin,
+    static_arp_pins,
+    sysctl_changes,
+)
 from .limits import kernel_form, live_additions, managed_rules
 from .manifest import LIVE_MANIFEST_PATH, JailSpec, Manifest
 from .probe import Probe
@@ -73,6 +81,9 @@ class Action:
     kind: Kind = "command"
     edit: Edit | None = None
     name: str = ""  # the object acted on (jail, agent, user), for the roles' loops
+    # a command that reports some refusals with exit status 0 (arp(8) with netlink): this
+    # text on its stderr fails the action too
+    fail_stderr: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -124,9 +135,19 @@ def jail_spec_hash(jail: JailSpec, rendered_dir: Path) -> str:
         "mac": jail.mac,
         "hostname": jail.hostname,
         "sysvshm": "new" if jail.role == "db" else "",
+        "pin": _pin_line(jail),
         "template": json.dumps(template, sort_keys=True),
     }
     return digest(spec)
+
+
+def _pin_line(jail: JailSpec) -> str:
+    """jail.conf's exec.prestart line pinning the jail's MAC to its epair in the bridge's
+    forwarding table at every start (docs/isolation.md "Layer 2 on the shared bridge");
+    "" when e0a_<jail> does not fit an interface name and Bastille numbers the epair
+    (docs/freebsd.md#interface-name-length)."""
+    member = f"e0a_{jail.name}"
+    return prestart_pin(jail.bridge, member, jail.mac) if len(member) <= 15 else ""
 
 
 def _jail_setup(jail: JailSpec, marker: Marker, create: bool) -> list[Action]:
@@ -147,6 +168,25 @@ def _jail_setup(jail: JailSpec, marker: Marker, create: bool) -> list[Action]:
             name=n,
         )
     )
+    pin = _pin_line(jail)
+    if pin:
+        member = re.escape(f"e0a_{n}")
+        steps.append(
+            Action(
+                "jails",
+                f"pin the MAC of jail {n} to e0a_{n} at every start: exec.prestart in {conf}",
+                unit=unit,
+                kind="edit",
+                # after Bastille's `addm` line, replacing a pin an earlier run put there
+                edit=Edit(
+                    conf,
+                    rf'(ifconfig \S+ addm {member}";[^\n]*\n)'
+                    rf'(?:[ \t]*exec\.prestart \+= "ifconfig \S+ static {member} \S+";\n)?',
+                    r"\g<1>" + pin + "\n",
+                ),
+                name=n,
+            )
+        )
     steps.append(
         _cmd(
             "jails",
@@ -328,13 +368,21 @@ def wanted_addresses(manifest: Manifest) -> list[str]:
     return out
 
 
-def network_actions(manifest: Manifest, probe: Probe) -> list[Action]:
+def network_actions(manifest: Manifest, probe: Probe, previous: Manifest | None = None) -> list[Action]:
     b = manifest.bridge
     out: list[Action] = []
     if b not in probe.interfaces:
         # as rc.d/netif will at boot (docs/freebsd.md#the-warden0-bridge)
         out.append(_cmd("network", f"create the bridge {b}", ["ifconfig", "bridge", "create", "name", b]))
         out.append(_cmd("network", f"bring {b} up", ["ifconfig", b, "up"]))
+    # Layer 2 (docs/isolation.md "Layer 2 on the shared bridge"): a permanent ARP entry per jail
+    # address, kept at boot by rc.d/static_arp from rc.conf; removed jails are unpinned before
+    # their gateway address goes, while arp(8) can still find the address's interface.
+    wanted_pins = static_arp_pins((e.op, e.name, e.value) for e in manifest.rc_conf)
+    before_pins = static_arp_pins((e.op, e.name, e.value) for e in previous.rc_conf) if previous else {}
+    pin, unpin = arp_pin_changes(wanted_pins, before_pins, arp_entries(probe.arp))
+    for address in unpin:
+        out.append(_cmd("network", f"unpin {address} (a removed jail) from the ARP table", ["arp", "-d", address]))
     wanted = wanted_addresses(manifest)
     live = set(probe.bridge_addresses)
     for w in wanted:
@@ -342,6 +390,22 @@ def network_actions(manifest: Manifest, probe: Probe) -> list[Action]:
             out.append(_cmd("network", f"add gateway {w} to {b}", ["ifconfig", b, "inet", w, "alias"]))
     for ip in sorted(live - {w.split("/")[0] for w in wanted}):
         out.append(_cmd("network", f"remove gateway {ip} from {b}", ["ifconfig", b, "inet", ip, "-alias"]))
+    for address, mac in pin:
+        # arp(8) with netlink refuses an address on no connected network with exit status 0
+        # (docs/freebsd.md#arp-and-the-bridges-forwarding-table)
+        out.append(
+            _cmd(
+                "network",
+                f"pin {address} to {mac} in the ARP table",
+                ["arp", "-S", address, mac],
+                fail_stderr="cannot locate",
+            )
+        )
+    # The bridge's forwarding table: each running jail's MAC on its epair (jail.conf's
+    # exec.prestart does it at every start; here for the jails running now).
+    members = [(f"e0a_{j.name}", j.mac) for j in manifest.jails if len(f"e0a_{j.name}") <= 15]
+    for member, mac in bridge_pin_changes(members, probe.interfaces, bridge_entries(probe.bridge_addr)):
+        out.append(_cmd("network", f"pin {mac} to {member} on {b}", ["ifconfig", b, "static", member, mac]))
     if probe.forwarding != "1":  # gateway_enable does it at boot (docs/freebsd.md#nat-and-forwarding)
         out.append(_cmd("network", "turn on IPv4 forwarding", ["sysctl", "net.inet.ip.forwarding=1"]))
     for setting in sysctl_changes(probe.bridge_sysctl, manifest.sysctl):  # docs/isolation.md
@@ -434,7 +498,7 @@ def host_actions(
     previous = Manifest.from_json(prev_text) if prev_text else None
     pf_conf = edited_results(manifest, live, previous).get("/etc/pf.conf", live.get("/etc/pf.conf") or "")
     return [
-        *network_actions(manifest, probe),
+        *network_actions(manifest, probe, previous),
         *pf_actions(manifest, rendered_dir, pf_conf, live, probe),
         *jail_actions(manifest, rendered_dir, live, probe, previous, agent, destroy_jails),
         *agent_actions(manifest, rendered_dir, live, probe, previous, agent, packages),

@@ -11,13 +11,20 @@ import re
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 
-from .isolation import sysctl_lines
-from .models import Agent, Host
+from .isolation import arp_entries, bridge_entries, bridge_pin_changes, sysctl_lines
+from .models import Agent, Host, jail_mac
 from .rcconf import read_vars
 
 MIN_MAJOR = 14
 APPLIED_BY_SITE = frozenset(
-    {"gateway_enable", "PF enabled", "vm-bhyve initialised", "packages the agents need", "bridge filtering sysctls"}
+    {
+        "gateway_enable",
+        "PF enabled",
+        "vm-bhyve initialised",
+        "packages the agents need",
+        "bridge filtering sysctls",
+        "jails pinned at layer 2",
+    }
 )
 MIN_FREE_KB = 2 * 1024 * 1024  # 2 GiB for a release and a few thin jails
 
@@ -42,6 +49,9 @@ section bridgesysctl
 for o in pfil_onlyip pfil_member pfil_bridge pfil_local_phys; do
   v=$(sysctl -n "net.link.bridge.$o" 2>/dev/null) && echo "net.link.bridge.$o: $v"
 done
+section arp; arp -an -i "$bridge" 2>/dev/null
+section bridgeaddr; ifconfig "$bridge" addr 2>/dev/null
+section interfaces; ifconfig -l 2>/dev/null
 section vm; d=$(sysrc -n vm_dir 2>/dev/null); [ -n "$d" ] && [ -d "$d/.templates" ] && echo yes
 section disk; df -k / | tail -n 1
 section inet; ifconfig 2>/dev/null
@@ -51,7 +61,7 @@ section inet; ifconfig 2>/dev/null
 def probe_script(host: Host) -> str:
     import shlex
 
-    return f"release={shlex.quote(host.release)}\n" + PROBE
+    return f"release={shlex.quote(host.release)}\nbridge={shlex.quote(host.bridge)}\n" + PROBE
 
 
 @dataclass(frozen=True)
@@ -212,6 +222,24 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
             ", ".join(f"{w.split('=')[0]}={live.get(w.split('=')[0], '?')}" for w in wrong),
             f"sysctl {' '.join(wrong or sysctl_lines())}  # and keep them in /etc/sysctl.conf (site.yml writes it)",
         )
+    # docs/isolation.md "Layer 2 on the shared bridge": each running jail's address permanent
+    # in the host's ARP table and its MAC static on its epair (a jail's epair exists while it
+    # runs; site.yml pins the others when it creates or starts them).
+    running = s.get("interfaces", "").split()
+    pins = [p for p in layer2_pins(host, agents) if p[2] in running]
+    if pins:
+        arp = arp_entries(s.get("arp", ""))
+        fdb = bridge_entries(s.get("bridgeaddr", ""))
+        unpinned = {ip for ip, mac, _ in pins if arp.get(ip, ("", "", False))[::2] != (mac, True)}
+        loose = {m for m, _ in bridge_pin_changes([(m, mac) for _, mac, m in pins], running, fdb)}
+        fixes = [f"arp -S {ip} {mac}" for ip, mac, _ in pins if ip in unpinned]
+        fixes += [f"ifconfig {host.bridge} static {m} {mac}" for _, mac, m in pins if m in loose]
+        add(
+            "jails pinned at layer 2",
+            not fixes,
+            ", ".join([*(f"arp {ip}" for ip in sorted(unpinned)), *(f"bridge {m}" for m in sorted(loose))]),
+            " && ".join(fixes) or "-",
+        )
     if any(a.memory_limit or a.maxproc or a.pcpu or a.openfiles or a.jail_memory_limit for a in agents):
         # docs/freebsd.md#rctl: rctl needs kern.racct.enable=1, a boot-time tunable.
         add(
@@ -237,6 +265,19 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
         "invoke remove-agent NAME --yes && invoke add-agent NAME  (then add the network to warden_host_networks)",
     )
     return checks
+
+
+def layer2_pins(host: Host, agents: list[Agent]) -> list[tuple[str, str, str]]:
+    """(address, MAC, epair) of each jail on this host, as isolation.build_policy pins them."""
+    seen: dict[str, tuple[str, str, str]] = {}
+    for a in agents:
+        if a.placement != "host":
+            continue
+        for jail in a.jails:
+            epair = f"e0a_{jail.name}"
+            if len(epair) <= 15 and (jail.name not in seen or jail.ip in a.subnet):
+                seen[jail.name] = (str(jail.ip), jail_mac(host.name, jail.name), epair)
+    return sorted(seen.values())
 
 
 def rc_conf_local_overrides(host: Host, agents: list[Agent], text: str) -> list[str]:

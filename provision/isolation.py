@@ -26,11 +26,12 @@ and rules the operator puts above the anchor line still win (their own choice).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from .models import LLM_ROLES, Agent, parse_host_ports
+from .models import LLM_ROLES, Agent, jail_mac, parse_host_ports
 
 # Names and addresses reach the anchor through the template's `pf` filter (escape.py),
 # which refuses anything but a plain token; models.py validates them by full match first.
@@ -50,11 +51,27 @@ SYSCTLS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class Member:
-    """A jail's host-side epair on the bridge and the one address it may use."""
+    """A bridge member: a jail's host-side epair or a guest's tap, the one address it may
+    use and, for a jail, the MAC of its interface (pinned in the host's ARP table and the
+    bridge's forwarding table; docs/isolation.md "Layer 2 on the shared bridge")."""
 
     jail: str
     interface: str
     address: IPv4Address
+    mac: str = ""  # "" for a guest: vm-bhyve chooses it at `vm create`
+
+    @property
+    def pair(self) -> str:
+        """Its rc.conf static_arp pair name (rc.d/static_arp: static_arp_<pair>)."""
+        return f"warden_{self.jail}"
+
+
+def guest_tap(vm_name: str) -> str:
+    """The name vm-bhyve gives the guest's tap (`network0_name`, lib/vm-switch-standard
+    switch::standard::provision: `ifconfig tap create name NAME`), or "" when it would
+    not fit an interface name (15 characters, docs/freebsd.md#interface-name-length)."""
+    name = f"vm_{vm_name.removesuffix('vm')}"
+    return name if len(name) <= 15 else ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +119,7 @@ class Policy:
 
 def build_policy(
     *,
+    host: str,
     bridge: str,
     ext_if: str,
     agents: Sequence[Agent],
@@ -136,7 +154,15 @@ def build_policy(
                 # `invoke check` warns about the name (docs/freebsd.md#interface-name-length).
                 policy.unpinned.append(jail.name)
                 continue
-            policy.members.append(Member(jail.name, epair, jail.ip))
+            policy.members.append(Member(jail.name, epair, jail.ip, jail_mac(host, jail.name)))
+    for guest in sorted(guests, key=lambda g: g.name):
+        tap = guest_tap(guest.vm_name)
+        if guest.vm_ip is None:
+            continue
+        if not tap:
+            policy.unpinned.append(guest.vm_name)
+            continue
+        policy.members.append(Member(guest.vm_name, tap, guest.vm_ip))
     policy.members.sort(key=lambda m: m.address)
     # This host's processes: root everywhere, an agent to its own /24 and the LLM jails it shares.
     for agent in sorted(agents, key=lambda a: a.subnet):
@@ -224,3 +250,72 @@ def sysctl_changes(live: dict[str, str], lines: Sequence[str]) -> list[str]:
         if live.get(name) != value:
             out.append(line)
     return out
+
+
+# -- layer 2: the host's ARP table and the bridge's forwarding table -------------------------
+# docs/isolation.md "Layer 2 on the shared bridge"; output formats in
+# docs/freebsd.md#arp-and-the-bridges-forwarding-table.
+
+_MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+_IFNAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,14}")
+# arp.c print_entry: "? (IP) at MAC on IF permanent [bridge]" (or "expires in N seconds").
+_ARP_LINE = re.compile(r"\S+ \(([0-9.]+)\) at (\S+) on (\S+) (permanent|expires in -?\d+ seconds|expired)\b.*")
+# ifbridge.c bridge_addresses: "MAC Vlan1 MEMBER EXPIRE flags=1<STATIC>".
+_FDB_LINE = re.compile(r"(\S+) Vlan\d+ (\S+) \d+ flags=[0-9a-f]+<([A-Z,]*)>")
+
+
+def arp_entries(text: str) -> dict[str, tuple[str, str, bool]]:
+    """`arp -an` output: address -> (MAC, interface, permanent)."""
+    out = {}
+    for line in text.splitlines():
+        m = _ARP_LINE.fullmatch(line.strip())
+        if m:
+            out[m.group(1)] = (m.group(2), m.group(3), m.group(4) == "permanent")
+    return out
+
+
+def bridge_entries(text: str) -> dict[str, tuple[str, bool]]:
+    """`ifconfig BRIDGE addr` output: MAC -> (member, static)."""
+    out = {}
+    for line in text.splitlines():
+        m = _FDB_LINE.fullmatch(line.strip())
+        if m:
+            out[m.group(1)] = (m.group(2), "STATIC" in m.group(3).split(","))
+    return out
+
+
+def static_arp_pins(rc_conf: Iterable[tuple[str, str, str]]) -> dict[str, str]:
+    """address -> MAC from the `static_arp_warden_*` values set in rc.conf: (op, name, value) edits."""
+    pins = {}
+    for op, name, value in rc_conf:
+        if op == "set" and name.startswith("static_arp_warden_"):
+            address, _, mac = value.partition(" ")
+            pins[address] = mac
+    return pins
+
+
+def arp_pin_changes(
+    wanted: dict[str, str], before: dict[str, str], live: dict[str, tuple[str, str, bool]]
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(`arp -S` pairs, `arp -d` addresses) taking the live table to WANTED; BEFORE are the
+    pins the previous apply made, removed when no longer wanted (a removed jail)."""
+    add = [(a, mac) for a, mac in sorted(wanted.items()) if live.get(a, ("", "", False))[::2] != (mac, True)]
+    drop = [a for a in sorted(before) if a not in wanted and live.get(a, ("", "", False))[2]]
+    return add, drop
+
+
+def bridge_pin_changes(
+    wanted: Iterable[tuple[str, str]], interfaces: Iterable[str], live: dict[str, tuple[str, bool]]
+) -> list[tuple[str, str]]:
+    """(member, MAC) to pin with `ifconfig BRIDGE static`: each wanted pin whose member
+    exists now (an epair exists while its jail runs) and is not pinned there yet."""
+    present = set(interfaces)
+    return [(member, mac) for member, mac in wanted if member in present and live.get(mac) != (member, True)]
+
+
+def prestart_pin(bridge: str, member: str, mac: str) -> str:
+    """The jail.conf line that pins MAC to MEMBER at each start: jail(8) runs exec.prestart
+    after Bastille's lines have created the epair and added it to BRIDGE."""
+    if not (_IFNAME_RE.fullmatch(bridge) and _IFNAME_RE.fullmatch(member) and _MAC_RE.fullmatch(mac)):
+        raise ValueError(f"refusing a bridge pin {bridge!r} {member!r} {mac!r} in jail.conf")
+    return f'  exec.prestart += "ifconfig {bridge} static {member} {mac}";'

@@ -73,6 +73,9 @@ class GuestSpec:
     image_file: str = ""
     network: str = ""
     user_data: str = ""
+    # The tap vm-bhyve creates by this name at each start (network0_name), so that the
+    # anchor can pin the guest's address on it (docs/isolation.md); "" when it cannot.
+    tap: str = ""
 
 
 @dataclass

@@ -41,6 +41,8 @@ def probe_script(manifest: Manifest) -> str:
     return f"""set +f
 echo "=== interfaces ==="; ifconfig -l
 echo "=== bridge ==="; ifconfig {q(manifest.bridge)} 2>/dev/null || true
+echo "=== arp ==="; arp -an -i {q(manifest.bridge)} 2>/dev/null || true
+echo "=== bridgeaddr ==="; ifconfig {q(manifest.bridge)} addr 2>/dev/null || true
 echo "=== jails ==="
 for c in /usr/local/bastille/jails/*/jail.conf; do [ -f "$c" ] && basename "$(dirname "$c")"; done
 echo "=== jls ==="; jls name 2>/dev/null || true
@@ -87,6 +89,9 @@ class Probe:
     rctl: list[str] = field(default_factory=list)
     packages: list[str] = field(default_factory=list)
     bridge_sysctl: dict[str, str] = field(default_factory=dict)
+    # docs/isolation.md "Layer 2 on the shared bridge": `arp -an -i BRIDGE` and `ifconfig BRIDGE addr`
+    arp: str = ""
+    bridge_addr: str = ""
     complete: bool = True  # False when the output ended early (the script was cut off)
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,5 +136,7 @@ def parse_probe(text: str) -> Probe:
         rctl=[ln.strip() for ln in s.get("rctl", []) if ln.strip()],
         packages=[ln.strip() for ln in s.get("packages", []) if ln.strip()],
         bridge_sysctl=dict(ln.split(": ", 1) for ln in s.get("bridgesysctl", []) if ": " in ln),
+        arp=body.get("arp", ""),
+        bridge_addr=body.get("bridgeaddr", ""),
         complete="end" in s,
     )

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from .isolation import SYSCTLS
+from .isolation import SYSCTLS, guest_tap
 from .pf import Firewall, parse_ruleset
 from .pf.engine import TCP, UDP, Interface, addresses_of
 from .pf.topology import Host, Member, Outside
@@ -75,7 +75,7 @@ def build_host(
     sysctl: Mapping[str, int] | None = None,
 ) -> tuple[Host, list[Column], list[tuple[str, str, str | None]], list[str]]:
     """The modelled machine, its columns, its rows (name, origin, user) and the assumptions made."""
-    from .render import PF_ANCHOR, PF_ANCHOR_FILE, HostLayout
+    from .render import PF_ANCHOR, PF_ANCHOR_FILE, HostLayout, policy_of
 
     assert isinstance(layout, HostLayout)
     assumptions: list[str] = []
@@ -104,17 +104,20 @@ def build_host(
         for jail in agent.jails:
             if jail.ip in agent.subnet or jail.name not in owner:
                 owner[jail.name] = (agent, jail)
+    # The MACs and names the policy pins (isolation.py), as the network role sets them.
+    pinned = {m.jail: m for m in policy_of(layout).members}
     for name in sorted(owner, key=lambda n: owner[n][1].ip):
         agent, jail = owner[name]
         epair = f"e0a_{name}"
         ifaces[epair] = Interface(epair, (), frozenset({"epair"}))
         port = ROLE_PORTS[jail.role]
+        mac = pinned[name].mac if name in pinned else ""
         members.append(
-            Member(name, epair, layout.bridge, jail.ip, agent.subnet, agent.gateway, frozenset({(TCP, port)}))
+            Member(name, epair, layout.bridge, jail.ip, agent.subnet, agent.gateway, frozenset({(TCP, port)}), mac=mac)
         )
     for i, guest in enumerate(sorted(layout.guests, key=lambda g: g.name)):
         assert guest.vm_ip is not None and layout.vm_uplink is not None
-        tap = f"tap{i}"
+        tap = guest_tap(guest.vm_name) or f"tap{i}"
         ifaces[tap] = Interface(tap, (), frozenset({"tap"}))
         members.append(
             Member(
@@ -143,6 +146,9 @@ def build_host(
     values = {name: int(v) for name, v in SYSCTLS} if sysctl is None else dict(sysctl)
     bridges = {layout.bridge: [m.member for m in members]}
     host = Host(fw, bridges, ext_if, members, outside, listeners, values)
+    for m in members:
+        if m.mac:  # `arp -S` and `ifconfig BRIDGE static` (roles/warden_network, jail.conf)
+            host.pin(m.address, m.mac, m.member)
     columns = [Column(m.name, m.name, TCP, next(iter(m.listens))[1]) for m in members]
     columns.append(Column("sshd", "host", TCP, 22))
     columns.append(Column("sshd-ext", "host-ext", TCP, 22))

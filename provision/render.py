@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from .envfile import EnvFile
 from .escape import UnsafeValue, comment, register
 from .guestseed import image_name, image_source, network_arg, ssh_key, user_data
-from .isolation import Policy, build_policy, sysctl_lines
+from .isolation import Policy, build_policy, guest_tap, sysctl_lines
 from .limits import host_rules
 from .manifest import MANIFEST_RELPATH, FileEntry, GuestSpec, JailSpec, Manifest, RcEdit
 from .models import CONTROLLER_ONLY, Agent, Fleet, Host, jail_mac
@@ -318,7 +319,20 @@ def _rc_conf(layout: HostLayout) -> tuple[list[RcEdit], list[str]]:
         # rc.d/vm starts only the guests listed in vm_list (lib/vm-core core::startall).
         edits += [RcEdit("append", "vm_list", a.vm_name) for a in layout.guests]
     edits += [RcEdit("set", f"{a.name}_enable", "YES") for a in layout.agents]  # rcvar: docs/freebsd.md#rcd-scripts
+    # rc.d/static_arp (REQUIRE: netif, so after warden0 has its addresses) runs
+    # `arp -S $static_arp_<pair>` for each pair: each jail's address is pinned to its MAC
+    # in the host's ARP table at boot (docs/isolation.md "Layer 2 on the shared bridge").
+    for m in policy_of(layout).members:
+        if m.mac:
+            value = f"{m.address} {m.mac}"
+            if not STATIC_ARP_RE.fullmatch(value):
+                raise ValueError(f"refusing static ARP pair {value!r} for {m.jail}")
+            edits += [RcEdit("append", "static_arp_pairs", m.pair), RcEdit("set", f"static_arp_{m.pair}", value)]
     return edits, [f"ifconfig_{bridge}_alias"]
+
+
+# `arp -S ADDRESS MAC`: a dotted quad and six two-digit hex octets (arp.c set: ether_aton).
+STATIC_ARP_RE = re.compile(r"(?:[0-9]{1,3}\.){3}[0-9]{1,3} [0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 
 
 def _isolated(layout: HostLayout) -> list[str]:
@@ -332,6 +346,7 @@ def _isolated(layout: HostLayout) -> list[str]:
 def policy_of(layout: HostLayout) -> Policy:
     """The isolation policy of one machine (isolation.py): who may reach what there."""
     return build_policy(
+        host=layout.name,
         bridge=layout.bridge,
         ext_if=layout.ext_if or "",
         agents=layout.agents,
@@ -569,6 +584,7 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
                 f"{agent.vm_name}.home.arpa",  # docs/freebsd.md#clawdie-conventions: home.arpa
             ),
             user_data=seed,
+            tap=guest_tap(agent.vm_name),
         )
         guests.append(guest)
         files[seed] = (

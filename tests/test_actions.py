@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from provision.actions import (
     wanted_addresses,
 )
 from provision.hostfiles import edited_results
-from provision.isolation import sysctl_changes
+from provision.isolation import static_arp_pins, sysctl_changes
 from provision.limits import kernel_form
 from provision.manifest import LIVE_MANIFEST_PATH, Manifest
 from provision.probe import Probe, parse_probe, probe_script
@@ -45,8 +47,15 @@ def converged(m: Manifest, build: Path) -> tuple[dict[str, str | None], Probe]:
     from provision.actions import pf_hash
 
     live[PF_MARKER] = pf_hash(m, build, live["/etc/pf.conf"] or "")
+    pins = static_arp_pins((e.op, e.name, e.value) for e in m.rc_conf)
+    epairs = [f"e0a_{j.name}" for j in m.jails if len(f"e0a_{j.name}") <= 15]
     probe = Probe(
-        interfaces=["vtnet0", "lo0", m.bridge],
+        interfaces=["vtnet0", "lo0", m.bridge, *epairs],
+        # arp.c print_entry and ifbridge.c bridge_addresses, as the doubles print them
+        arp="\n".join(f"? ({a}) at {mac} on {m.bridge} permanent [bridge]" for a, mac in pins.items()),
+        bridge_addr="\n".join(
+            f"{j.mac} Vlan1 e0a_{j.name} 0 flags=1<STATIC>" for j in m.jails if len(f"e0a_{j.name}") <= 15
+        ),
         bridge_addresses=[w.split("/")[0] for w in wanted_addresses(m)],
         jails=[j.name for j in m.jails],
         running_jails=[j.name for j in m.jails],
@@ -77,7 +86,7 @@ def test_a_jail_created_but_not_set_up_is_set_up_again_and_the_marker_comes_last
     live[jail_marker_path("atlasdb")] = None  # a run stopped after `bastille create`
     acts = host_actions(m, build, live, probe)
     assert [a.unit for a in acts] == ["jail atlasdb"] * len(acts)
-    assert [a.kind for a in acts] == ["edit", "command", "command", "command", "command"]
+    assert [a.kind for a in acts] == ["edit", "edit", "command", "command", "command", "command"]
     assert argvs(acts) == [
         ("bastille", "config", "atlasdb", "set", "host.hostname", "atlasdb.atlas.home.arpa"),
         ("bastille", "config", "atlasdb", "set", "sysvshm", "new"),
@@ -85,7 +94,22 @@ def test_a_jail_created_but_not_set_up_is_set_up_again_and_the_marker_comes_last
         ("bastille", "template", "atlasdb", "warden/db"),
     ]
     assert acts[0].edit is not None and acts[0].edit.path == "/usr/local/bastille/jails/atlasdb/jail.conf"
-    assert [a.marker is not None for a in acts] == [False, False, False, False, True]
+    # the pin goes right after Bastille's addm line, once, however often the edit runs
+    pin = acts[1].edit
+    assert pin is not None
+    conf = (
+        "atlasdb {\n"
+        '  exec.prestart += "ifconfig epair0 create";\n'
+        '  exec.prestart += "ifconfig warden0 addm e0a_atlasdb";\n'
+        '  exec.prestart += "ifconfig e0a_atlasdb up name e0a_atlasdb";\n}\n'
+    )
+    once = re.sub(pin.pattern, pin.replacement, conf)
+    assert re.sub(pin.pattern, pin.replacement, once) == once
+    lines = once.splitlines()
+    jail = next(j for j in m.jails if j.name == "atlasdb")
+    assert lines[3] == f'  exec.prestart += "ifconfig warden0 static e0a_atlasdb {jail.mac}";'
+    assert lines[2].endswith('addm e0a_atlasdb";') and len(lines) == len(conf.splitlines()) + 1
+    assert [a.marker is not None for a in acts] == [False, False, False, False, False, True]
     assert acts[-1].marker is not None and acts[-1].marker.path == "/var/db/warden/jails/atlasdb.ready"
 
 
@@ -253,3 +277,36 @@ def test_probe_script_quotes_and_parses() -> None:
     assert p.bridge_sysctl == {"net.link.bridge.pfil_member": "1"} and p.complete
     assert not parse_probe(out.split("=== rctl")[0]).complete
     assert Probe.from_dict(p.to_dict()) == p
+
+
+def test_layer2_pins_are_set_from_live_state_and_a_removed_jails_pin_goes_before_its_gateway(
+    host: tuple[Manifest, Path],
+) -> None:
+    m, build = host
+    live, probe = converged(m, build)
+    first = m.jails[0]
+    address = next(
+        a for a, mac in static_arp_pins((e.op, e.name, e.value) for e in m.rc_conf).items() if mac == first.mac
+    )
+    unpinned = Probe(
+        **{
+            **probe.to_dict(),
+            "arp": "\n".join(ln for ln in probe.arp.splitlines() if f"({address})" not in ln),
+            "bridge_addr": "\n".join(ln for ln in probe.bridge_addr.splitlines() if first.mac not in ln),
+        }
+    )
+    acts = host_actions(m, build, live, unpinned, packages=["tmux"])
+    assert argvs(acts) == [
+        ("arp", "-S", address, first.mac),
+        ("ifconfig", m.bridge, "static", f"e0a_{first.name}", first.mac),
+    ]
+    assert [a.fail_stderr for a in acts] == ["cannot locate", ""]
+    # the previous apply pinned an address no jail has now: arp -d, before any gateway goes
+    gone = "10.0.200.3"
+    previous = json.loads(m.to_json())
+    previous["rc_conf"].append({"op": "set", "name": "static_arp_warden_gone", "value": f"{gone} 02:00:00:00:00:01"})
+    live[LIVE_MANIFEST_PATH] = json.dumps(previous)
+    stale = Probe(
+        **{**probe.to_dict(), "arp": probe.arp + f"\n? ({gone}) at 02:00:00:00:00:01 on {m.bridge} permanent [bridge]"}
+    )
+    assert argvs(host_actions(m, build, live, stale, packages=["tmux"])) == [("arp", "-d", gone)]

@@ -88,7 +88,8 @@ def mutating(calls: list[dict[str, object]]) -> list[tuple[object, tuple[str, ..
         cmd, argv = c["cmd"], tuple(str(a) for a in c["argv"])  # type: ignore[attr-defined]
         read_only = (
             cmd in ("freebsd-version", "kldstat", "jls", "nc")
-            or (cmd == "ifconfig" and len(argv) <= 1)
+            or (cmd == "ifconfig" and (len(argv) <= 1 or argv[1:] == ("addr",)))
+            or (cmd == "arp" and argv[:1] == ("-an",))
             or (cmd in ("sysctl", "sysrc") and "-n" in argv)
             or (cmd == "pfctl" and ("-n" in argv or "-s" in argv))
             or (cmd == "vm" and argv in (("list",), ("switch", "list")))
@@ -155,6 +156,15 @@ def test_converge_then_idempotent_then_check_diff_changes_nothing(registry: Regi
     state = testhost.state()
     assert state["interfaces"]["warden0"]["inet"] == ["10.0.1.1/24", "10.0.2.1/24"]
     assert state["services"]["atlas"]["running"] and state["pf"]["enabled"]
+    # layer 2 (docs/isolation.md): the jail's address pinned at boot (rc.d/static_arp) and now
+    # (arp -S), its MAC static on its epair now and at every start (exec.prestart)
+    assert "warden_atlascms" in values["static_arp_pairs"].split()
+    assert values["static_arp_warden_atlascms"] == f"10.0.1.3 {mac}"
+    assert state["arp"]["10.0.1.3"] == {"mac": mac, "iface": "warden0", "permanent": True}
+    assert state["interfaces"]["warden0"]["fdb"][mac] == {"member": "e0a_atlascms", "static": True}
+    conf = (root / "usr/local/bastille/jails/atlascms/jail.conf").read_text()
+    assert f'exec.prestart += "ifconfig warden0 static e0a_atlascms {mac}";' in conf
+    assert conf.index("addm e0a_atlascms") < conf.index("static e0a_atlascms")
 
     # second run: nothing to do
     before = len(testhost.calls())
@@ -197,6 +207,7 @@ def test_removing_an_agent_removes_what_the_tool_put_there(registry: Registry, t
     iris_env.write_text(iris_env.read_text() + "AGENT_MAXPROC=64\n")
     assert playbook(registry).returncode == 0
     assert testhost.state()["rctl"] == ["user:iris:maxproc:deny=64"]  # applied live (docs/freebsd.md#rctl)
+    assert testhost.state()["arp"]["10.0.2.3"]["permanent"]  # iriscms pinned (docs/isolation.md)
     assert "user:iris:maxproc:deny=64" in (testhost.root / "etc/rctl.conf").read_text()
     shutil.rmtree(registry.agents / "iris")
     guarded = playbook(registry, "-e", "warden_max_removals=0")  # 1 removal > 0: the guard stops it
@@ -215,6 +226,11 @@ def test_removing_an_agent_removes_what_the_tool_put_there(registry: Registry, t
     assert not state["services"]["iris"]["running"]
     assert state["rctl"] == [] and "iris" not in (testhost.root / "etc/rctl.conf").read_text()
     assert state["jails"]["iriscms"]["running"] is False  # stopped, kept
+    assert "10.0.2.3" not in state["arp"] and "static_arp_warden_iriscms" not in values  # unpinned
+    assert (
+        "warden_iriscms" not in values["static_arp_pairs"].split() and "warden_atlascms" in values["static_arp_pairs"]
+    )
+    assert not any(e["member"] == "e0a_iriscms" for e in state["interfaces"]["warden0"].get("fdb", {}).values())
     shutil.rmtree(registry.agents / "nova")
     assert playbook(registry, "-e", "warden_destroy_jails=true").returncode == 0
     assert "novacms" not in testhost.state()["jails"]

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from provision.inventory import load_inventory
-from provision.isolation import sysctl_changes, sysctl_conf_result, sysctl_lines
+from provision.isolation import (
+    arp_entries,
+    arp_pin_changes,
+    bridge_entries,
+    bridge_pin_changes,
+    sysctl_changes,
+    sysctl_conf_result,
+    sysctl_lines,
+)
 from provision.models import PolicyError, parse_host_ports
 
 from .conftest import Registry
@@ -46,3 +56,67 @@ def test_sysctl_block_goes_last_and_replaces_itself() -> None:
     assert sysctl_conf_result(once, sysctl_lines()) == once
     assert sysctl_conf_result(once, []) == operator + "\n"
     assert sysctl_changes({"net.link.bridge.pfil_member": "1"}, ["net.link.bridge.pfil_member=1", "a.b=1"]) == ["a.b=1"]
+
+
+# -- layer 2: what the network role and doctor read back (docs/freebsd.md#arp-and-the-bridges-forwarding-table)
+
+
+def test_layer2_pins_are_read_back_from_arp_and_ifconfig_as_the_doubles_print_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.doubles import freebsd as double
+
+    monkeypatch.setattr(double, "STATE_DIR", tmp_path)
+    jail, thief = "02:28:48:ce:11:2b", "02:00:00:00:00:99"
+    for argv in (
+        ["bridge", "create", "name", "warden0"],
+        ["warden0", "inet", "10.0.1.1/24"],
+        ["epair", "create", "name", "e0a_atlascms"],
+        ["epair", "create", "name", "e0a_other"],
+        ["warden0", "addm", "e0a_atlascms", "addm", "e0a_other"],
+    ):
+        assert double.ifconfig(argv) == 0
+    capsys.readouterr()
+    wanted = {"10.0.1.3": jail}
+    pins = [("e0a_atlascms", jail)]
+    interfaces = ["warden0", "e0a_atlascms", "e0a_other"]
+
+    def live() -> tuple[dict[str, tuple[str, str, bool]], dict[str, tuple[str, bool]]]:
+        capsys.readouterr()
+        double.arp(["-an", "-i", "warden0"])
+        arp_text = capsys.readouterr().out
+        double.ifconfig(["warden0", "addr"])
+        return arp_entries(arp_text), bridge_entries(capsys.readouterr().out)
+
+    arp, fdb = live()
+    assert arp["10.0.1.1"][1:] == ("warden0", True)  # the host's own address: permanent
+    assert arp_pin_changes(wanted, {}, arp) == ([("10.0.1.3", jail)], [])
+    assert bridge_pin_changes(pins, interfaces, fdb) == pins
+    assert double.arp(["-S", "10.0.1.3", jail]) == 0
+    assert double.ifconfig(["warden0", "static", "e0a_atlascms", jail]) == 0
+    arp, fdb = live()
+    assert arp["10.0.1.3"] == (jail, "warden0", True) and fdb[jail] == ("e0a_atlascms", True)
+    assert arp_pin_changes(wanted, {}, arp) == ([], []) and bridge_pin_changes(pins, interfaces, fdb) == []
+    # a static entry stays on its member (bridge_rtupdate); -S replaces an ARP entry
+    assert double.ifconfig(["warden0", "static", "e0a_other", jail]) == 0
+    assert double.arp(["-S", "10.0.1.3", thief]) == 0
+    arp, fdb = live()
+    assert fdb[jail] == ("e0a_atlascms", True) and arp_pin_changes(wanted, {}, arp) == ([("10.0.1.3", jail)], [])
+    # a removed jail's pin is dropped, and only a permanent one
+    assert arp_pin_changes({}, {"10.0.1.3": jail, "10.0.1.9": jail}, arp) == ([], ["10.0.1.3"])
+    # what they refuse, as arp.c and ifbridge.c do
+    # arp_netlink.c set_nl: an address on no connected network is refused with exit status 0
+    assert double.arp(["-S", "10.9.9.9", jail]) == 0
+    assert "arp: delete: cannot locate 10.9.9.9" in capsys.readouterr().err and "10.9.9.9" not in live()[0]
+    for call, argv, message in (
+        (double.arp, ["-S", "10.0.1.4", "02:zz"], "invalid Ethernet address '02:zz'"),
+        (double.arp, ["-d", "10.0.1.7"], "arp: delete 10.0.1.7: No such file or directory"),
+        (double.ifconfig, ["warden0", "static", "e0a_gone", jail], "BRDGSADDR e0a_gone: No such file or directory"),
+        (double.ifconfig, ["warden0", "deladdr", thief], "No such file or directory"),
+    ):
+        with pytest.raises(SystemExit):
+            call(argv)
+        assert message in capsys.readouterr().err
+    # the member's end takes its entries with it (bridge_delete_member, bridge_rtdelete)
+    assert double.ifconfig(["e0a_atlascms", "destroy"]) == 0
+    assert jail not in live()[1]

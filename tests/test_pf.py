@@ -122,6 +122,12 @@ def test_states_float_across_interfaces_unless_if_bound() -> None:
     assert not passes(f, p, "warden0", "out")  # other direction: another key (pf_find_state)
     g = fw("set state-policy if-bound\nblock all\npass in on e0a_a all\n")
     assert passes(g, p, "e0a_a") and not passes(g, p, "warden0")
+    # pf.conf(5) STATEFUL TRACKING OPTIONS: a rule's own `(if-bound)`/`(floating)` wins
+    # over the global policy (pf.c BOUND_IFACE)
+    h = fw("block all\npass in on e0a_a all keep state (if-bound)\n")
+    assert passes(h, p, "e0a_a") and not passes(h, p, "warden0")
+    k = fw("set state-policy if-bound\nblock all\npass in on e0a_a all keep state (floating, max 10)\n")
+    assert passes(k, p, "e0a_a") and passes(k, p, "warden0")
 
 
 def test_user_matches_local_sockets_and_unknown_forwarded() -> None:

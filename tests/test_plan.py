@@ -172,8 +172,19 @@ def test_one_more_agent_shows_exactly_that_agents_lines(registry: Registry, test
     }
     assert headers(out) == {f"added: {p}" for p in iris} | {f"changed: {p}" for p in changed}
     rc = section(out, "/etc/rc.conf")
-    assert diff_lines(rc, "+") == ['+ifconfig_warden0_alias0="inet 10.0.2.1/24"', '+iris_enable="YES"']
-    assert diff_lines(rc, "-") == []
+    plus = diff_lines(rc, "+")
+    assert [ln for ln in plus if not ln.startswith("+static_arp")] == [
+        '+ifconfig_warden0_alias0="inet 10.0.2.1/24"',
+        '+iris_enable="YES"',
+    ]
+    # iris's jails pinned at boot (docs/isolation.md): its pairs appended, one value each
+    roles = ("git", "cms", "ollama", "db")
+    pinned = {ln.split("=")[0]: ln for ln in plus if ln.startswith("+static_arp_warden_")}
+    assert set(pinned) == {f"+static_arp_warden_iris{r}" for r in roles}
+    assert all('="10.0.2.' in ln for ln in pinned.values())
+    (before,) = diff_lines(rc, "-")
+    (after,) = [ln for ln in plus if ln.startswith("+static_arp_pairs=")]
+    assert after.split('"')[1] == " ".join([before.split('"')[1], *(f"warden_iris{r}" for r in roles)])
     pf = section(out, "/etc/pf.warden.conf")
     assert diff_lines(pf, "+") and all("10.0.2." in ln or "iris" in ln for ln in diff_lines(pf, "+"))
     assert all("10.0.2." not in ln for ln in diff_lines(pf, "-"))  # only lines widened to take iris in

@@ -14,6 +14,7 @@ resolver there (udp 53); a LAN host (tcp 22); an internet host (tcp 443).
 
 from __future__ import annotations
 
+import shutil
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -195,3 +196,102 @@ def test_reach_command_prints_the_matrix(monkeypatch: pytest.MonkeyPatch, capsys
     assert " ".join(atlas) == ". . . Y Y Y Y - - - - - Y Y"
     with pytest.raises(cli.CommandError, match="bhyve guest"):
         cli.reach("novavm")
+
+
+# -- layer 2: ARP and the bridge's forwarding table (docs/isolation.md "Layer 2 on the shared bridge")
+
+
+def _unpin(host: object) -> None:
+    """The host as it is without warden's pins: every ARP and forwarding entry dynamic."""
+    from provision.pf.topology import Host
+
+    assert isinstance(host, Host)
+    host.arp = {}
+    host.fdb = {m.lladdr: (m.member, False) for m in host.members}
+
+
+def test_a_jail_answering_arp_for_another_agents_address_does_not_get_the_hosts_packets(
+    fbsd1: tuple[HostLayout, str],
+) -> None:
+    # root in atlascms answers ARP for hermescms's 10.0.0.3; ARP passes pf (bridge_pfil),
+    # and the host's own packets leave by bridge_output, unfiltered on the members.
+    layout, anchor = fbsd1
+    host, *_ = build_host(layout, DEFAULT_DENY, anchor)
+    victim = IPv4Address("10.0.0.3")
+    syn = Packet(TCP, IPv4Address("10.0.0.1"), victim, 40000, 80, 0x02)
+    trace: list[str] = []
+    host.arp_reply("atlascms", victim, trace)
+    assert "attempts to modify permanent entry for 10.0.0.3" in trace[0]
+    got = host.send("host", syn, "root", [])
+    assert got is not None and got[0] == "hermescms"
+    assert host.connect("host", "root", victim, 80)[0]
+    # Without the permanent entry the reply is believed and the SYN lands in atlascms.
+    _unpin(host)
+    host.arp_reply("atlascms", victim)
+    got = host.send("host", syn, "root", [])
+    assert got is not None and got[0] == "atlascms"
+
+
+def test_a_jail_sending_with_another_jails_mac_does_not_steal_its_frames(fbsd1: tuple[HostLayout, str]) -> None:
+    # atlascms sends a frame whose source is hermescms's MAC: the bridge would move that
+    # MAC to e0a_atlascms (bridge_rtupdate) and hand it the host's frames for hermescms.
+    layout, anchor = fbsd1
+    host, *_ = build_host(layout, DEFAULT_DENY, anchor)
+    victim = next(m for m in host.members if m.name == "hermescms")
+    assert victim.mac.startswith("02:")
+    host.learn("atlascms", victim.lladdr)
+    assert host.fdb[victim.lladdr] == ("e0a_hermescms", True)
+    syn = Packet(TCP, IPv4Address("10.0.0.1"), victim.address, 40000, 80, 0x02)
+    got = host.send("host", syn, "root", [])
+    assert got is not None and got[0] == "hermescms"
+    assert host.connect("hermesgit", None, victim.address, 80)[0]
+    _unpin(host)
+    host.learn("atlascms", victim.lladdr)
+    got = host.send("host", syn, "root", [])
+    assert got is not None and got[0] == "atlascms"  # what the pins prevent
+    # hermes's own jail-to-jail traffic goes there too: the state its first packet made on
+    # e0a_hermesgit floats, so `out on e0a_atlascms` matches that state before any rule.
+    host.firewall.states.clear()
+    hello = Packet(TCP, IPv4Address("10.0.0.2"), victim.address, 40000, 80, 0x02)
+    got = host.send("hermesgit", hello, None, [])
+    assert got is not None and got[0] == "atlascms"
+
+
+def _guest_env(name: str, subnet: str, vm_ip: str) -> str:
+    return (
+        (EXAMPLE / "agents/nova/.env")
+        .read_text()
+        .replace("nova", name)
+        .replace("Nova", name.title())
+        .replace("10.1.0", subnet)
+        .replace("10.255.0.10", vm_ip)
+    )
+
+
+def test_a_guest_forging_a_linked_guests_uplink_address_is_dropped(tmp_path: Path) -> None:
+    # fbsd2 carries three guests: nova and orion are linked, vega is not.  vega forges
+    # orion's uplink address to reach nova, whose own anchor lets orion in.
+    from provision.render import _env, render_layout
+
+    shutil.copytree(EXAMPLE, tmp_path / "fleet")
+    agents = tmp_path / "fleet/agents"
+    for name, subnet, ip in (("orion", "10.2.0", "10.255.0.11"), ("vega", "10.3.0", "10.255.0.12")):
+        (agents / name).mkdir()
+        (agents / name / ".env").write_text(_guest_env(name, subnet, ip))
+    inv = tmp_path / "fleet/inventory/hosts.yml"
+    text = inv.read_text().replace("          warden_pool: 10.1.0.0/16\n", "          warden_pool: 10.0.0.0/8\n")
+    text = text.replace("        fbsd2:\n", "        fbsd2:\n          warden_agent_links: [[nova, orion]]\n")
+    inv.write_text(text)
+    hosts, problems = load_inventory(inv)
+    assert not problems, problems
+    fleet = load_fleet(agents, hosts)
+    layout = next(lay for lay in layouts(fleet) if lay.name == "fbsd2")
+    _, files = render_layout(layout, _env())
+    host, *_ = build_host(layout, "", files["/etc/pf.warden.conf"][0])
+    nova = IPv4Address("10.255.0.10")
+    assert host.connect("orionvm", None, nova, 22)[0]  # linked
+    assert not host.connect("vegavm", None, nova, 22)[0]  # not linked
+    forged = Packet(TCP, IPv4Address("10.255.0.11"), nova, 40000, 22, 0x02)
+    trace: list[str] = []
+    assert host.send("vegavm", forged, None, trace) is None
+    assert trace[0].startswith("in on vm_vega: BLOCK"), trace

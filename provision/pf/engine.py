@@ -297,7 +297,8 @@ class Firewall:
             else:
                 passed, reason, where = rule.kind == "pass", rule.text, rule.where
         if passed and ((rule is not None and rule.keep_state) or translated):
-            kif = None if self.ruleset.state_policy == "floating" else ifname
+            policy = (rule.state_policy if rule is not None else None) or self.ruleset.state_policy
+            kif = None if policy == "floating" else ifname
             if direction == "in":
                 wire, stack = self._key(original, "in"), self._key(p, "in")
             else:

@@ -179,6 +179,9 @@ class Rule:
     user: UserOp | None = None
     flags: tuple[int, int] | None = None  # (set, mask) a packet's TCP flags must show
     keep_state: bool = False
+    # pf.conf(5) STATEFUL TRACKING OPTIONS `if-bound`/`floating`: this rule's states, over
+    # `set state-policy` (pf.c BOUND_IFACE: PFRULE_IFBOUND binds the state to the interface)
+    state_policy: Literal["floating", "if-bound"] | None = None
     icmp_type: int | None = None
     tag: str | None = None
     tagged: str | None = None
@@ -544,6 +547,7 @@ def _filter_rule(s: _Stream, text: str, where: str) -> list[Rule]:
         s.accept("drop", "return", "return-rst", "return-icmp", "return-icmp6")
     _head(s, c)
     keep: bool | None = None
+    state_policy: Literal["floating", "if-bound"] | None = None
     flags: tuple[int, int] | Literal["unset"] | None = "unset"
     icmp_types: list[int | None] = [None]
     tag = tagged = None
@@ -576,6 +580,10 @@ def _filter_rule(s: _Stream, text: str, where: str) -> list[Rule]:
                 while True:
                     t = s.take()
                     depth += (t == "(") - (t == ")")
+                    if t == "if-bound":
+                        state_policy = "if-bound"
+                    elif t == "floating":
+                        state_policy = "floating"
                     if depth == 0:
                         break
         elif tok == "no":
@@ -607,6 +615,7 @@ def _filter_rule(s: _Stream, text: str, where: str) -> list[Rule]:
         text,
         where,
         keep_state=stateful,
+        state_policy=state_policy,
         flags=flags,
         tag=tag,
         tagged=tagged,

@@ -14,6 +14,16 @@ Where the hooks are (freebsd-src sys/net/if_bridge.c, sys/netinet ip_input/ip_ou
   member with no further filtering;
 * packets from outside arrive through ip_input on the external interface.
 
+Layer 2 (docs/freebsd.md#arp-and-the-bridges-forwarding-table): the host finds a
+member's MAC in its ARP table (sys/netinet/if_ether.c) and the bridge finds the member
+behind a MAC in its forwarding table (sys/net/if_bridge.c).  Both learn: a dynamic ARP
+entry takes the MAC of the latest reply for its address (in_arpinput →
+arp_check_update_lle), a dynamic forwarding entry moves to the member a frame with that
+source MAC last came in by (bridge_input → bridge_rtupdate); a static entry of either
+never changes (LLE_STATIC: "attempts to modify permanent entry"; IFBAF_STATIC is not
+IFBAF_DYNAMIC, so bridge_rtupdate leaves brt_dst alone).  A MAC the bridge does not know
+is flooded to every member (bridge_output → bridge_broadcast).
+
 Endpoints are the host itself (a local process of some user, or a listening socket),
 bridge members (jails, bhyve guests) with their address and gateway, and machines behind
 an interface (the management LAN, the internet).  `connect` plays a TCP handshake (SYN,
@@ -50,6 +60,11 @@ class Member:
     gateway: IPv4Address
     listens: frozenset[tuple[int, int]] = frozenset()  # (proto, port)
     private: bool = False  # ifconfig BRIDGE private MEMBER (bridge_forward IFBIF_PRIVATE)
+    mac: str = ""  # the MAC of its own interface (the jail's e0b end, the guest's NIC)
+
+    @property
+    def lladdr(self) -> str:
+        return self.mac or f"mac-of-{self.name}"
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,66 @@ class Host:
     outside: list[Outside] = field(default_factory=list)
     listeners: Mapping[tuple[int, int], str] = field(default_factory=dict)  # (proto, port) -> user
     sysctl: Mapping[str, int] = field(default_factory=lambda: dict(BRIDGE_SYSCTL_DEFAULTS))
+    # The host's ARP table on its bridges: address -> (MAC, static) (`arp -an`).
+    arp: dict[IPv4Address, tuple[str, bool]] = field(default_factory=dict)
+    # Each bridge's forwarding table: MAC -> (member interface, static) (`ifconfig BRIDGE addr`).
+    fdb: dict[str, tuple[str, bool]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Every member has spoken once with its own MAC: the bridge learned it (dynamic).
+        for m in self.members:
+            self.fdb.setdefault(m.lladdr, (m.member, False))
+
+    # -- layer 2 ---------------------------------------------------------------------
+    def pin(self, address: IPv4Address, mac: str, member: str) -> None:
+        """`arp -S ADDRESS MAC` and `ifconfig BRIDGE static MEMBER MAC`: both entries static."""
+        self.arp[address] = (mac, True)
+        self.fdb[mac] = (member, True)
+
+    def arp_reply(self, origin: str, address: IPv4Address, trace: list[str] | None = None) -> None:
+        """ORIGIN (a member) sends the host an ARP reply: ADDRESS is at ORIGIN's MAC.
+
+        bridge_pfil passes ARP without asking pf; the frame's source MAC is learned first
+        (bridge_input), then in_arpinput creates an entry for a reply to one of the host's
+        addresses, updates a dynamic one, and leaves a static one as it is."""
+        m = self._member(origin)
+        self.learn(origin, m.lladdr)
+        old = self.arp.get(address)
+        if old is not None and old[1]:
+            if trace is not None:
+                trace.append(f"arp: {m.lladdr} attempts to modify permanent entry for {address}")
+            return
+        self.arp[address] = (m.lladdr, False)
+
+    def learn(self, origin: str, src_mac: str) -> None:
+        """A frame with source SRC_MAC comes in by ORIGIN's member (bridge_input → bridge_rtupdate)."""
+        m = self._member(origin)
+        old = self.fdb.get(src_mac)
+        if old is None or not old[1]:
+            self.fdb[src_mac] = (m.member, False)
+
+    def _member(self, name: str) -> Member:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise ValueError(f"unknown member {name}")
+
+    def _by_port(self, bridge: str, mac: str) -> list[Member]:
+        """Who receives a frame for MAC on BRIDGE: the member its forwarding entry names,
+        else (unknown MAC: flooded) the member whose own MAC it is."""
+        entry = self.fdb.get(mac)
+        if entry is not None:
+            return [m for m in self.members if m.bridge == bridge and m.member == entry[0]]
+        return [m for m in self.members if m.bridge == bridge and m.lladdr == mac]
+
+    def _resolve(self, address: IPv4Address) -> str | None:
+        """The host's ARP lookup: its entry, else a request whose owner answers (dynamic)."""
+        if address not in self.arp:
+            owner = next((m for m in self.members if m.address == address), None)
+            if owner is None:
+                return None
+            self.arp[address] = (owner.lladdr, False)
+        return self.arp[address][0]
 
     # -- facts -----------------------------------------------------------------------
     def addresses(self) -> list[IPv4Address]:
@@ -113,14 +188,18 @@ class Host:
         return None if r is None else self._link_output(r, out_if, trace)
 
     def _link_output(self, p: Packet, ifname: str, trace: list[str]) -> tuple[str, Packet] | None:
-        """After ip_output: a bridge hands the frame to the member owning the address with
-        no pfil (bridge_output, bridge_enqueue); other interfaces reach what is behind them."""
+        """After ip_output: the host's ARP entry names a MAC, the bridge's forwarding entry the
+        member, which gets the frame with no pfil (bridge_output, bridge_enqueue); other
+        interfaces reach what is behind them."""
         if ifname in self.bridges:
-            for m in self.members:
-                if m.bridge == ifname and m.address == p.dst:
-                    return m.name, p
-            trace.append(f"no neighbour {p.dst} on {ifname}")
-            return None
+            mac = self._resolve(p.dst) if isinstance(p.dst, IPv4Address) else None
+            to = self._by_port(ifname, mac) if mac is not None else []
+            if not to:
+                trace.append(f"no neighbour {p.dst} on {ifname}")
+                return None
+            if to[0].address != p.dst:
+                trace.append(f"{p.dst} resolves to {mac}, on {to[0].member}")
+            return to[0].name, p
         for o in self.outside:
             if o.interface == ifname and o.address == p.dst:
                 return o.name, p
@@ -142,19 +221,29 @@ class Host:
                     return None
                 p = q
             return self._host_input(p, m.bridge, local_user, trace)
-        for d in self.members:
-            if d.bridge == m.bridge and d.address == next_hop and d is not m:
-                if m.private and d.private:
-                    trace.append("bridge: private members do not talk to each other")
-                    return None
-                fwd: Packet | None = p
-                member, bridge = self._sys("pfil_member"), self._sys("pfil_bridge")
-                steps = [(m.member, "in", member), (m.bridge, "in", bridge), (m.bridge, "out", bridge)]
-                steps.append((d.member, "out", member))
-                for ifname, direction, on in steps:
-                    if on and fwd is not None:
-                        fwd = self._hook(fwd, ifname, direction, trace)
-                return None if fwd is None else (d.name, fwd)
+        for owner in self.members:
+            if owner.bridge != m.bridge or owner.address != next_hop or owner is m:
+                continue
+            # The frame goes to the owner's MAC, and the bridge to whichever member its
+            # forwarding entry for that MAC names (bridge_forward → bridge_rtlookup).
+            ports = self._by_port(m.bridge, owner.lladdr)
+            if not ports:
+                break
+            d = ports[0]
+            if d is m:
+                trace.append(f"bridge: {owner.lladdr} is on the sending member")
+                return None
+            if m.private and d.private:
+                trace.append("bridge: private members do not talk to each other")
+                return None
+            fwd: Packet | None = p
+            member, bridge = self._sys("pfil_member"), self._sys("pfil_bridge")
+            steps = [(m.member, "in", member), (m.bridge, "in", bridge), (m.bridge, "out", bridge)]
+            steps.append((d.member, "out", member))
+            for ifname, direction, on in steps:
+                if on and fwd is not None:
+                    fwd = self._hook(fwd, ifname, direction, trace)
+            return None if fwd is None else (d.name, fwd)
         trace.append(f"no neighbour {next_hop} on {m.bridge}")
         return None
 

@@ -2,7 +2,7 @@
 """Test doubles for the FreeBSD commands warden-provision runs on a host.
 
 Installed inside the test host's root tree at the FreeBSD paths (sysrc, pfctl,
-ifconfig, service, bastille, vm, pkg, jls, sysctl, kldload, kldstat, rctl, daemon, install,
+arp, ifconfig, service, bastille, vm, pkg, jls, sysctl, kldload, kldstat, rctl, daemon, install,
 freebsd-version), one file dispatching on the name it is called by.  Every call is
 appended to /var/log/warden-doubles.jsonl; state lives in /var/db/warden-doubles/.
 Each behaviour cites the upstream file and function it follows (freebsd-src
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -503,68 +504,125 @@ def _mask(prefix: int) -> str:
 
 def ifconfig(argv: list[str]) -> int:
     with State() as st:
-        ifs: dict[str, Any] = st["interfaces"]
-        if not argv:
-            for name in sorted(ifs):
-                _show(name, ifs[name])
-            return 0
-        if argv == ["-l"]:
-            print(" ".join(sorted(ifs)))
-            return 0
-        if argv[:2] == ["-g", "bridge"]:
-            print("\n".join(n for n in sorted(ifs) if ifs[n]["bridge"]))
-            return 0
-        name, rest = argv[0], argv[1:]
-        if rest[:1] == ["create"] and name in ("bridge", "epair"):
-            n = 0
-            while f"{name}{n}" in ifs or f"{name}{n}a" in ifs:
-                n += 1
-            new = f"{name}{n}" if name == "bridge" else f"epair{n}a"
-            ifs[new] = {"inet": [], "up": False, "members": [], "bridge": name == "bridge"}
-            if name == "epair":
-                ifs[f"epair{n}b"] = {"inet": [], "up": False, "members": [], "bridge": False}
-            rest = rest[1:]
-            if rest[:1] == ["name"]:
-                return _rename(ifs, new, rest[1])
-            print(new)
-            return 0
-        if name not in ifs:
-            die(f"ifconfig: interface {name} does not exist", 1)
-        if not rest:
+        return _ifconfig(st, argv)
+
+
+def _ifconfig(st: dict[str, Any], argv: list[str]) -> int:
+    ifs: dict[str, Any] = st["interfaces"]
+    if not argv:
+        for name in sorted(ifs):
             _show(name, ifs[name])
+        return 0
+    if argv == ["-l"]:
+        print(" ".join(sorted(ifs)))
+        return 0
+    if argv[:2] == ["-g", "bridge"]:
+        print("\n".join(n for n in sorted(ifs) if ifs[n]["bridge"]))
+        return 0
+    name, rest = argv[0], argv[1:]
+    if rest[:1] == ["create"] and name in ("bridge", "epair"):
+        n = 0
+        while f"{name}{n}" in ifs or f"{name}{n}a" in ifs:
+            n += 1
+        new = f"{name}{n}" if name == "bridge" else f"epair{n}a"
+        ifs[new] = {"inet": [], "up": False, "members": [], "bridge": name == "bridge"}
+        if name == "epair":
+            ifs[f"epair{n}b"] = {"inet": [], "up": False, "members": [], "bridge": False}
+        rest = rest[1:]
+        if rest[:1] == ["name"]:
+            return _rename(ifs, new, rest[1])
+        print(new)
+        return 0
+    if name not in ifs:
+        die(f"ifconfig: interface {name} does not exist", 1)
+    if not rest:
+        _show(name, ifs[name])
+        return 0
+    while rest:
+        word = rest.pop(0)
+        if word == "name":
+            return _rename(ifs, name, rest.pop(0))
+        if word == "destroy":
+            del ifs[name]
+            # bridge_ifdetach → bridge_delete_member → bridge_rtdelete(…, IFBF_FLUSHALL):
+            # the member leaves the bridge with every forwarding entry on it, static ones too
+            # (docs/freebsd.md#arp-and-the-bridges-forwarding-table).
+            for other in ifs.values():
+                if name in other["members"]:
+                    other["members"].remove(name)
+                fdb = other.get("fdb", {})
+                for mac in [m for m, e in fdb.items() if e["member"] == name]:
+                    del fdb[mac]
             return 0
-        while rest:
-            word = rest.pop(0)
-            if word == "name":
-                return _rename(ifs, name, rest.pop(0))
-            if word == "destroy":
-                del ifs[name]
-                return 0
-            if word == "up":
-                ifs[name]["up"] = True
-            elif word == "down":
-                ifs[name]["up"] = False
-            elif word == "addm":
-                ifs[name]["members"].append(rest.pop(0))
-            elif word == "deletem":
-                member = rest.pop(0)
-                ifs[name]["members"] = [m for m in ifs[name]["members"] if m != member]
-            elif word == "inet":
-                addr = rest.pop(0)
-                flag = rest.pop(0) if rest and rest[0] in ("alias", "-alias", "delete") else "set"
-                if flag in ("-alias", "delete"):
-                    ifs[name]["inet"] = [a for a in ifs[name]["inet"] if a.split("/")[0] != addr.split("/")[0]]
-                elif flag == "alias":
-                    if addr.split("/")[0] in [a.split("/")[0] for a in ifs[name]["inet"]]:
-                        die("ifconfig: ioctl (SIOCAIFADDR): File exists", 1)
-                    ifs[name]["inet"].append(addr)
-                else:
-                    ifs[name]["inet"] = [addr, *ifs[name]["inet"][1:]]
-            elif word == "ether":
-                ifs[name]["ether"] = rest.pop(0)
+        if word == "up":
+            ifs[name]["up"] = True
+        elif word == "down":
+            ifs[name]["up"] = False
+        elif word == "addm":
+            ifs[name]["members"].append(rest.pop(0))
+        elif word == "deletem":
+            member = rest.pop(0)
+            ifs[name]["members"] = [m for m in ifs[name]["members"] if m != member]
+        elif word == "inet":
+            addr = rest.pop(0)
+            flag = rest.pop(0) if rest and rest[0] in ("alias", "-alias", "delete") else "set"
+            if flag in ("-alias", "delete"):
+                ifs[name]["inet"] = [a for a in ifs[name]["inet"] if a.split("/")[0] != addr.split("/")[0]]
+            elif flag == "alias":
+                if addr.split("/")[0] in [a.split("/")[0] for a in ifs[name]["inet"]]:
+                    die("ifconfig: ioctl (SIOCAIFADDR): File exists", 1)
+                ifs[name]["inet"].append(addr)
             else:
-                die(f"ifconfig: {word}: bad value", 1)
+                ifs[name]["inet"] = [addr, *ifs[name]["inet"][1:]]
+        elif word == "ether":
+            ifs[name]["ether"] = rest.pop(0)
+        elif word in ("static", "deladdr", "addr") and ifs[name]["bridge"]:
+            _bridge_addr(ifs[name], word, rest)
+        else:
+            die(f"ifconfig: {word}: bad value", 1)
     return 0
+
+
+def _ether_aton(text: str) -> str | None:
+    """libc ether_aton: six hex fields split by ':' (sscanf %x), None otherwise; the
+    address as ether_ntoa prints it (%02x each)."""
+    parts = text.split(":")
+    if len(parts) != 6 or not all(re.fullmatch(r"[0-9A-Fa-f]{1,2}", p) for p in parts):
+        return None
+    return ":".join(f"{int(p, 16):02x}" for p in parts)
+
+
+def _bridge_addr(bridge: dict[str, Any], word: str, rest: list[str]) -> None:
+    """ifconfig BRIDGE static MEMBER MAC / deladdr MAC / addr (sbin/ifconfig/ifbridge.c
+    setbridge_static, setbridge_deladdr, bridge_addresses; sys/net/if_bridge.c
+    bridge_ioctl_saddr, bridge_rtupdate, bridge_rtdaddr; docs/freebsd.md#arp-and-the-bridges-forwarding-table)."""
+    fdb: dict[str, Any] = bridge.setdefault("fdb", {})
+    if word == "addr":
+        # "%s Vlan%d %s %lu " then printb("flags", …, IFBAFBITS); a static entry never expires.
+        for mac, e in sorted(fdb.items()):
+            flags = "flags=1<STATIC>" if e["static"] else "flags=0<>"
+            print(f"{mac} Vlan1 {e['member']} {0 if e['static'] else 1200} {flags}")
+        return
+    if word == "deladdr":
+        text = rest.pop(0)
+        gone = _ether_aton(text)
+        if gone is None:
+            die(f"ifconfig: invalid address: {text}", 1)
+        if gone not in fdb:
+            die(f"ifconfig: BRDGDADDR {text}: No such file or directory", 1)  # bridge_rtdaddr: ENOENT
+        del fdb[gone]
+        return
+    member, text = rest.pop(0), rest.pop(0)
+    lladdr = _ether_aton(text)
+    if lladdr is None:
+        die(f"ifconfig: {member}: invalid address: {text}", 1)
+    if member not in bridge["members"]:
+        die(f"ifconfig: BRDGSADDR {member}: No such file or directory", 1)  # bridge_lookup_member: ENOENT
+    old = fdb.get(lladdr)
+    # bridge_rtupdate: an existing entry moves to MEMBER only while it is dynamic; then
+    # the flags are set (IFBAF_STATIC). A static entry on another member stays there.
+    where = member if old is None or not old["static"] else old["member"]
+    fdb[lladdr] = {"member": where, "static": True}
 
 
 def _rename(ifs: dict[str, Any], old: str, new: str) -> int:
@@ -585,6 +643,107 @@ def _show(name: str, i: dict[str, Any]) -> None:
         print(f"\tinet {ip} netmask {_mask(int(prefix or 32))}")
     for m in i["members"]:
         print(f"\tmember: {m} flags=143<LEARNING,DISCOVER,AUTOEDGE,AUTOPTP>")
+
+
+# -- arp (usr.sbin/arp/arp.c; docs/freebsd.md#arp-and-the-bridges-forwarding-table) ------------
+
+
+def _arp_usage() -> NoReturn:
+    print(
+        "usage: arp [-n] [-i interface] hostname\n       arp [-n] [-i interface] -a\n"
+        "       arp -d hostname [pub]\n       arp -d [-i interface] -a\n"
+        "       arp -s hostname ether_addr [temp] [reject | blackhole] [pub [only]]\n"
+        "       arp -S hostname ether_addr [temp] [reject | blackhole] [pub [only]]\n"
+        "       arp -f filename",
+        file=sys.stderr,
+    )
+    sys.exit(1)
+
+
+def _arp_iface(ifs: dict[str, Any], ip: str) -> str | None:
+    """The interface whose connected network holds IP (arp_netlink.c fix_ifindex; 0 when none)."""
+    addr = ipaddress.IPv4Address(ip)
+    for name in sorted(ifs):
+        for a in ifs[name]["inet"]:
+            if name != "lo0" and addr in ipaddress.IPv4Interface(a).network:
+                return name
+    return None
+
+
+def _arp_mac_of(name: str, i: dict[str, Any]) -> str:
+    d = hashlib.sha256(name.encode()).hexdigest()
+    return str(i.get("ether") or f"58:9c:fc:{d[0:2]}:{d[2:4]}:{d[4:6]}")
+
+
+def arp(argv: list[str]) -> int:
+    """-a/-n/-i list, -s/-S set (F_SET; F_REPLACE deletes first), -d delete."""
+    flags: set[str] = set()
+    iface = None
+    args = list(argv)
+    while args and args[0].startswith("-") and len(args[0]) > 1:
+        word = args.pop(0)
+        for i, letter in enumerate(word[1:]):
+            if letter == "i":
+                iface = word[i + 2 :] or (args.pop(0) if args else _arp_usage())
+                break
+            if letter not in "adnsS":
+                _arp_usage()
+            flags.add(letter)
+    with State() as st:
+        ifs: dict[str, Any] = st["interfaces"]
+        table: dict[str, Any] = st.setdefault("arp", {})
+        if iface is not None and iface not in ifs:
+            die(f"arp: interface {iface} does not exist", 1)
+        if "a" in flags and not flags & {"s", "S", "d"}:
+            if args:
+                _arp_usage()
+            # Interface addresses are permanent entries too (if_ether.c arp_add_ifa_lle:
+            # LLE_IFADDR | LLE_STATIC); print_entry: "? (IP) at MAC on IF permanent [type]".
+            rows = [
+                (a.split("/")[0], _arp_mac_of(n, i), n, True) for n, i in ifs.items() for a in i["inet"] if n != "lo0"
+            ]
+            rows += [(ip, e["mac"], e["iface"], e["permanent"]) for ip, e in table.items()]
+            for ip, mac, name, permanent in sorted(rows, key=lambda r: ipaddress.IPv4Address(r[0])):
+                if iface is not None and name != iface:
+                    continue
+                kind = "bridge" if ifs.get(name, {}).get("bridge") else "ethernet"
+                life = "permanent" if permanent else "expires in 1200 seconds"
+                print(f"? ({ip}) at {mac} on {name} {life} [{kind}]")
+            return 0
+        # FreeBSD 14 and later build arp with netlink (arp_netlink.c): an address on no
+        # connected network is "delete: cannot locate HOST" with exit status 0, for -s/-S
+        # as for -d; a set creates or replaces (NLM_F_CREATE | NLM_F_REPLACE).
+        if "d" in flags:
+            if len(args) != 1:
+                _arp_usage()
+            if _arp_iface(ifs, args[0]) is None:
+                print(f"arp: delete: cannot locate {args[0]}", file=sys.stderr)
+                return 0
+            if args[0] not in table:
+                die(f"arp: delete {args[0]}: No such file or directory", 1)
+            del table[args[0]]
+            print(f"{args[0]} ({args[0]}) deleted")
+            return 0
+        if flags & {"s", "S"}:
+            if not 2 <= len(args) <= 6:
+                _arp_usage()
+            host, text = args[0], args[1]
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                die(f"arp: {host}: Unknown host", 1)  # getaddr: inet_addr, then gethostbyname
+            dev = _arp_iface(ifs, host)
+            if "S" in flags and dev is not None:
+                table.pop(host, None)  # F_REPLACE: delete(argv[0]) first, its failure ignored
+            lladdr = _ether_aton(text)
+            if lladdr is None:
+                die(f"arp: invalid Ethernet address '{text}'", 1)
+            if dev is None:
+                print(f"arp: delete: cannot locate {host}", file=sys.stderr)
+                return 0
+            table[host] = {"mac": lladdr, "iface": dev, "permanent": True}
+            return 0
+        _arp_usage()
 
 
 # -- service (rc.subr run_rc_command; rc.d/pf) --------------------------------------------
@@ -821,8 +980,42 @@ def _jail_conf_params(name: str) -> dict[str, str]:
     return out
 
 
+def _jail_exec_lines(name: str, hook: str) -> list[list[str]]:
+    """The `exec.HOOK += "ifconfig …";` commands of the jail's jail.conf, in order."""
+    conf = BASTILLE / "jails" / name / "jail.conf"
+    out = []
+    for line in conf.read_text().splitlines() if conf.exists() else []:
+        m = re.match(rf'^\s*exec\.{hook}\s*\+=\s*"(ifconfig [^"$]*)";\s*$', line)
+        if m:
+            out.append(m.group(1).split()[1:])
+    return out
+
+
+def _jail_epair(st: dict[str, Any], name: str, up: bool) -> None:
+    """jail(8) runs exec.prestart before a start and exec.poststop after a stop: Bastille's
+    lines create the epair, add e0a_NAME to the bridge (and with our line pin the jail's
+    MAC there), and destroy it (docs/freebsd.md#bastille-vnet-jails)."""
+    epair = f"e0a_{name}"
+    if not st["jails"][name].get("interface") or len(epair) > 15:
+        return
+    ifs = st["interfaces"]
+    if not up:
+        for argv in _jail_exec_lines(name, "poststop"):
+            if argv[0] in ifs:
+                _ifconfig(st, argv)
+        return
+    for end in (epair, epair.replace("e0a", "e0b")):
+        ifs.setdefault(end, {"inet": [], "up": True, "members": [], "bridge": False})
+    for argv in _jail_exec_lines(name, "prestart"):
+        _ifconfig(st, argv)
+
+
 def _jail_set_running(st: dict[str, Any], name: str, running: bool) -> None:
     jail = st["jails"][name]
+    if jail.get("running"):
+        _jail_epair(st, name, False)
+    if running:
+        _jail_epair(st, name, True)
     jail["running"] = running
     # jail(8) reads jail.conf at start: parameters set later apply at the next (re)start.
     jail["params"] = _jail_conf_params(name) if running else {}
@@ -2160,6 +2353,7 @@ def freebsd_version(argv: list[str]) -> int:
 
 
 COMMANDS = {
+    "arp": arp,
     "sysrc": sysrc,
     "pfctl": pfctl,
     "ifconfig": ifconfig,
@@ -2182,6 +2376,7 @@ COMMANDS = {
 }
 
 PATHS = {
+    "arp": "/usr/sbin/arp",
     "sysrc": "/usr/sbin/sysrc",
     "pfctl": "/sbin/pfctl",
     "ifconfig": "/sbin/ifconfig",
