@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 def setup(reg: Registry, host: TestHost, names: tuple[str, ...] = ("atlas", "iris"), jails: str | None = None) -> None:
     """An inventory for HOST and agents NAMES; JAILS (e.g. "cms") trims each agent's jails
     where a test is not about them: every new jail costs five commands on the host."""
-    inventory = {"all": {"hosts": {"fbsd1": {"warden_ext_if": "vtnet0", **host.ansible_vars()}}}}
+    inventory = {"warden_hosts": {"hosts": {"fbsd1": {"warden_ext_if": "vtnet0", **host.ansible_vars()}}}}
     reg.inventory.write_text(yaml.safe_dump(inventory))
     for i, name in enumerate(names, start=1):
         add(reg, name, i, jails)
@@ -280,7 +280,7 @@ def test_tags_and_one_agent_runs(registry: Registry, testhost: TestHost) -> None
     setup(registry, testhost)
     # The operator's own inventory may use `agent` and `destroy_jails`: they must not collide.
     inventory = yaml.safe_load(registry.inventory.read_text())
-    inventory["all"]["hosts"]["fbsd1"].update({"agent": "atlas", "destroy_jails": True})
+    inventory["warden_hosts"]["hosts"]["fbsd1"].update({"agent": "atlas", "destroy_jails": True})
     registry.inventory.write_text(yaml.safe_dump(inventory))
     only_pf = playbook(registry, "--tags", "pf")
     assert only_pf.returncode == 0, only_pf.stdout[-3000:]
@@ -302,11 +302,30 @@ def test_tags_and_one_agent_runs(registry: Registry, testhost: TestHost) -> None
     assert "no hosts matched" in limited.stdout or limited.returncode != 0
 
 
-@pytest.mark.parametrize("tags", [(), ("--tags", "pf"), ("--tags", "agents,network")])
-def test_the_sample_host_is_never_applied_under_any_tag(registry: Registry, tags: tuple[str, ...]) -> None:
-    """The bundled sample host (ansible_connection: local) would be the controller itself."""
+SAMPLE_TAGS = [(), ("--tags", "pf"), ("--tags", "jails"), ("--tags", "agents,network")]
+
+
+@pytest.mark.parametrize("tags", [*SAMPLE_TAGS, ("--skip-tags", "always")])
+def test_site_yml_never_targets_the_bundled_sample_host(registry: Registry, tags: tuple[str, ...]) -> None:
+    """The bundled inventory's sample host is outside warden_hosts: no play of site.yml has it,
+    whatever the tags (even with the always-tagged guards skipped)."""
     registry.inventory.write_text(
         (REPO / "inventory/hosts.yml").read_text().replace("examples/host", str(REPO / "examples/host"))
+    )
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nAGENT_HOST=example\n")
+    assert "example" in invoke_list(registry)  # provision still reads it (invoke plan --host example)
+    result = playbook(registry, "--check", *tags)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "[example]" not in result.stdout and not re.search(r"^example\s+:", result.stdout, re.M)
+
+
+@pytest.mark.parametrize("tags", SAMPLE_TAGS)
+def test_a_sample_host_listed_in_warden_hosts_is_never_applied(registry: Registry, tags: tuple[str, ...]) -> None:
+    """A sample host an operator put in warden_hosts (ansible_connection: local would be the
+    controller itself) is ended before any task, under any tag."""
+    registry.inventory.write_text(
+        "warden_hosts:\n  hosts:\n    example:\n      ansible_connection: local\n"
+        f"      warden_sample_root: {REPO / 'examples/host'}\n      warden_ext_if: vtnet0\n"
     )
     registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\n")
     result = playbook(registry, "--check", *tags)
@@ -315,6 +334,18 @@ def test_the_sample_host_is_never_applied_under_any_tag(registry: Registry, tags
     assert ran == [], result.stdout[-3000:]
     counts = recap(result, "example")
     assert counts["ok"] == counts["changed"] == counts["failed"] == counts["unreachable"] == 0
+
+
+def invoke_list(reg: Registry) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "list"],
+        cwd=REPO,
+        env={**os.environ, **reg.env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
 
 
 def test_a_registry_with_errors_stops_before_any_host_is_touched(registry: Registry, testhost: TestHost) -> None:

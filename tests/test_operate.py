@@ -25,7 +25,7 @@ def inventory(reg: Registry, host: TestHost) -> None:
     ssh_config = reg.root / "ssh_config"
     host.write_ssh_config(ssh_config, "fbsd1")
     reg.inventory.write_text(
-        yaml.safe_dump({"all": {"hosts": {"fbsd1": {"warden_ext_if": "vtnet0", **host.ansible_vars()}}}})
+        yaml.safe_dump({"warden_hosts": {"hosts": {"fbsd1": {"warden_ext_if": "vtnet0", **host.ansible_vars()}}}})
     )
 
 
@@ -195,7 +195,9 @@ def test_status_is_green_after_apply_and_red_when_things_go_down(registry: Regis
 
 
 def test_status_unreachable_host_is_an_error(registry: Registry, tmp_path: Path) -> None:
-    registry.write_inventory("all:\n  hosts:\n    fbsd1:\n      ansible_host: 127.0.0.1\n      ansible_port: 1\n")
+    registry.write_inventory(
+        "warden_hosts:\n  hosts:\n    fbsd1:\n      ansible_host: 127.0.0.1\n      ansible_port: 1\n"
+    )
     registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\n")
     (registry.root / "ssh_config").write_text("")
     result = invoke(registry, "status")
