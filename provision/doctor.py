@@ -23,6 +23,8 @@ MIN_FREE_KB = 2 * 1024 * 1024  # 2 GiB for a release and a few thin jails
 
 PROBE = r"""
 section() { printf '=== %s ===\n' "$1"; }
+section uid; id -u
+section user; id -un
 section version; freebsd-version 2>/dev/null
 section kernel; freebsd-version -k 2>/dev/null
 section python; command -v python3 || ls /usr/local/bin/python3.* 2>/dev/null | head -n 1
@@ -102,6 +104,16 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
     def add(name: str, ok: bool, detail: str, fix: str) -> None:
         checks.append(Check(name, ok, detail, fix, name in APPLIED_BY_SITE))
 
+    # site.yml writes root's files (rc.conf, /usr/local/etc/rc.d, /var/db/warden) and drops to
+    # each agent's user from root: as another user it would fail halfway on a permission error.
+    user = s.get("user") or "the SSH user"
+    add(
+        "root rights (as root, or a non-root SSH user with become)",
+        s.get("uid") == "0",
+        f"the commands run as {user} (uid {s.get('uid') or '?'}), not root",
+        f"set ansible_become: true for {host.name} in {host.source} (with passwordless sudo or doas for {user}, "
+        "README.md#become), or connect as root",
+    )
     version = s.get("version", "")
     m = re.match(r"^(\d+)\.", version)
     add(

@@ -109,6 +109,8 @@ def facts(**over: str) -> str:
         "vm": "yes",
         "disk": "/dev/ada0p2 30000000 1000000 20000000 5% /",
         "inet": "vtnet0: flags=8843<UP> mtu 1500\n\tinet 192.168.10.5 netmask 0xffffff00",
+        "uid": "0",
+        "user": "root",
     }
     base.update(over)
     return "".join(f"=== {k} ===\n{v}\n" for k, v in base.items())
@@ -117,6 +119,7 @@ def facts(**over: str) -> str:
 @pytest.mark.parametrize(
     "override,check",
     [
+        ({"uid": "1001", "user": "admin"}, "root rights (as root, or a non-root SSH user with become)"),
         ({"version": "13.2-RELEASE"}, "FreeBSD version supported"),
         ({"python": ""}, "python for Ansible"),
         ({"bastille": ""}, "Bastille installed"),
