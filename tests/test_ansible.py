@@ -375,6 +375,13 @@ def test_every_playbook_passes_syntax_check_and_ansible_lint_production() -> Non
     assert lint.returncode == 0, lint.stdout[-4000:] + lint.stderr[-2000:]
 
 
+def copied(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The souls whose bundle the run copied to the host (items of the soul role's copy task)."""
+    m = re.search(r"^TASK \[warden_soul : Copy .*?\n(.*?)(?=^TASK \[)", result.stdout, re.M | re.S)
+    assert m, result.stdout[-3000:]
+    return re.findall(r"^(?:ok|changed): \[fbsd1\] => \(item=(\w+)\)", m.group(1), re.M)
+
+
 def test_soul_repo_is_cloned_at_the_pinned_commit_updated_and_left_alone(
     registry: Registry, testhost: TestHost, tmp_path: Path
 ) -> None:
@@ -399,8 +406,11 @@ def test_soul_repo_is_cloned_at_the_pinned_commit_updated_and_left_alone(
     assert in_repo(placed, "rev-list", "--count", "HEAD") == "1"
     atlas_uid = int((testhost.root / "etc/passwd").read_text().split("\natlas:")[1].split(":")[1])
     assert placed.stat().st_uid == atlas_uid and placed.stat().st_mode & 0o007 == 0
+    assert copied(result) == ["atlas"]
     (placed / "runtime-note.txt").write_text("written by the harness\n")
-    assert recap(playbook(registry))["changed"] == 0
+    again = playbook(registry)
+    assert recap(again)["changed"] == 0
+    assert copied(again) == []  # the checkout is at the pin: no bundle is copied
     (soul / "SOUL.md").write_text("# Atlas, revised\n")
     subprocess.run(
         ["git", "-C", str(soul), "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qam", "revise"],
@@ -410,7 +420,9 @@ def test_soul_repo_is_cloned_at_the_pinned_commit_updated_and_left_alone(
         ["git", "-C", str(soul), "rev-parse", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     env.write_text(env.read_text().replace(first, second))
-    assert playbook(registry).returncode == 0
+    moved = playbook(registry)
+    assert moved.returncode == 0
+    assert copied(moved) == ["atlas"]
     assert (placed / "SOUL.md").read_text() == "# Atlas, revised\n"
     assert (placed / "runtime-note.txt").read_text() == "written by the harness\n"
 

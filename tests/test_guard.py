@@ -75,7 +75,14 @@ def test_the_file_as_read_or_as_this_run_wrote_it_is_written(tmp_path: Path) -> 
 
 
 def test_edited_files_expect_the_read_and_each_result_of_this_run(registry: Registry) -> None:
-    from filter_plugins.warden import warden_edited_files, warden_frames
+    import importlib.util
+
+    # Loaded by path, as Ansible loads filter plugins (the directory is not a package).
+    spec = importlib.util.spec_from_file_location("warden_filters", REPO / "filter_plugins/warden.py")
+    assert spec and spec.loader
+    filters = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(filters)
+    warden_edited_files, warden_frames = filters.warden_edited_files, filters.warden_frames
     from provision.cli import render
     from provision.remote import read_script
 
