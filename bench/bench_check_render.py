@@ -38,7 +38,7 @@ PER_HOST = 200
 
 def generate(root: Path, n: int) -> None:
     hosts = (n + PER_HOST - 1) // PER_HOST
-    inv = ["all:", "  hosts:"]
+    inv = ["warden_hosts:", "  hosts:"]
     for h in range(hosts):
         inv += [
             f"    h{h}:",

@@ -99,7 +99,7 @@ def main() -> None:
                     f"AGENT_NAME=a{i}\nAGENT_SUBNET_BASE=10.0.{i}\nCONTROLPLANE_API_PORT={3100 + i}\n"
                     f"ANTHROPIC_API_KEY=sk-ant-{i:04d}\n"
                 )
-            (root / "hosts.yml").write_text("all:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n")
+            (root / "hosts.yml").write_text("warden_hosts:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n")
             host.write_ssh_config(root / "ssh_config", "fbsd1")
             os.environ["PROVISION_SSH_CONFIG"] = str(root / "ssh_config")
             os.environ.setdefault("COLUMNS", "200")

@@ -7,6 +7,7 @@ apply writes exactly the lines the plan showed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,20 @@ def _raw(stdout: str) -> bytes:
     return stdout.encode("utf-8", "surrogateescape") + (b"" if stdout.endswith("\n") else b"\n")
 
 
+PRE_IMAGE = "sha256:"  # warden_frames' key prefix for the hash of a file's bytes as read
+
+
+def pre_image(data: bytes | None) -> str:
+    """What warden_files expects to find before it writes: the bytes' sha256, or "absent"."""
+    return "absent" if data is None else hashlib.sha256(data).hexdigest()
+
+
 def warden_frames(stdout: str) -> dict[str, str | None]:
+    """path -> live text, and PRE_IMAGE + path -> pre_image of the bytes read (the guard's start)."""
     out = parse_frames(_raw(stdout))
-    return {k: (None if v is None else v.decode("utf-8", "replace")) for k, v in out.items()}
+    texts: dict[str, str | None] = {k: (None if v is None else v.decode("utf-8", "replace")) for k, v in out.items()}
+    texts.update({PRE_IMAGE + k: pre_image(v) for k, v in out.items()})
+    return texts
 
 
 def warden_facts_command(build_host_dir: str, paths: list[str]) -> str:
@@ -113,13 +125,36 @@ def warden_edited_files(
     build_host_dir: str, live: dict[str, Any], hold_pf_enable: bool = False
 ) -> list[dict[str, Any]]:
     """/etc/rc.conf, /etc/pf.conf, /etc/rctl.conf and /etc/sysctl.conf as `plan` computes them
-    (sysrc semantics, hook, managed blocks); HOLD_PF_ENABLE leaves pf_enable as it is live."""
+    (sysrc semantics, hook, managed blocks); HOLD_PF_ENABLE leaves pf_enable as it is live.
+
+    Each carries `expect`: the pre-images warden_files may find before writing (docs/design.md#edited-files).
+    The text was computed from the file as the facts round read it, so that read is one; rc.conf
+    is written up to three times in a run (warden_network holds pf_enable back, warden_pf or
+    warden_agents adds it), so this run's own results, with and without the hold, are the
+    others.  Any other content is an edit made since the read, which the write would revert.
+    """
     m = _manifest(build_host_dir)
     previous = _previous(live)
-    return [
-        {"path": path, "content": content, "mode": EDITED[path], "owner": "root", "group": "wheel", "keep_mode": True}
-        for path, content in edited_results(m, live, previous, hold_pf_enable).items()
-    ]
+    results = {hold: edited_results(m, live, previous, hold) for hold in (False, True)}
+    out = []
+    for path, content in results[hold_pf_enable].items():
+        read = live.get(PRE_IMAGE + path)
+        if read is None:  # no hash from the read (an older facts round): the text as read
+            text = live.get(path)
+            read = pre_image(None if text is None else text.encode("utf-8"))
+        ours = [pre_image(r[path].encode("utf-8")) for r in results.values() if path in r]
+        out.append(
+            {
+                "path": path,
+                "content": content,
+                "mode": EDITED[path],
+                "owner": "root",
+                "group": "wheel",
+                "keep_mode": True,
+                "expect": sorted({read, *ours}),
+            }
+        )
+    return out
 
 
 def warden_agent_dirs(build_host_dir: str, agent: str = "") -> list[dict[str, Any]]:

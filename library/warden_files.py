@@ -15,6 +15,10 @@ description:
   - Files marked secret are never shown in the diff.
   - Files marked keep_mode (the operator's rc.conf, pf.conf, rctl.conf that we edit)
     keep their existing mode, owner and group; the given ones apply only on creation.
+  - A file with C(expect) (a list of sha256 hex digests of whole contents, or C(absent))
+    is written only when what is there now is one of them: the content was computed from
+    an earlier read, and an edit made since would otherwise be reverted silently. On a
+    mismatch nothing at all is written and the task fails, saying so.
   - Files, directories and removals owned by a user other than root (an agent's .env,
     its directory) are handled by a child process per such user that drops to the user's
     uid, gid and groups first, so the kernel refuses whatever the user could not do
@@ -58,10 +62,12 @@ changed_paths:
 
 import functools
 import grp
+import hashlib
 import json
 import os
 import pwd
 import shutil
+import socket
 import stat
 import tempfile
 from collections.abc import Callable
@@ -274,6 +280,46 @@ def _root_dirs(
         os.chown(path, uid if uid is not None else -1, gid if gid is not None else -1)
 
 
+def _pre_image(path: str) -> str:
+    """sha256 of PATH's bytes, "absent", or why it cannot be hashed (never through a symlink)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return "absent"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "not a regular file"
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 16):
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def _guard(module: AnsibleModule, files: list[dict[str, Any]]) -> None:
+    """Fail before any write when a file with `expect` is not as this run read or wrote it."""
+    for f in files:
+        expect = f.get("expect")
+        if expect is None:
+            continue
+        now = _pre_image(f["path"])
+        if now not in expect:
+            module.fail_json(
+                msg=(
+                    f"{f['path']} changed on {socket.gethostname()} since this run read it: its content "
+                    f"(sha256 {now}) is neither what the run read nor what it wrote, so writing the text "
+                    "computed from the earlier read would revert that edit. Nothing was written. "
+                    "Fix: run again; the new run reads the file as it is now and keeps the edit."
+                ),
+                path=f["path"],
+                found=now,
+                expected=expect,
+            )
+
+
 def _root_files(
     module: AnsibleModule, files: list[dict[str, Any]], changed: list[str], diffs: list[dict[str, str]]
 ) -> None:
@@ -323,6 +369,7 @@ def main() -> None:
     users = sorted({_owner_of(x) for x in [*dirs, *files, *removals]} - {"root"})
     changed_paths: list[str] = []
     diffs: list[dict[str, str]] = []
+    _guard(module, files)
     _root_dirs(module, [d for d in dirs if _owner_of(d) == "root"], changed_paths, diffs)
     _root_files(module, [f for f in files if _owner_of(f) == "root"], changed_paths, diffs)
     for path in (r["path"] for r in removals if _owner_of(r) == "root"):

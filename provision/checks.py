@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
 
+from .inventory import GROUP, outside_group
 from .models import (
     COMMIT_RE,
     LLM_ROLES,
@@ -308,12 +309,27 @@ def check_agent(agent: Agent, hosts: dict[str, Host]) -> list[Problem]:
         )
 
     host = hosts.get(agent.host)
-    if host is None:
+    outside = outside_group(agent.host) if host is None else None
+    if outside is not None:
+        # site.yml applies to the group warden_hosts only (playbooks/hosts.yml): an agent on
+        # another host of the inventory would be rendered and never applied.
+        names = ", ".join(sorted(hosts)) or "none yet"
+        add(
+            Problem(
+                (_loc(agent, "AGENT_HOST"),),
+                f"AGENT_HOST={agent.host} is in the inventory ({outside}) but not in the group {GROUP}, "
+                "the hosts site.yml applies to",
+                f"list {agent.host} under {GROUP} in {outside} (all: children: {GROUP}: hosts: {agent.host}:), "
+                f"or set AGENT_HOST to one of its hosts: {names}",
+                rule="unknown-host",
+            )
+        )
+    elif host is None:
         names = ", ".join(sorted(hosts)) or "none"
         add(
             Problem(
                 (_loc(agent, "AGENT_HOST"),),
-                f"AGENT_HOST={agent.host} is not in the inventory",
+                f"AGENT_HOST={agent.host} is not in the inventory's group {GROUP}",
                 f"set AGENT_HOST to one of: {names}",
                 rule="unknown-host",
             )

@@ -30,6 +30,8 @@ MIN_FREE_KB = 2 * 1024 * 1024  # 2 GiB for a release and a few thin jails
 
 PROBE = r"""
 section() { printf '=== %s ===\n' "$1"; }
+section uid; id -u
+section user; id -un
 section version; freebsd-version 2>/dev/null
 section kernel; freebsd-version -k 2>/dev/null
 section python; command -v python3 || ls /usr/local/bin/python3.* 2>/dev/null | head -n 1
@@ -55,6 +57,7 @@ section interfaces; ifconfig -l 2>/dev/null
 section vm; d=$(sysrc -n vm_dir 2>/dev/null); [ -n "$d" ] && [ -d "$d/.templates" ] && echo yes
 section disk; df -k / | tail -n 1
 section inet; ifconfig 2>/dev/null
+exit 0
 """
 
 
@@ -112,6 +115,16 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
     def add(name: str, ok: bool, detail: str, fix: str) -> None:
         checks.append(Check(name, ok, detail, fix, name in APPLIED_BY_SITE))
 
+    # site.yml writes root's files (rc.conf, /usr/local/etc/rc.d, /var/db/warden) and drops to
+    # each agent's user from root: as another user it would fail halfway on a permission error.
+    user = s.get("user") or "the SSH user"
+    add(
+        "root rights (as root, or a non-root SSH user with become)",
+        s.get("uid") == "0",
+        f"the commands run as {user} (uid {s.get('uid') or '?'}), not root",
+        f"set ansible_become: true for {host.name} in {host.source} (with passwordless sudo or doas for {user}, "
+        "README.md#become), or connect as root",
+    )
     version = s.get("version", "")
     m = re.match(r"^(\d+)\.", version)
     add(
@@ -302,9 +315,14 @@ def rc_conf_local_overrides(host: Host, agents: list[Agent], text: str) -> list[
 
 
 def preflight_failures(host: Host, agents: list[Agent], text: str) -> list[str]:
-    """The doctor FAILs that site.yml cannot fix itself, as `[FAIL] name: fix` lines."""
+    """The doctor FAILs that site.yml cannot fix itself, as `[FAIL] name: fix` lines.
+
+    Without root rights that one is the cause: the other probes (pfctl, rc.conf.local) read
+    nothing as another user, and their FAILs would bury it.
+    """
+    failed = [c for c in evaluate(host, agents, text) if not c.ok and not c.applied_by_site]
+    if failed and failed[0].name.startswith("root rights"):
+        failed = failed[:1]
     return [
-        f"[FAIL] {c.name} ({c.detail}): fix: {c.fix}" if c.detail else f"[FAIL] {c.name}: fix: {c.fix}"
-        for c in evaluate(host, agents, text)
-        if not c.ok and not c.applied_by_site
+        f"[FAIL] {c.name} ({c.detail}): fix: {c.fix}" if c.detail else f"[FAIL] {c.name}: fix: {c.fix}" for c in failed
     ]

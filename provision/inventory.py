@@ -8,11 +8,16 @@ value in it is walked here instead, without importing Ansible: the CLI must star
 fast (docs/design.md#architecture).  Both give the same hosts and variables
 (tests/test_inventory.py holds them to it).  Only the `warden_*` variables are
 interpreted; connection variables are passed through.
+
+The warden hosts are the members of the group `warden_hosts` (its child groups
+included), the group site.yml applies to (README.md#inventory): other hosts of a shared
+inventory are neither checked nor rendered.  A host with `warden_sample_root` is read
+from disk by `invoke plan` wherever it is listed, and never applied to.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +46,29 @@ WARDEN_VARS = {
     "warden_packages": "packages",
     "warden_jail_nameservers": "jail_nameservers",
 }
+
+
+GROUP = "warden_hosts"  # the hosts site.yml applies to (playbooks/hosts.yml)
+
+# The hosts of the last inventory read that are not warden hosts (name -> source), so that
+# an AGENT_HOST naming one is told why, not only that it is unknown (checks.check_agent).
+_OUTSIDE: dict[str, Path] = {}
+
+
+def outside_group(name: str) -> Path | None:
+    """The inventory source listing NAME when the last inventory read has it outside GROUP."""
+    return _OUTSIDE.get(name)
+
+
+def _keep(
+    found: Mapping[str, tuple[dict[str, Any], int | None]], members: Iterable[str], source: Path
+) -> dict[str, tuple[dict[str, Any], int | None]]:
+    """FOUND less the hosts outside GROUP (sample hosts stay: plan reads them from disk)."""
+    inside = set(members)
+    kept = {n: v for n, v in found.items() if n in inside or v[0].get("warden_sample_root") is not None}
+    _OUTSIDE.clear()
+    _OUTSIDE.update({n: source for n in found if n not in kept})
+    return kept
 
 
 # Rule and fix for each inventory value the Host model refuses ({name}: the host).
@@ -91,6 +119,42 @@ def _walk(
     for child in (group.get("children") or {}).values():
         if isinstance(child, Mapping):
             _walk(child, gvars, out)
+
+
+def _members(data: Mapping[str, Any]) -> set[str]:
+    """Hosts of GROUP and of its child groups, however the YAML spreads their definitions."""
+    hosts_of: dict[str, set[str]] = {}
+    children_of: dict[str, set[str]] = {}
+
+    def visit(name: str, group: Any) -> None:
+        hosts_of.setdefault(name, set())
+        children_of.setdefault(name, set())
+        if not isinstance(group, Mapping):
+            return
+        hosts = group.get("hosts") or {}
+        if isinstance(hosts, Mapping):
+            hosts_of[name] |= {str(h) for h in hosts if h != "__lines__"}
+        children = group.get("children") or {}
+        if isinstance(children, Mapping):
+            for child_name, child in children.items():
+                if child_name != "__lines__":
+                    children_of[name].add(str(child_name))
+                    visit(str(child_name), child)
+
+    for name, group in data.items():
+        if name != "__lines__":
+            visit(str(name), group)
+    out: set[str] = set()
+    seen: set[str] = set()
+    todo = [GROUP]
+    while todo:
+        group_name = todo.pop()
+        if group_name in seen:
+            continue
+        seen.add(group_name)
+        out |= hosts_of.get(group_name, set())
+        todo += children_of.get(group_name, set())
+    return out
 
 
 def sources_of(inventory: str | Path | Sequence[Path]) -> list[Path]:
@@ -208,7 +272,12 @@ def _with_ansible(sources: Sequence[Path]) -> tuple[list[Host], list[Problem]]:
                         )
                     )
         found[host.name] = (plain, None)
-    hosts, problems = _hosts(found, sources[0], drop_magic=True)
+    group = manager.groups.get(GROUP)
+    members = [h.name for h in group.get_hosts()] if group is not None else []
+    kept = _keep(found, members, sources[0])
+    hosts, problems = _hosts(kept, sources[0], drop_magic=True)
+    # a host outside the group is not ours to read: its unreadable values are no problem
+    unreadable = [p for p in unreadable if (p.locations[0].key or "").rsplit(".warden_", 1)[0] in kept]
     return hosts, unreadable + problems
 
 
@@ -264,7 +333,7 @@ def _plain_yaml(path: Path) -> tuple[list[Host], list[Problem]]:
     for group in (v for k, v in data.items() if k != "__lines__"):
         if isinstance(group, Mapping):
             _walk(group, {}, found)
-    return _hosts(found, path)
+    return _hosts(_keep(found, _members(data), path), path)
 
 
 def _hosts(

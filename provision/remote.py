@@ -640,10 +640,13 @@ def read_files(host: Host, paths: Sequence[str], sample_root: Path | None = None
 def run_script(host: Host, script: str) -> str:
     """Run a read-only POSIX sh script on HOST over one connection; its stdout as text."""
     t = resolve(host)
-    # On stdin to /bin/sh -s, as the plan read does: a csh login shell never parses it.
-    status, data, err = _exec_ssh(t, "/bin/sh -s", stdin=script.encode())
+    # On stdin to /bin/sh -s, as the plan read does: a csh login shell never parses it; under
+    # the same become as the read and as site.yml (ansible_become), so the probe sees what they see.
+    command = " ".join(shlex.quote(w) for w in (*t.become, "/bin/sh", "-s"))
+    status, data, err = _exec_ssh(t, command, stdin=script.encode())
     if status != 0:
-        raise RemoteError(f"{t.host}: the probe failed (exit {status}): {err or 'no message'}")
+        fix = " (fix: allow it without a password, or connect as root)" if t.become else ""
+        raise RemoteError(f"{t.host}: the probe failed (exit {status}): {err or 'no message'}{fix}")
     return data.decode("utf-8", errors="replace")
 
 

@@ -46,7 +46,7 @@ class Registry:
 
 
 ONE_HOST = """\
-all:
+warden_hosts:
   hosts:
     fbsd1:
       warden_ext_if: vtnet0

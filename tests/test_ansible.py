@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 def setup(reg: Registry, host: TestHost, names: tuple[str, ...] = ("atlas", "iris"), jails: str | None = None) -> None:
     """An inventory for HOST and agents NAMES; JAILS (e.g. "cms") trims each agent's jails
     where a test is not about them: every new jail costs five commands on the host."""
-    inventory = {"all": {"hosts": {"fbsd1": {"warden_ext_if": "vtnet0", **host.ansible_vars()}}}}
+    inventory = {"warden_hosts": {"hosts": {"fbsd1": {"warden_ext_if": "vtnet0", **host.ansible_vars()}}}}
     reg.inventory.write_text(yaml.safe_dump(inventory))
     for i, name in enumerate(names, start=1):
         add(reg, name, i, jails)
@@ -296,7 +296,7 @@ def test_tags_and_one_agent_runs(registry: Registry, testhost: TestHost) -> None
     setup(registry, testhost)
     # The operator's own inventory may use `agent` and `destroy_jails`: they must not collide.
     inventory = yaml.safe_load(registry.inventory.read_text())
-    inventory["all"]["hosts"]["fbsd1"].update({"agent": "atlas", "destroy_jails": True})
+    inventory["warden_hosts"]["hosts"]["fbsd1"].update({"agent": "atlas", "destroy_jails": True})
     registry.inventory.write_text(yaml.safe_dump(inventory))
     only_pf = playbook(registry, "--tags", "pf")
     assert only_pf.returncode == 0, only_pf.stdout[-3000:]
@@ -318,11 +318,30 @@ def test_tags_and_one_agent_runs(registry: Registry, testhost: TestHost) -> None
     assert "no hosts matched" in limited.stdout or limited.returncode != 0
 
 
-@pytest.mark.parametrize("tags", [(), ("--tags", "pf"), ("--tags", "agents,network")])
-def test_the_sample_host_is_never_applied_under_any_tag(registry: Registry, tags: tuple[str, ...]) -> None:
-    """The bundled sample host (ansible_connection: local) would be the controller itself."""
+SAMPLE_TAGS = [(), ("--tags", "pf"), ("--tags", "jails"), ("--tags", "agents,network")]
+
+
+@pytest.mark.parametrize("tags", [*SAMPLE_TAGS, ("--skip-tags", "always")])
+def test_site_yml_never_targets_the_bundled_sample_host(registry: Registry, tags: tuple[str, ...]) -> None:
+    """The bundled inventory's sample host is outside warden_hosts: no play of site.yml has it,
+    whatever the tags (even with the always-tagged guards skipped)."""
     registry.inventory.write_text(
         (REPO / "inventory/hosts.yml").read_text().replace("examples/host", str(REPO / "examples/host"))
+    )
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nAGENT_HOST=example\n")
+    assert "example" in invoke_list(registry)  # provision still reads it (invoke plan --host example)
+    result = playbook(registry, "--check", *tags)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "[example]" not in result.stdout and not re.search(r"^example\s+:", result.stdout, re.M)
+
+
+@pytest.mark.parametrize("tags", SAMPLE_TAGS)
+def test_a_sample_host_listed_in_warden_hosts_is_never_applied(registry: Registry, tags: tuple[str, ...]) -> None:
+    """A sample host an operator put in warden_hosts (ansible_connection: local would be the
+    controller itself) is ended before any task, under any tag."""
+    registry.inventory.write_text(
+        "warden_hosts:\n  hosts:\n    example:\n      ansible_connection: local\n"
+        f"      warden_sample_root: {REPO / 'examples/host'}\n      warden_ext_if: vtnet0\n"
     )
     registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\n")
     result = playbook(registry, "--check", *tags)
@@ -331,6 +350,18 @@ def test_the_sample_host_is_never_applied_under_any_tag(registry: Registry, tags
     assert ran == [], result.stdout[-3000:]
     counts = recap(result, "example")
     assert counts["ok"] == counts["changed"] == counts["failed"] == counts["unreachable"] == 0
+
+
+def invoke_list(reg: Registry) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "list"],
+        cwd=REPO,
+        env={**os.environ, **reg.env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
 
 
 def test_a_registry_with_errors_stops_before_any_host_is_touched(registry: Registry, testhost: TestHost) -> None:
@@ -360,6 +391,13 @@ def test_every_playbook_passes_syntax_check_and_ansible_lint_production() -> Non
     assert lint.returncode == 0, lint.stdout[-4000:] + lint.stderr[-2000:]
 
 
+def copied(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The souls whose bundle the run copied to the host (items of the soul role's copy task)."""
+    m = re.search(r"^TASK \[warden_soul : Copy .*?\n(.*?)(?=^TASK \[)", result.stdout, re.M | re.S)
+    assert m, result.stdout[-3000:]
+    return re.findall(r"^(?:ok|changed): \[fbsd1\] => \(item=(\w+)\)", m.group(1), re.M)
+
+
 def test_soul_repo_is_cloned_at_the_pinned_commit_updated_and_left_alone(
     registry: Registry, testhost: TestHost, tmp_path: Path
 ) -> None:
@@ -384,8 +422,11 @@ def test_soul_repo_is_cloned_at_the_pinned_commit_updated_and_left_alone(
     assert in_repo(placed, "rev-list", "--count", "HEAD") == "1"
     atlas_uid = int((testhost.root / "etc/passwd").read_text().split("\natlas:")[1].split(":")[1])
     assert placed.stat().st_uid == atlas_uid and placed.stat().st_mode & 0o007 == 0
+    assert copied(result) == ["atlas"]
     (placed / "runtime-note.txt").write_text("written by the harness\n")
-    assert recap(playbook(registry))["changed"] == 0
+    again = playbook(registry)
+    assert recap(again)["changed"] == 0
+    assert copied(again) == []  # the checkout is at the pin: no bundle is copied
     (soul / "SOUL.md").write_text("# Atlas, revised\n")
     subprocess.run(
         ["git", "-C", str(soul), "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qam", "revise"],
@@ -395,7 +436,9 @@ def test_soul_repo_is_cloned_at_the_pinned_commit_updated_and_left_alone(
         ["git", "-C", str(soul), "rev-parse", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     env.write_text(env.read_text().replace(first, second))
-    assert playbook(registry).returncode == 0
+    moved = playbook(registry)
+    assert moved.returncode == 0
+    assert copied(moved) == ["atlas"]
     assert (placed / "SOUL.md").read_text() == "# Atlas, revised\n"
     assert (placed / "runtime-note.txt").read_text() == "written by the harness\n"
 

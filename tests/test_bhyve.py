@@ -73,7 +73,7 @@ def bhyve_agent(reg: Registry, name: str, base: str, host: str = "fbsd1") -> Non
 def test_a_host_agent_and_a_bhyve_agent_are_provisioned_in_one_run(registry: Registry, machines: Machines) -> None:
     host, guests = machines.host("fbsd1", ("novavm",))
     guest = guests["novavm"]
-    registry.inventory.write_text(yaml.safe_dump({"all": {"hosts": {"fbsd1": host_entry(host)}}}))
+    registry.inventory.write_text(yaml.safe_dump({"warden_hosts": {"hosts": {"fbsd1": host_entry(host)}}}))
     add(registry, "atlas", 1, jails="cms")
     bhyve_agent(registry, "nova", "10.0.9")
 
@@ -134,7 +134,7 @@ def test_the_second_hosts_guest_is_provisioned_too(registry: Registry, machines:
     first, _ = machines.host("fbsd1")
     second, guests = machines.host("fbsd2", ("vegavm",))
     registry.inventory.write_text(
-        yaml.safe_dump({"all": {"hosts": {"fbsd1": host_entry(first), "fbsd2": host_entry(second)}}})
+        yaml.safe_dump({"warden_hosts": {"hosts": {"fbsd1": host_entry(first), "fbsd2": host_entry(second)}}})
     )
     bhyve_agent(registry, "vega", "10.0.8", host="fbsd2")  # fbsd1, first in the play, has no guest
     result = playbook(registry)

@@ -148,7 +148,7 @@ def test_non_llm_jails_cannot_be_shared(registry: Registry) -> None:
 
 
 def test_overlapping_23_host_network_and_24_agent_is_a_collision(registry: Registry) -> None:
-    registry.write_inventory("all:\n  hosts:\n    fbsd1:\n      warden_host_networks: [10.0.0.0/23]\n")
+    registry.write_inventory("warden_hosts:\n  hosts:\n    fbsd1:\n      warden_host_networks: [10.0.0.0/23]\n")
     agent(registry, "atlas", "10.0.1")
     found = [p for p in problems_of(registry) if p.rule == "subnet-overlap"]
     assert len(found) == 1
@@ -176,7 +176,9 @@ def test_agents_on_different_hosts_still_need_distinct_subnets(registry: Registr
 
 def test_overlap_sweep_finds_a_small_net_inside_an_earlier_wide_one(registry: Registry) -> None:
     """A /16 host network followed by unrelated /24s: the later agent inside it is still found."""
-    registry.write_inventory("all:\n  hosts:\n    fbsd1:\n      warden_host_networks: [10.0.0.0/16, 10.0.5.0/24]\n")
+    registry.write_inventory(
+        "warden_hosts:\n  hosts:\n    fbsd1:\n      warden_host_networks: [10.0.0.0/16, 10.0.5.0/24]\n"
+    )
     agent(registry, "atlas", "10.0.9")
     assert rules(registry).count("subnet-overlap") == 1
 
@@ -253,12 +255,12 @@ def test_derived_mac_collision_is_reported(registry: Registry, monkeypatch: pyte
 
 
 def test_bridge_name_longer_than_15_characters_is_refused(registry: Registry) -> None:
-    registry.write_inventory("all:\n  hosts:\n    fbsd1:\n      warden_bridge: wardenbridge0123\n")
+    registry.write_inventory("warden_hosts:\n  hosts:\n    fbsd1:\n      warden_bridge: wardenbridge0123\n")
     assert rules(registry) == ["bridge-name"]
 
 
 def test_a_host_with_agents_needs_its_uplink_named_one_without_does_not(registry: Registry) -> None:
-    registry.write_inventory("all:\n  hosts:\n    fbsd1: {}\n    fbsd2:\n      warden_ext_if: igb0\n")
+    registry.write_inventory("warden_hosts:\n  hosts:\n    fbsd1: {}\n    fbsd2:\n      warden_ext_if: igb0\n")
     agent(registry, "atlas", "10.0.1", "AGENT_HOST=fbsd2\n")
     assert rules(registry) == []  # fbsd1 has nothing to NAT
     agent(registry, "hermes", "10.0.2", "AGENT_HOST=fbsd1\n")

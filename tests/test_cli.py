@@ -228,7 +228,9 @@ def test_status_of_an_unknown_agent_is_an_error_with_the_closest_name(registry: 
 
 
 def test_status_shows_every_agent_unknown_when_its_machine_is_not_reached(registry: Registry) -> None:
-    registry.write_inventory("all:\n  hosts:\n    fbsd1:\n      ansible_host: 127.0.0.1\n      ansible_port: 1\n")
+    registry.write_inventory(
+        "warden_hosts:\n  hosts:\n    fbsd1:\n      ansible_host: 127.0.0.1\n      ansible_port: 1\n"
+    )
     registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\n")
     registry.write_env("hermes", "AGENT_NAME=hermes\nAGENT_SUBNET_BASE=10.0.2\nCONTROLPLANE_API_PORT=3101\n")
     registry.write_env(
@@ -397,7 +399,7 @@ def test_just_list_offers_the_everyday_commands(registry: Registry) -> None:
 
 def test_just_plan_with_changes_pending_exits_2_without_a_recipe_failure(registry: Registry) -> None:
     registry.write_inventory(
-        f"all:\n  hosts:\n    example:\n      ansible_connection: local\n"
+        f"warden_hosts:\n  hosts:\n    example:\n      ansible_connection: local\n"
         f"      warden_sample_root: {REPO / 'examples' / 'host'}\n      warden_ext_if: vtnet0\n"
     )
     added = just(registry, "add-agent", "atlas", "--subnet", "10.0.1", "--set", "NOTE=two words")
@@ -432,7 +434,7 @@ def sample_host(reg: Registry, tmp_path: Path) -> Path:
     root = tmp_path / "host"
     shutil.copytree(REPO / "examples" / "host", root)
     reg.write_inventory(
-        f"all:\n  hosts:\n    example:\n      ansible_connection: local\n"
+        f"warden_hosts:\n  hosts:\n    example:\n      ansible_connection: local\n"
         f"      warden_sample_root: {root}\n      warden_ext_if: vtnet0\n"
     )
     return root
@@ -471,7 +473,9 @@ def test_plan_json_and_stat(registry: Registry, tmp_path: Path) -> None:
 
 
 def test_status_and_doctor_json_follow_their_schemas(registry: Registry) -> None:
-    registry.write_inventory("all:\n  hosts:\n    fbsd1:\n      ansible_host: 127.0.0.1\n      ansible_port: 1\n")
+    registry.write_inventory(
+        "warden_hosts:\n  hosts:\n    fbsd1:\n      ansible_host: 127.0.0.1\n      ansible_port: 1\n"
+    )
     registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\n")
     env = {"PROVISION_SSH_CONFIG": str(registry.root / "ssh_config")}
     (registry.root / "ssh_config").write_text("")

@@ -197,7 +197,7 @@ MAY_REFUSE = {
 @pytest.fixture
 def fleet(registry: Registry) -> Any:
     registry.write_inventory(
-        "all:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n    fbsd2:\n      warden_ext_if: igb0\n"
+        "warden_hosts:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n    fbsd2:\n      warden_ext_if: igb0\n"
     )
     registry.write_env(
         "atlas", "AGENT_NAME=atlas\nAGENT_HOST=fbsd1\nAGENT_SUBNET_BASE=10.0.1\nWARDEN_JAILS='git cms llamacpp db'\n"

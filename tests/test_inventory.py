@@ -81,7 +81,7 @@ def test_vault_encrypted_variables_are_read_with_ansibles_password_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     password = write(tmp_path / "vault-pass", VAULT_PASSWORD + "\n")
-    inventory = write(tmp_path / "hosts.yml", "all:\n  hosts:\n    fbsd1:\n")
+    inventory = write(tmp_path / "hosts.yml", "warden_hosts:\n  hosts:\n    fbsd1:\n")
     write(tmp_path / "host_vars" / "fbsd1.yml", vault_encrypt("em0", "warden_ext_if", password))
     monkeypatch.setenv("ANSIBLE_VAULT_PASSWORD_FILE", str(password))
     hosts, problems = load_inventory(inventory)
@@ -90,7 +90,7 @@ def test_vault_encrypted_variables_are_read_with_ansibles_password_file(
 
 def test_without_the_vault_password_check_names_the_variable_it_could_not_read(registry: Registry) -> None:
     password = write(registry.root / "vault-pass", VAULT_PASSWORD + "\n")
-    registry.write_inventory("all:\n  hosts:\n    fbsd1:\n")
+    registry.write_inventory("warden_hosts:\n  hosts:\n    fbsd1:\n")
     write(registry.root / "host_vars" / "fbsd1.yml", vault_encrypt("em0", "warden_ext_if", password))
     registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_VAULT")}
@@ -172,3 +172,53 @@ def test_site_yml_refuses_a_provision_inventory_other_than_its_own(registry: Reg
     )
     assert result.returncode != 0
     assert f"PROVISION_INVENTORY={registry.inventory} but ansible-playbook reads {other}" in result.stdout
+
+
+OUTSIDE = """\
+all:
+  hosts:
+    bastion:
+      ansible_host: 192.0.2.7
+  children:
+    warden_hosts:
+      children:
+        freebsd:
+          hosts:
+            fbsd1:
+              warden_ext_if: vtnet0
+    monitoring:
+      hosts:
+        grafana:
+          warden_ext_if: em0
+    samples:
+      hosts:
+        example:
+          warden_sample_root: examples/host
+"""
+
+
+@pytest.mark.parametrize("reader", ["_plain_yaml", "_with_ansible"])
+def test_only_the_warden_hosts_group_and_sample_hosts_are_read(tmp_path: Path, reader: str) -> None:
+    """site.yml applies to warden_hosts (child groups included); provision reads the same hosts."""
+    import provision.inventory as inv
+
+    inventory = write(tmp_path / "hosts.yml", OUTSIDE)
+    read = getattr(inv, reader)
+    hosts, problems = read(inventory) if reader == "_plain_yaml" else read([inventory])
+    assert problems == []
+    assert [h.name for h in hosts] == ["example", "fbsd1"]
+    assert inv.outside_group("grafana") == inventory and inv.outside_group("bastion") == inventory
+    assert inv.outside_group("fbsd1") is None
+
+
+def test_an_agent_on_a_host_outside_warden_hosts_is_refused_with_the_fix(registry: Registry) -> None:
+    registry.write_inventory(OUTSIDE)
+    registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nAGENT_HOST=grafana\n")
+    result = invoke(registry, "check")
+    assert result.returncode == 1
+    text = " ".join(result.stdout.split())
+    assert (
+        f"AGENT_HOST AGENT_HOST=grafana is in the inventory ({registry.inventory}) but not in the group "
+        "warden_hosts, the hosts site.yml applies to" in text
+    ), text
+    assert "list grafana under warden_hosts in" in text and "fbsd1" in text

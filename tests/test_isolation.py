@@ -31,7 +31,8 @@ def test_host_ports_are_port_or_proto_slash_port_by_full_match() -> None:
 
 def test_jail_host_ports_open_the_gateway_port_to_each_agents_jails(registry: Registry) -> None:
     registry.write_inventory(
-        "all:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n      warden_jail_host_ports: [8443, udp/123]\n"
+        "warden_hosts:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n"
+        "      warden_jail_host_ports: [8443, udp/123]\n"
     )
     three_agents(registry)
     pf = (render(registry) / "fbsd1/etc/pf.warden.conf").read_text()
@@ -43,7 +44,7 @@ def test_jail_host_ports_open_the_gateway_port_to_each_agents_jails(registry: Re
 
 
 def test_a_bad_jail_host_port_is_an_inventory_problem(registry: Registry) -> None:
-    registry.write_inventory("all:\n  hosts:\n    fbsd1:\n      warden_jail_host_ports: ['22; pass all']\n")
+    registry.write_inventory("warden_hosts:\n  hosts:\n    fbsd1:\n      warden_jail_host_ports: ['22; pass all']\n")
     _, problems = load_inventory(registry.inventory)
     assert any("warden_jail_host_ports" in p.message for p in problems)
 

@@ -98,7 +98,7 @@ def test_agent_memory_limit_with_a_trailing_newline_is_refused(registry: Registr
 
 def test_warden_release_with_shell_code_is_refused(registry: Registry) -> None:
     registry.write_inventory(
-        "all:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n"
+        "warden_hosts:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n"
         "      warden_release: '15.0-RELEASE\"; touch /tmp/x; \"'\n"
     )
     registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\n")
@@ -111,7 +111,7 @@ def test_warden_release_with_shell_code_is_refused(registry: Registry) -> None:
 @pytest.mark.parametrize("value", ["15.0-RELEASE", "14.3-RELEASE-p2", "15.0-BETA3", "15.0-RC1", "16.0-CURRENT"])
 def test_release_names_bastille_bootstraps_pass(registry: Registry, value: str) -> None:
     registry.write_inventory(
-        f"all:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n      warden_release: {value}\n"
+        f"warden_hosts:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n      warden_release: {value}\n"
     )
     registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\n")
     assert check(registry) == []
@@ -181,13 +181,13 @@ def test_every_inventory_value_refuses_hostile_values(registry: Registry, var: s
     for raw in HOSTILE:
         value = raw.format(c="/tmp/c")
         host = {"warden_ext_if": "vtnet0", var: value}
-        registry.write_inventory(yaml.safe_dump({"all": {"hosts": {"fbsd1": host}}}))
+        registry.write_inventory(yaml.safe_dump({"warden_hosts": {"hosts": {"fbsd1": host}}}))
         problems = check(registry)
         assert any(p.locations[0].key == f"fbsd1.{var}" for p in problems), (var, value[:40], problems)
 
 
 def test_a_hostile_inventory_host_name_is_refused(registry: Registry) -> None:
-    registry.write_inventory('all:\n  hosts:\n    "fbsd1\\n touch /tmp/x":\n      warden_ext_if: vtnet0\n')
+    registry.write_inventory('warden_hosts:\n  hosts:\n    "fbsd1\\n touch /tmp/x":\n      warden_ext_if: vtnet0\n')
     problems = check(registry)
     assert [p.rule for p in problems] == ["host-name"] and "rename the host" in problems[0].fix
 

@@ -25,7 +25,7 @@ def inventory(reg: Registry, host: TestHost) -> None:
     ssh_config = reg.root / "ssh_config"
     host.write_ssh_config(ssh_config, "fbsd1")
     reg.inventory.write_text(
-        yaml.safe_dump({"all": {"hosts": {"fbsd1": {"warden_ext_if": "vtnet0", **host.ansible_vars()}}}})
+        yaml.safe_dump({"warden_hosts": {"hosts": {"fbsd1": {"warden_ext_if": "vtnet0", **host.ansible_vars()}}}})
     )
 
 
@@ -109,6 +109,8 @@ def facts(**over: str) -> str:
         "vm": "yes",
         "disk": "/dev/ada0p2 30000000 1000000 20000000 5% /",
         "inet": "vtnet0: flags=8843<UP> mtu 1500\n\tinet 192.168.10.5 netmask 0xffffff00",
+        "uid": "0",
+        "user": "root",
     }
     base.update(over)
     return "".join(f"=== {k} ===\n{v}\n" for k, v in base.items())
@@ -117,6 +119,7 @@ def facts(**over: str) -> str:
 @pytest.mark.parametrize(
     "override,check",
     [
+        ({"uid": "1001", "user": "admin"}, "root rights (as root, or a non-root SSH user with become)"),
         ({"version": "13.2-RELEASE"}, "FreeBSD version supported"),
         ({"python": ""}, "python for Ansible"),
         ({"bastille": ""}, "Bastille installed"),
@@ -208,7 +211,9 @@ def test_status_is_green_after_apply_and_red_when_things_go_down(registry: Regis
 
 
 def test_status_unreachable_host_is_an_error(registry: Registry, tmp_path: Path) -> None:
-    registry.write_inventory("all:\n  hosts:\n    fbsd1:\n      ansible_host: 127.0.0.1\n      ansible_port: 1\n")
+    registry.write_inventory(
+        "warden_hosts:\n  hosts:\n    fbsd1:\n      ansible_host: 127.0.0.1\n      ansible_port: 1\n"
+    )
     registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\n")
     (registry.root / "ssh_config").write_text("")
     result = invoke(registry, "status")

@@ -32,7 +32,7 @@ NOVA = "AGENT_NAME=nova\nAGENT_SUBNET_BASE=10.0.7\nAGENT_HOST=fbsd1\nAGENT_PLACE
 
 def setup(reg: Registry, host: TestHost, names: tuple[str, ...] = ("atlas",), extra_hosts: str = "") -> None:
     host.write_ssh_config(reg.root / "ssh_config", "fbsd1")
-    reg.write_inventory(f"all:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n{extra_hosts}")
+    reg.write_inventory(f"warden_hosts:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n{extra_hosts}")
     for i, name in enumerate(names, start=1):
         add_agent(reg, name, i)
     (host.root / "etc/rc.conf").write_text(OPERATOR_RC)
@@ -290,7 +290,9 @@ def test_a_file_the_ssh_user_cannot_read_is_an_error_naming_host_file_and_fix(
     with (testhost.root / "etc/passwd").open("a") as fh:
         fh.write("planner:x:1500:1500::/tmp:/bin/sh\n")
     (testhost.root / "etc/pf.conf").chmod(0o600)
-    registry.write_inventory("all:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n      ansible_user: planner\n")
+    registry.write_inventory(
+        "warden_hosts:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n      ansible_user: planner\n"
+    )
     status, _, err = plan()
     assert status == 1
     [line] = err.strip().splitlines()

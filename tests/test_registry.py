@@ -61,7 +61,8 @@ def test_add_agent_writes_every_key_explicitly_with_mode_0600(registry: Registry
 
 def test_add_agent_without_subnet_takes_the_next_free_24_avoiding_host_networks(registry: Registry) -> None:
     registry.write_inventory(
-        "all:\n  hosts:\n    fbsd1:\n      warden_pool: 192.168.0.0/22\n      warden_host_networks: [192.168.0.0/24]\n"
+        "warden_hosts:\n  hosts:\n    fbsd1:\n      warden_pool: 192.168.0.0/22\n"
+        "      warden_host_networks: [192.168.0.0/24]\n"
     )
     add(registry, "atlas", subnet="192.168.1")
     second = add(registry, "iris")
@@ -70,7 +71,7 @@ def test_add_agent_without_subnet_takes_the_next_free_24_avoiding_host_networks(
 
 
 def test_pool_exhaustion_is_a_clear_error_and_writes_nothing(registry: Registry) -> None:
-    registry.write_inventory("all:\n  hosts:\n    fbsd1:\n      warden_pool: 10.9.0.0/24\n")
+    registry.write_inventory("warden_hosts:\n  hosts:\n    fbsd1:\n      warden_pool: 10.9.0.0/24\n")
     add(registry, "atlas")
     with pytest.raises(RegistryError, match=r"no free /24 left in warden_pool 10\.9\.0\.0/24"):
         add(registry, "iris")

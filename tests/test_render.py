@@ -244,7 +244,7 @@ def test_fallback_ruleset_keeps_sshd_dhcp_and_nd_but_not_ssh_from_jails(registry
     from provision.pf.engine import Interface, host_net
 
     registry.write_inventory(
-        "all:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n      ansible_port: 2222\n"
+        "warden_hosts:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n      ansible_port: 2222\n"
         "      warden_ssh_ports: [8022]\n"
     )
     three_agents(registry)
@@ -297,7 +297,7 @@ def test_a_guest_drops_other_guests_on_the_uplink_but_not_its_host(example: Path
 
 def test_inventory_agent_links_open_both_directions_before_the_block(registry: Registry) -> None:
     registry.write_inventory(
-        "all:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n      warden_agent_links: [[atlas, iris]]\n"
+        "warden_hosts:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n      warden_agent_links: [[atlas, iris]]\n"
     )
     three_agents(registry)
     pf = (render(registry) / "fbsd1/etc/pf.warden.conf").read_text()
@@ -483,7 +483,7 @@ def test_a_host_without_agents_renders_only_host_level_files(registry: Registry)
 
 
 def test_a_host_with_agents_but_no_ext_if_is_refused_with_the_fix(registry: Registry) -> None:
-    registry.write_inventory("all:\n  hosts:\n    fbsd1:\n      ansible_host: 192.0.2.10\n    fbsd2: {}\n")
+    registry.write_inventory("warden_hosts:\n  hosts:\n    fbsd1:\n      ansible_host: 192.0.2.10\n    fbsd2: {}\n")
     registry.write_env("atlas", "AGENT_NAME=atlas\nAGENT_SUBNET_BASE=10.0.1\nAGENT_HOST=fbsd1\n")
     hosts, _ = load_inventory(registry.inventory)
     fleet = load_fleet(registry.agents, hosts)

@@ -8,6 +8,7 @@ half-built tree is never used and parallel test runs build it once.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -18,7 +19,15 @@ from pathlib import Path
 from filelock import FileLock
 
 CACHE = Path(os.environ.get("WARDEN_TEST_ROOTFS_CACHE", "/var/cache/warden-provision"))
-PACKAGES = ["python3", "openssh-server", "tar", "git", "ca-certificates"]
+# sudo: the test host's unprivileged login user applies with become (tests/test_become.py).
+PACKAGES = ["python3", "openssh-server", "tar", "git", "ca-certificates", "sudo"]
+
+
+def cache_name(suite: str) -> str:
+    """The tree's directory: the suite and the package list, so a tree built from another list
+    (one without sudo, say) is never reused; it is built anew beside it."""
+    digest = hashlib.sha256(",".join(sorted(PACKAGES)).encode()).hexdigest()[:12]
+    return f"rootfs-{suite}-{digest}"
 
 
 def suite_and_mirror() -> tuple[str, str]:
@@ -44,13 +53,13 @@ def ensure_rootfs() -> Path:
     """The cached tree, building it first if this machine has none (about 35 s)."""
     suite, mirror = suite_and_mirror()
     CACHE.mkdir(parents=True, exist_ok=True)
-    final = CACHE / f"rootfs-{suite}"
+    final = CACHE / cache_name(suite)
     if (final / "usr/sbin/sshd").exists():
         return final
-    with FileLock(str(CACHE / f"rootfs-{suite}.lock"), timeout=900):
+    with FileLock(str(CACHE / f"{final.name}.lock"), timeout=900):
         if (final / "usr/sbin/sshd").exists():
             return final
-        tmp = CACHE / f".rootfs-{suite}.{os.getpid()}"
+        tmp = CACHE / f".{final.name}.{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         started = time.monotonic()
         subprocess.run(

@@ -185,11 +185,20 @@ class TestHost:
                 f"  UserKnownHostsFile {self.known_hosts}\n  StrictHostKeyChecking yes\n"
             )
 
-    def ansible_vars(self) -> dict[str, Any]:
+    def add_sudo_user(self, name: str) -> None:
+        """An unprivileged login user (the test key, as root's) with passwordless sudo."""
+        subprocess.run(["chroot", str(self.root), "useradd", "-m", "-s", "/bin/sh", name], check=True)
+        # "*": no password, yet not locked ("!"), which sshd without PAM would refuse
+        subprocess.run(["chroot", str(self.root), "usermod", "-p", "*", name], check=True)
+        sudoers = self.root / "etc/sudoers.d" / name
+        sudoers.write_text(f"{name} ALL=(ALL) NOPASSWD: ALL\n")
+        sudoers.chmod(0o440)
+
+    def ansible_vars(self, user: str = "root") -> dict[str, Any]:
         return {
             "ansible_host": "127.0.0.1",
             "ansible_port": self.port,
-            "ansible_user": "root",
+            "ansible_user": user,
             "ansible_ssh_private_key_file": str(self.client_key),
             "ansible_python_interpreter": "/usr/bin/python3",
             "ansible_ssh_common_args": f"-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes "
