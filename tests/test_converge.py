@@ -25,7 +25,8 @@ pytestmark = pytest.mark.e2e
 
 
 def point_at(reg: Registry, host: TestHost) -> None:
-    inventory = {"all": {"hosts": {"fbsd1": {"warden_ext_if": "vtnet0", **host.ansible_vars()}}}}
+    group = {"hosts": {"fbsd1": {"warden_ext_if": "vtnet0", **host.ansible_vars()}}}
+    inventory = {"all": {"children": {"warden_hosts": group}}}
     reg.inventory.write_text(yaml.safe_dump(inventory))
 
 
