@@ -18,7 +18,7 @@ import yaml
 from provision.rcconf import read_vars
 from tests.hostkit.testhost import TestHost
 
-from .conftest import REPO, Registry
+from .conftest import COLLECTION, REPO, Registry
 
 pytestmark = pytest.mark.e2e
 
@@ -381,7 +381,7 @@ def test_every_playbook_passes_syntax_check_and_ansible_lint_production() -> Non
     )
     assert syntax.returncode == 0, syntax.stderr
     lint = subprocess.run(
-        ["ansible-lint", "--offline", "--profile", "production", "site.yml", "playbooks", "roles"],
+        ["ansible-lint", "--offline", "--profile", "production", "site.yml", "playbooks", str(COLLECTION)],
         cwd=REPO,
         env=env,
         capture_output=True,

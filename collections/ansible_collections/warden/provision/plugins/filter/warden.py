@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from provision.hostfiles import EDITED, edited_results
-from provision.manifest import Manifest
-from provision.rcconf import read_vars
-from provision.remote import parse_frames, parse_live, read_script
+from ansible.errors import AnsibleFilterError
+
+# The filters are the warden-provision Python package seen from Ansible: without it in the
+# Python that runs ansible-playbook they cannot work, but the collection must still load
+# (ansible-doc, `ansible-test sanity --test import`), so each filter then says what to install.
+PROVISION_MISSING: ImportError | None = None
+try:
+    from provision.hostfiles import EDITED, edited_results
+    from provision.manifest import Manifest
+    from provision.rcconf import read_vars
+    from provision.remote import parse_frames, parse_live, read_script
+except ImportError as exc:
+    PROVISION_MISSING = exc
 
 
 def _manifest(build_host_dir: str) -> Manifest:
@@ -257,8 +268,26 @@ def warden_doctor_failures(stdout: str, host_name: str, inventory: str, agents_d
     return preflight_failures(host, fleet.agents_on(host_name), stdout) if host else []
 
 
+def _needs_provision(name: str) -> Callable[..., Any]:
+    def missing(*args: Any, **kwargs: Any) -> Any:
+        raise AnsibleFilterError(
+            f"the filter warden.provision.{name} needs the warden-provision Python package, which the Python "
+            f"running ansible-playbook ({sys.executable}) cannot import ({PROVISION_MISSING}); fix: install it "
+            "into that Python, `pip install warden-provision` (or the wheel built from its repository, "
+            "README.md#use-it-from-your-own-ansible-repository)"
+        )
+
+    return missing
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
+        found = self._filters()
+        if PROVISION_MISSING is None:
+            return found
+        return {name: _needs_provision(name) for name in found}
+
+    def _filters(self) -> dict[str, Any]:
         return {
             "warden_read_command": warden_read_command,
             "warden_frames": warden_frames,

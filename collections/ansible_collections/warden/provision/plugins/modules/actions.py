@@ -5,7 +5,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: warden_actions
+module: actions
 short_description: Run a list of commands decided from live state, with check mode and diff
 description:
   - Runs each action in order, each command as an argv (no shell), and stops at the first
@@ -31,12 +31,12 @@ options:
     description: What the actions are for (network, pf, jails, agents, limits), for the diff's header.
     type: str
     default: ""
-author: warden-provision
+author: warden-provision maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
 - name: Run the jails' actions
-  warden_actions:
+  warden.provision.actions:
     concern: jails
     actions: "{{ warden_facts_actions | selectattr('concern', 'equalto', 'jails') | list }}"
 """

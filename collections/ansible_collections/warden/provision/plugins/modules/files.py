@@ -5,7 +5,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: warden_files
+module: files
 short_description: Install many rendered files at once, with check mode and diff
 description:
   - Writes each file whose content, mode, owner or group differs, atomically
@@ -43,12 +43,12 @@ options:
   backup_dir:
     description: Directory keeping the previous version of each changed file, by path.
     type: str
-author: warden-provision
+author: warden-provision maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
 - name: Install rendered files
-  warden_files:
+  warden.provision.files:
     files:
       - {path: /etc/pf.warden.conf, content: "...", mode: "0644", owner: root, group: wheel}
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: warden_guest_seed
+module: guest_seed
 short_description: Put our user-data and a fresh SSH host key into a vm-bhyve guest's cloud-init seed
 description:
   - C(vm create -C) writes the seed's meta-data and network-config (with the MAC it generated)
@@ -29,12 +29,12 @@ options:
     description: Path on the host of our user-data (C(#cloud-config) then a JSON mapping).
     type: str
     required: true
-author: warden-provision
+author: warden-provision maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
 - name: Seed the guest
-  warden_guest_seed:
+  warden.provision.guest_seed:
     name: novavm
     vm_dir: /vm
     user_data: /usr/local/etc/warden/guests/novavm/user-data

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: warden_soul
+module: soul
 short_description: Move each soul checkout to its pinned commit, as the agent's own user
 description:
   - For each soul, reads the commit its checkout is at and, when it differs, clones
     it from the bundle (once), fetches the bundle's tags and checks the pinned commit
     out detached; files the harness wrote in the checkout are kept.
   - Every git command runs as the agent's user (its uid, gid and groups, HOME set to
-    its home, no environment of root's), never as root: git runs hooks and
+    its home, no environment of root's), never as root, because git runs hooks and
     configuration from the repository (core.fsmonitor, .git/hooks), which the agent
     can write (docs/security.md). No safe.directory exception is ever set.
   - One call per host for all souls; check mode reports what would move.
@@ -22,12 +22,12 @@ options:
     type: list
     elements: dict
     default: []
-author: warden-provision
+author: warden-provision maintainers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
 - name: Place the souls
-  warden_soul:
+  warden.provision.soul:
     souls:
       - {name: atlas, user: atlas, group: atlas, dir: /home/atlas/clawdie,
          bundle: /var/db/warden-soul/atlas.bundle, commit: 0123456789abcdef0123456789abcdef01234567}
