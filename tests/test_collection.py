@@ -129,3 +129,26 @@ def pinned_pip_version() -> str:
     from ansible_test._internal.python_requirements import get_venv_packages
 
     return str(get_venv_packages(NativePythonConfig(version="3.11", path=sys.executable))["pip"])
+
+
+def test_the_filters_load_without_provision_and_say_what_to_install() -> None:
+    """Without the package (ansible-doc, the import sanity test, a forgotten pip install) the
+    filter plugin still loads; a filter used then fails with the fix, not with an ImportError."""
+    script = f"""
+import importlib.util, sys
+sys.modules["provision"] = None  # import provision -> ImportError, as where it is not installed
+spec = importlib.util.spec_from_file_location("warden_filters", {str(COLLECTION / "plugins/filter/warden.py")!r})
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+from ansible.errors import AnsibleFilterError
+filters = mod.FilterModule().filters()
+assert "warden_manifest" in filters and len(filters) > 10, filters
+try:
+    filters["warden_manifest"]("/nonexistent")
+except AnsibleFilterError as exc:
+    print(exc)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "warden.provision.warden_manifest needs the warden-provision Python package" in result.stdout
+    assert "pip install warden-provision" in result.stdout
