@@ -415,7 +415,7 @@ def test_just_plan_with_changes_pending_exits_2_without_a_recipe_failure(registr
 
 
 def validated(result: subprocess.CompletedProcess[str], command: str) -> dict[str, Any]:
-    """stdout parsed as JSON and validated against schemas/warden.<command>.v1.json."""
+    """stdout parsed as JSON and validated against provision/schemas/warden.<command>.v1.json."""
     from jsonschema import Draft202012Validator
 
     schema = json.loads((REPO / "provision" / "schemas" / f"warden.{command}.v1.json").read_text(encoding="utf-8"))
