@@ -139,6 +139,12 @@ def test_site_from_an_operators_own_repository_with_the_built_wheel_and_collecti
     listed = run(["ansible-galaxy", "collection", "list", "warden.provision"], project, env).stdout
     assert str(collections) in listed, listed
 
+    # the wheel's `warden`, from the operator's directory: its agents/ and inventory/, the
+    # package's templates (render writes build/ here)
+    checked = run(["warden", "render"], project, env)
+    assert "fbsd1" in checked.stdout + checked.stderr
+    assert (project / "build/fbsd1/usr/local/etc/rc.d/atlas").is_file()
+
     site = ["ansible-playbook", "-i", "inventory/hosts.yml", "warden.provision.site"]
     first = run(site, project, env)
     assert recap(first, "fbsd1")["changed"] > 0
