@@ -152,3 +152,24 @@ except AnsibleFilterError as exc:
     assert result.returncode == 0, result.stderr
     assert "warden.provision.warden_manifest needs the warden-provision Python package" in result.stdout
     assert "pip install warden-provision" in result.stdout
+
+
+def test_the_collection_and_the_package_agree_on_version_ansible_core_and_dependencies() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    galaxy = yaml.safe_load((COLLECTION / "galaxy.yml").read_text(encoding="utf-8"))
+    runtime = yaml.safe_load((COLLECTION / "meta/runtime.yml").read_text(encoding="utf-8"))
+    assert galaxy["version"] == project["version"]
+    core = [d for d in project["dependencies"] if re.match(r"ansible(-core)?\b", d)]
+    assert core == ["ansible-core>=2.19,<2.20"], "ansible-core alone, not the `ansible` bundle"
+    assert runtime["requires_ansible"] == ">=2.19.0,<2.20.0"
+    # ansible.builtin only: no collection to depend on, here or in requirements.yml
+    assert galaxy["dependencies"] == {}
+    assert yaml.safe_load((REPO / "requirements.yml").read_text(encoding="utf-8")) == {"collections": []}
+    used = {
+        m.group(1)
+        for path in COLLECTION.rglob("*.yml")
+        for m in re.finditer(r"^\s*-?\s*([a-z_]+\.[a-z_]+)\.[a-z_]+:", path.read_text(encoding="utf-8"), re.M)
+    }
+    assert {"ansible.builtin", "warden.provision"} <= used <= {"ansible.builtin", "warden.provision"}, used
