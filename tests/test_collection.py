@@ -172,4 +172,4 @@ def test_the_collection_and_the_package_agree_on_version_ansible_core_and_depend
         for path in COLLECTION.rglob("*.yml")
         for m in re.finditer(r"^\s*-?\s*([a-z_]+\.[a-z_]+)\.[a-z_]+:", path.read_text(encoding="utf-8"), re.M)
     }
-    assert {"ansible.builtin", "warden.provision"} <= used <= {"ansible.builtin", "warden.provision"}, used
+    assert used == {"ansible.builtin", "warden.provision"}, used
