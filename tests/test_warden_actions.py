@@ -1,4 +1,5 @@
-"""The module warden.provision.actions (plugins/modules/actions.py) run as Ansible runs a module (its args in a JSON file), locally."""
+"""The module warden.provision.actions (plugins/modules/actions.py) run as Ansible runs a module
+(its args in a JSON file), locally."""
 
 from __future__ import annotations
 
