@@ -16,8 +16,8 @@ description:
   - Files marked keep_mode (the operator's rc.conf, pf.conf, rctl.conf that we edit)
     keep their existing mode, owner and group; the given ones apply only on creation.
   - A file with C(expect) (a list of sha256 hex digests of whole contents, or C(absent))
-    is written only when what is there now is one of them: the content was computed from
-    an earlier read, and an edit made since would otherwise be reverted silently. On a
+    is written only when what is there now is one of them, since the content was computed
+    from an earlier read and an edit made since would otherwise be reverted silently. On a
     mismatch nothing at all is written and the task fails, saying so.
   - Files, directories and removals owned by a user other than root (an agent's .env,
     its directory) are handled by a child process per such user that drops to the user's
