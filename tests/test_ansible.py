@@ -393,7 +393,7 @@ def test_every_playbook_passes_syntax_check_and_ansible_lint_production() -> Non
 
 def copied(result: subprocess.CompletedProcess[str]) -> list[str]:
     """The souls whose bundle the run copied to the host (items of the soul role's copy task)."""
-    m = re.search(r"^TASK \[warden_soul : Copy .*?\n(.*?)(?=^TASK \[)", result.stdout, re.M | re.S)
+    m = re.search(r"^TASK \[warden\.provision\.warden_soul : Copy .*?\n(.*?)(?=^TASK \[)", result.stdout, re.M | re.S)
     assert m, result.stdout[-3000:]
     return re.findall(r"^(?:ok|changed): \[fbsd1\] => \(item=(\w+)\)", m.group(1), re.M)
 
