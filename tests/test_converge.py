@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 
 def point_at(reg: Registry, host: TestHost) -> None:
-    inventory = {"all": {"hosts": {"fbsd1": {"warden_ext_if": "vtnet0", **host.ansible_vars()}}}}
+    inventory = {"warden_hosts": {"hosts": {"fbsd1": {"warden_ext_if": "vtnet0", **host.ansible_vars()}}}}
     reg.inventory.write_text(yaml.safe_dump(inventory))
 
 
