@@ -6,7 +6,9 @@ Run `invoke --list` for the list, `invoke --help <task>` for a task's options.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from invoke.context import Context
@@ -16,6 +18,11 @@ from invoke.tasks import Task
 from invoke.tasks import task as _task
 
 from provision import cli
+
+# invoke finds tasks.py from any subdirectory of the clone; the registry, inventory and
+# build/ are the clone's, as they were before `provision` learned to run from anywhere
+# (provision/settings.py: without PROVISION_ROOT the tree is the current directory).
+os.environ.setdefault("PROVISION_ROOT", str(Path(__file__).resolve().parent))
 
 _handle = ParseMachine.handle
 

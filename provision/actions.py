@@ -2,8 +2,8 @@
 live state read in one round (docs/convergence.md).
 
 `host_actions` is pure: `invoke plan` prints its result and the Ansible roles execute it
-(filter_plugins/warden.py computes it once per host in the facts round;
-library/warden_actions.py runs one concern's list).  Nothing here depends on what changed
+(the warden.provision filters, plugins/filter/warden.py, compute it once per host in the facts round;
+the module warden.provision.actions runs one concern's list).  Nothing here depends on what changed
 in the current run, so a run interrupted anywhere is finished by the next one:
 
 - a jail is set up only when its marker (/var/db/warden/jails/<jail>.ready, root's, outside

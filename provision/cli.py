@@ -59,24 +59,24 @@ OPTION_HELP: dict[str, dict[str, str]] = {
     },
     "graph": {"output": "file to write, without extension (default: build/fleet)", "png": "also write a PNG"},
     "render": {"host": "render only this host (default: every host and bhyve guest)"},
-    "list": {"json": "print one JSON document (schemas/warden.list.v1.json) instead of text"},
-    "check": {"json": "print one JSON document (schemas/warden.check.v1.json) instead of text"},
+    "list": {"json": "print one JSON document (provision/schemas/warden.list.v1.json) instead of text"},
+    "check": {"json": "print one JSON document (provision/schemas/warden.check.v1.json) instead of text"},
     "plan": {
         "host": "plan only this inventory host (default: every host)",
         "stat": "per file one line (kind, path, +added -removed lines) instead of its diff",
-        "json": "print one JSON document (schemas/warden.plan.v1.json) instead of text",
+        "json": "print one JSON document (provision/schemas/warden.plan.v1.json) instead of text",
     },
     "soul-check": {"name": "the agent whose soul repo to validate"},
     "soul-pin": {"name": "the agent whose SOUL_REF to pin"},
     "soul-init": {"name": "the agent", "dest": "repo directory (default agents/<name>/soul)", "author": "provenance"},
     "doctor": {
         "host": "check only this host (default: every reachable host)",
-        "json": "print one JSON document (schemas/warden.doctor.v1.json) instead of text",
+        "json": "print one JSON document (provision/schemas/warden.doctor.v1.json) instead of text",
     },
     "status": {
         "host": "only this host",
         "agent": "only this agent",
-        "json": "print one JSON document (schemas/warden.status.v1.json) instead of text",
+        "json": "print one JSON document (provision/schemas/warden.status.v1.json) instead of text",
     },
     "reach": {
         "host": "the host or bhyve guest to show",
@@ -137,7 +137,7 @@ def parse_set(pairs: Sequence[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def print_json(schema: str, document: Mapping[str, Any]) -> None:
-    """One JSON document on stdout, naming its schema (schemas/<schema>.json, README.md#json-output)."""
+    """One JSON document on stdout, naming its schema (provision/schemas/<schema>.json, README.md#json-output)."""
     import json
 
     # Credentials in URLs never reach the output, whatever put them in a message.
@@ -609,7 +609,7 @@ def plan_command(settings: Settings, host: str | None = None, *, as_json: bool =
 
     Returns the exit status: 0 no changes, 2 changes pending, 1 an error on any host.
     STAT prints one line per file instead of its diff; AS_JSON one document
-    (schemas/warden.plan.v1.json) instead of anything else on stdout.
+    (provision/schemas/warden.plan.v1.json) instead of anything else on stdout.
     """
     from concurrent.futures import ThreadPoolExecutor
 

@@ -108,7 +108,7 @@ def print_actions(out: Console, hp: HostPlan) -> None:
 
 
 def host_json(hp: HostPlan) -> dict[str, object]:
-    """One host's plan for `plan --json` (schemas/warden.plan.v1.json); diffs already masked."""
+    """One host's plan for `plan --json` (provision/schemas/warden.plan.v1.json); diffs already masked."""
     return {
         "host": hp.host,
         "error": hp.error,

@@ -76,7 +76,7 @@ class Check:
     applied_by_site: bool = False  # site.yml sets this itself, so its preflight does not stop on it
 
     def as_json(self) -> dict[str, object]:
-        """As `doctor --json` prints it (schemas/warden.doctor.v1.json)."""
+        """As `doctor --json` prints it (provision/schemas/warden.doctor.v1.json)."""
         return {"name": self.name, "ok": self.ok, "detail": self.detail, "fix": self.fix}
 
 

@@ -7,7 +7,7 @@ user `freebsd`, created with password `freebsd` (libexec/nuageinit/nuageinit
 default_user).  So the user-data is ours, emitted by a serializer (JSON is YAML): the
 operator's key on root, no default user (nuageinit creates `freebsd` only when `users`
 is absent or lists "default"), password logins off, and root logins by key only.
-The host adds the guest's SSH host key to it (library/warden_guest_seed.py), so the
+The host adds the guest's SSH host key to it (the module warden.provision.guest_seed), so the
 first connection can be checked against a key we made, never accepted blindly.
 """
 
@@ -154,7 +154,7 @@ def guest_problems(hosts: list[Host], with_guests: set[str], home: Path | None =
             if isinstance(found, Problem):
                 out.append(found)
         if not IMAGE_PATH_RE.fullmatch(host.vm_dir):
-            # the seed and the pinned host key are files under $vm_dir/<guest> (library/warden_guest_seed.py)
+            # the seed and the pinned host key are files under $vm_dir/<guest> (the module warden.provision.guest_seed)
             out.append(
                 Problem(
                     (_loc(host, "warden_vm_dir"),),

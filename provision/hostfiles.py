@@ -141,8 +141,9 @@ def edited_results(
     """Each EDITED path -> its text after our edits, given its LIVE text (None: no such file).
 
     The one place that says how each edited file is computed, for `invoke plan`, the
-    Ansible roles (filter_plugins/warden.py) and the benches.  A file that does not exist
-    and would stay empty (no rctl rules, no rctl.conf) is left out: nothing to write.
+    Ansible roles (the filters of warden.provision, plugins/filter/warden.py) and the
+    benches.  A file that does not exist and would stay empty (no rctl rules, no
+    rctl.conf) is left out: nothing to write.
     """
     compute: dict[str, Callable[[str], str]] = {
         "/etc/rc.conf": lambda text: rc_conf_result(manifest, text, previous, hold_pf_enable),

@@ -231,7 +231,7 @@ def _meta(entry: FileEntry, stat: Stat | None, ids: Ids) -> list[str]:
     """How the live file's mode/owner/group differ from what the apply sets.
 
     An owner or group the host does not know yet is not compared: the apply creates
-    the agent's user first (as library/warden_files.py skips an unknown name in check mode).
+    the agent's user first (as the module warden.provision.files skips an unknown name in check mode).
     """
     if stat is None:
         return []

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .manifest import LIVE_MANIFEST_PATH
 from .models import Host
-from .settings import REPO_ROOT
+from .settings import project_root
 
 if TYPE_CHECKING:
     import paramiko
@@ -515,18 +515,19 @@ def _jump_targets(t: Target) -> list[Target]:
 # -- reading ---------------------------------------------------------------------------
 
 
-def local_root(host: Host, base: Path = REPO_ROOT) -> Path | None:
+def local_root(host: Host, base: Path | None = None) -> Path | None:
     """A directory read instead of SSH: `warden_sample_root` (the bundled example), or
-    `/` for `ansible_connection: local` (plan run on the FreeBSD host itself)."""
+    `/` for `ansible_connection: local` (plan run on the FreeBSD host itself).  A relative
+    sample root is relative to the project (PROVISION_ROOT, else the current directory)."""
     if host.sample_root:
         path = Path(host.sample_root)
-        return path if path.is_absolute() else base / path
+        return path if path.is_absolute() else (base or project_root()) / path
     if str(host.ansible_vars.get("ansible_connection", "")) == "local":
         return Path("/")
     return None
 
 
-def sample_root_of(host: Host, base: Path = REPO_ROOT) -> Path | None:
+def sample_root_of(host: Host, base: Path | None = None) -> Path | None:
     """The bundled sample host tree, when the inventory sets `warden_sample_root`."""
     if not host.sample_root:
         return None

@@ -27,6 +27,7 @@ import shutil
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,12 +41,14 @@ from .manifest import MANIFEST_RELPATH, FileEntry, GuestSpec, JailSpec, Manifest
 from .models import CONTROLLER_ONLY, Agent, Fleet, Host, jail_mac
 from .problems import Location, Problem
 from .rcconf import Set, alias_edits
-from .settings import REPO_ROOT
 
 if TYPE_CHECKING:
     pass
 
-TEMPLATES = REPO_ROOT / "templates"
+# Package data (pyproject.toml [tool.setuptools.package-data]): found the same way from a
+# clone and from an installed wheel.  Jinja's FileSystemLoader needs a directory on disk,
+# which a wheel installed by pip is (never a zip).
+TEMPLATES = Path(str(resources.files("provision") / "templates"))
 # Two comment lines at the top of every file ("# " + HEADER through escape.comment, which
 # starts each line of it with "# "): who manages it, from what.
 HEADER = "Managed by warden-provision: local edits are overwritten by the next apply.\nRendered from {origin}."

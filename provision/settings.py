@@ -7,6 +7,11 @@ way ansible-playbook chooses it, so that both read the same one
 ansible.cfg Ansible would read, else inventory/hosts.yml.  PROVISION_INVENTORY, when
 set, wins for provision alone (site.yml refuses a run where it differs from
 ansible-playbook's).
+
+Without PROVISION_* the tree is the directory the command runs from (PROVISION_ROOT
+changes it): agents/, build/, .cache/ and the ansible.cfg it reads, as ansible-playbook
+reads ./ansible.cfg.  Installed from a wheel there is no repository to fall back on, so
+a clone behaves the same way: `invoke` (tasks.py) sets PROVISION_ROOT to the clone.
 """
 
 from __future__ import annotations
@@ -17,7 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+def project_root(environ: Mapping[str, str] | None = None) -> Path:
+    """PROVISION_ROOT, else the current directory (module docstring)."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("PROVISION_ROOT") or Path.cwd())
 
 
 @dataclass(frozen=True)
@@ -36,7 +45,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        root = Path(env.get("PROVISION_ROOT", REPO_ROOT))
+        root = project_root(env)
         sources = inventory_sources(env, root)
         return cls(
             agents_dir=Path(env.get("PROVISION_AGENTS_DIR", root / "agents")),

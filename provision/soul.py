@@ -325,7 +325,7 @@ def validate(checkout: Path, agent_name: str, secret_values: Mapping[str, str], 
                     None,
                     "soul-manifest",
                     f"{where}: {err['msg']}",
-                    f'follow schemas/{SCHEMA_ID}.json ("schema": "{SCHEMA_ID}")',
+                    f'follow provision/schemas/{SCHEMA_ID}.json ("schema": "{SCHEMA_ID}")',
                 )
     secrets = {v for k, v in secret_values.items() if is_secret_key(k) and len(v) >= MIN_SECRET_LEN}
     # and the credentials inside any URL value (DATABASE_URL=postgres://user:pass@…, SOUL_REPO)

@@ -1,20 +1,21 @@
 """The `manifest.json` of a layered soul repo, schema `clawdie.layered-soul.v1` (README.md#soul-repos).
 
 The model is the schema: `python -m provision.soul_manifest` rewrites the published
-JSON Schema at schemas/clawdie.layered-soul.v1.json from it, and a test keeps the two
+JSON Schema at provision/schemas/clawdie.layered-soul.v1.json (package data) from it, and a test keeps the two
 in step.
 """
 
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_ID = "clawdie.layered-soul.v1"
-SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / f"{SCHEMA_ID}.json"
+SCHEMA_FILE = Path(str(resources.files("provision") / "schemas" / f"{SCHEMA_ID}.json"))
 
 
 class Provenance(BaseModel):

@@ -13,6 +13,8 @@ import pytest
 from provision.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
+# The Ansible collection warden.provision, as a clone holds it (ansible.cfg collections_path).
+COLLECTION = REPO / "collections" / "ansible_collections" / "warden" / "provision"
 
 
 @dataclass

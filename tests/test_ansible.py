@@ -18,7 +18,7 @@ import yaml
 from provision.rcconf import read_vars
 from tests.hostkit.testhost import TestHost
 
-from .conftest import REPO, Registry
+from .conftest import COLLECTION, REPO, Registry
 
 pytestmark = pytest.mark.e2e
 
@@ -381,7 +381,7 @@ def test_every_playbook_passes_syntax_check_and_ansible_lint_production() -> Non
     )
     assert syntax.returncode == 0, syntax.stderr
     lint = subprocess.run(
-        ["ansible-lint", "--offline", "--profile", "production", "site.yml", "playbooks", "roles"],
+        ["ansible-lint", "--offline", "--profile", "production", "site.yml", "playbooks", str(COLLECTION)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -393,7 +393,7 @@ def test_every_playbook_passes_syntax_check_and_ansible_lint_production() -> Non
 
 def copied(result: subprocess.CompletedProcess[str]) -> list[str]:
     """The souls whose bundle the run copied to the host (items of the soul role's copy task)."""
-    m = re.search(r"^TASK \[warden_soul : Copy .*?\n(.*?)(?=^TASK \[)", result.stdout, re.M | re.S)
+    m = re.search(r"^TASK \[warden\.provision\.warden_soul : Copy .*?\n(.*?)(?=^TASK \[)", result.stdout, re.M | re.S)
     assert m, result.stdout[-3000:]
     return re.findall(r"^(?:ok|changed): \[fbsd1\] => \(item=(\w+)\)", m.group(1), re.M)
 

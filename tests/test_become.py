@@ -37,7 +37,7 @@ def test_a_sudo_user_with_become_converges_and_plan_reads_through_sudo(registry:
     root = testhost.root
     assert (root / "usr/local/etc/rc.d/atlas").stat().st_uid == 0
     assert 'atlas_enable="YES"' in (root / "etc/rc.conf").read_text()
-    env_file = root / "home/atlas/clawdie/.env"  # written by warden_files' child as the agent
+    env_file = root / "home/atlas/clawdie/.env"  # written by warden.provision.files' child as the agent
     atlas_uid = int(subprocess.run(["chroot", str(root), "id", "-u", "atlas"], capture_output=True, text=True).stdout)
     assert env_file.stat().st_uid == atlas_uid
     assert testhost.state()["pf"]["enabled"]  # confirmed over a new connection, as admin with sudo

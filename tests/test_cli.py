@@ -415,10 +415,10 @@ def test_just_plan_with_changes_pending_exits_2_without_a_recipe_failure(registr
 
 
 def validated(result: subprocess.CompletedProcess[str], command: str) -> dict[str, Any]:
-    """stdout parsed as JSON and validated against schemas/warden.<command>.v1.json."""
+    """stdout parsed as JSON and validated against provision/schemas/warden.<command>.v1.json."""
     from jsonschema import Draft202012Validator
 
-    schema = json.loads((REPO / "schemas" / f"warden.{command}.v1.json").read_text(encoding="utf-8"))
+    schema = json.loads((REPO / "provision" / "schemas" / f"warden.{command}.v1.json").read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)
     document: dict[str, Any] = json.loads(result.stdout)
     errors = [e.message for e in Draft202012Validator(schema).iter_errors(document)]
@@ -504,7 +504,7 @@ def test_doctor_json_of_evaluated_checks_follows_its_schema() -> None:
         "ok": all(c.ok for c in checks),
         "hosts": [{"host": "fbsd1", "error": None, "checks": [c.as_json() for c in checks]}],
     }
-    schema = json.loads((REPO / "schemas" / "warden.doctor.v1.json").read_text(encoding="utf-8"))
+    schema = json.loads((REPO / "provision" / "schemas" / "warden.doctor.v1.json").read_text(encoding="utf-8"))
     assert not list(Draft202012Validator(schema).iter_errors(document))
 
 

@@ -14,9 +14,9 @@ import pytest
 
 from tests.hostkit.testhost import TestHost
 
-from .conftest import REPO, Registry
+from .conftest import COLLECTION, Registry
 
-MODULE = REPO / "library" / "warden_files.py"
+MODULE = COLLECTION / "plugins" / "modules" / "files.py"
 
 
 def sha(data: bytes) -> str:
@@ -24,7 +24,8 @@ def sha(data: bytes) -> str:
 
 
 def run_module(tmp_path: Path, **args: Any) -> dict[str, Any]:
-    """library/warden_files.py as Ansible runs it: its arguments in a JSON file, its result on stdout."""
+    """warden.provision.files (plugins/modules/files.py) as Ansible runs it: arguments in a JSON
+    file, result on stdout."""
     argfile = tmp_path / "args.json"
     argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
     result = subprocess.run(
@@ -78,7 +79,7 @@ def test_edited_files_expect_the_read_and_each_result_of_this_run(registry: Regi
     import importlib.util
 
     # Loaded by path, as Ansible loads filter plugins (the directory is not a package).
-    spec = importlib.util.spec_from_file_location("warden_filters", REPO / "filter_plugins/warden.py")
+    spec = importlib.util.spec_from_file_location("warden_filters", COLLECTION / "plugins/filter/warden.py")
     assert spec and spec.loader
     filters = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(filters)

@@ -19,7 +19,7 @@ from provision.problems import Problem
 from provision.registry import load_fleet
 from provision.render import render_fleet
 
-from .conftest import REPO, Registry
+from .conftest import COLLECTION, Registry
 from .hostile import HOSTILE, run_outputs
 from .test_registry import invoke
 
@@ -222,7 +222,7 @@ def test_agent_dir_in_its_own_home_is_rendered_with_the_wrapper_and_env(registry
     assert {"/usr/local/libexec/warden/run-atlas.sh", f"{directory}/.env", "/usr/local/etc/rc.d/atlas"} <= paths
     # ... and the agents role installs them: its path filter (Ansible's `match`, re.match)
     # used to drop a wrapper and .env outside /home while still creating the directory.
-    role_vars = yaml.safe_load((REPO / "roles/warden_agents/vars/main.yml").read_text())
+    role_vars = yaml.safe_load((COLLECTION / "roles/warden_agents/vars/main.yml").read_text())
     pattern = re.search(r"selectattr\('path', 'match', '([^']+)'\)", role_vars["warden_agents_owned"])
     assert pattern is not None
     assert all(re.match(pattern.group(1), path) for path in paths if "/warden/jails/" not in path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .conftest import COLLECTION, REPO
 
 BIN = Path(sys.executable).parent
 
@@ -39,7 +39,7 @@ def test_ruff_check_and_format() -> None:
 
 @pytest.mark.parametrize(
     "targets",
-    [(), ("tasks.py", "library", "filter_plugins", "tests", "bench")],
+    [(), ("tasks.py", "collections/ansible_collections/warden/provision/plugins", "tests", "bench")],
     ids=["package", "tasks-plugins-tests-bench"],
 )
 def test_mypy_strict(targets: tuple[str, ...]) -> None:
@@ -52,7 +52,7 @@ def test_shell_scripts_we_ship_pass_shellcheck() -> None:
         REPO / "scripts/bootstrap.sh",
         REPO / "scripts/demo",
         REPO / "scripts/test",
-        *sorted((REPO / "roles").glob("*/files/*.sh")),
+        *sorted((COLLECTION / "roles").glob("*/files/*.sh")),
     ]
     assert len(scripts) >= 4
     result = run(tool("shellcheck"), "--shell=sh", "--severity=style", *map(str, scripts))

@@ -1,4 +1,5 @@
-"""library/warden_actions.py run as Ansible runs a module (its args in a JSON file), locally."""
+"""The module warden.provision.actions (plugins/modules/actions.py) run as Ansible runs a module
+(its args in a JSON file), locally."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .conftest import REPO
+from .conftest import COLLECTION
 
 
 def run(tmp_path: Path, actions: list[dict[str, Any]], check: bool = False) -> dict[str, Any]:
@@ -18,7 +19,7 @@ def run(tmp_path: Path, actions: list[dict[str, Any]], check: bool = False) -> d
         json.dumps({"ANSIBLE_MODULE_ARGS": {"actions": actions, "concern": "jails", "_ansible_check_mode": check}})
     )
     out = subprocess.run(
-        [sys.executable, str(REPO / "library/warden_actions.py"), str(args)],
+        [sys.executable, str(COLLECTION / "plugins/modules/actions.py"), str(args)],
         capture_output=True,
         text=True,
         check=False,
