@@ -13,6 +13,7 @@ from ipaddress import IPv4Interface, IPv4Network
 
 from .isolation import arp_entries, bridge_entries, bridge_pin_changes, sysctl_lines
 from .models import Agent, Host, jail_mac
+from .probe import section_lines
 from .rcconf import read_vars
 
 MIN_MAJOR = 14
@@ -81,16 +82,8 @@ class Check:
 
 
 def sections(text: str) -> dict[str, str]:
-    out: dict[str, list[str]] = {}
-    current = None
-    for line in text.splitlines():
-        m = re.match(r"^=== (\S+) ===$", line)
-        if m:
-            current = m.group(1)
-            out[current] = []
-        elif current:
-            out[current].append(line)
-    return {k: "\n".join(v).strip() for k, v in out.items()}
+    """The `=== name ===` blocks of a probe's output, each as one stripped text (probe.py splits them)."""
+    return {k: "\n".join(v).strip() for k, v in section_lines(text).items()}
 
 
 def host_addresses(ifconfig_text: str, skip: str) -> list[IPv4Interface]:

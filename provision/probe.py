@@ -102,7 +102,8 @@ class Probe:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
-def _sections(text: str) -> dict[str, list[str]]:
+def section_lines(text: str) -> dict[str, list[str]]:
+    """The lines of each `=== name ===` block, by name (doctor.py reads the same framing)."""
     out: dict[str, list[str]] = {}
     current: str | None = None
     for line in text.splitlines():
@@ -117,7 +118,7 @@ def _sections(text: str) -> dict[str, list[str]]:
 
 def parse_probe(text: str) -> Probe:
     """The probe's sections as facts."""
-    s = _sections(text)
+    s = section_lines(text)
     body = {name: "\n".join(lines).strip() for name, lines in s.items()}
     inet = [m.group(1) for ln in s.get("bridge", []) if (m := re.match(r"^\s*inet (\S+) netmask", ln))]
     return Probe(
