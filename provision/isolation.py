@@ -3,11 +3,13 @@
 The one place that says it (docs/isolation.md explains the model with the example fleet):
 
 * root on the machine reaches every jail; an agent's processes reach their own jails and
-  the shared LLM jails they use;
+  the shared LLM jails they use, and of the management LAN (`warden_host_networks`) only
+  its DNS resolvers (port 53);
 * a jail reaches the jails of its own agent, the shared LLM jails and `warden_agent_links`
   peers its agent is given, the internet through NAT, and on its own gateway (this host's
   address in its /24) the DNS resolver, its own agent's API port and the ports listed in
-  `warden_jail_host_ports`;
+  `warden_jail_host_ports` — each served by the user that owns it, not by whoever binds
+  the port while its server is down;
 * everything else from a jail or guest is blocked: other agents' jails, this host's
   other addresses and ports (sshd, other agents' API ports), the management LAN
   (`warden_host_networks`);
@@ -36,6 +38,11 @@ from .models import LLM_ROLES, Agent, jail_mac, parse_host_ports
 # Names and addresses reach the anchor through the template's `pf` filter (escape.py),
 # which refuses anything but a plain token; models.py validates them by full match first.
 DNS_PORT = 53
+# What this host's agent processes may still reach on the management networks
+# (warden_host_networks): DNS, since the host's /etc/resolv.conf, which their resolver
+# reads, commonly names a LAN resolver (the router; VirtualBox's 10.0.2.3 in the Vagrant
+# box). Everything else there is blocked for them (docs/isolation.md "Host processes").
+LAN_OPEN_PORTS = (DNS_PORT,)
 
 # if_bridge.c: pfil_member filters bridged frames on the member epairs, pfil_bridge on
 # the bridge, pfil_onlyip drops non-IP frames (ARP excepted) instead of passing them
@@ -94,13 +101,15 @@ class ProcessGrant:
 
 @dataclass(frozen=True)
 class HostPort:
-    """Sources in SRC may reach PROTO/PORT on GATEWAY (this host's address in their /24)."""
+    """Sources in SRC may reach PROTO/PORT on GATEWAY (this host's address in their /24),
+    when USER's socket listens there ("": whoever listens, for a port only root can bind)."""
 
     src: str
     gateway: str
     proto: str
     port: int
     why: str
+    user: str = ""
 
 
 @dataclass
@@ -114,6 +123,9 @@ class Policy:
     jail_grants: list[Grant] = field(default_factory=list)
     host_ports: list[HostPort] = field(default_factory=list)
     host_networks: list[str] = field(default_factory=list)
+    # This host's agent users, kept off the management networks but for DNS (LAN_OPEN_PORTS).
+    lan_blocked_users: list[str] = field(default_factory=list)
+    lan_open_ports: list[int] = field(default_factory=list)
     unpinned: list[str] = field(default_factory=list)  # jails whose epair Bastille numbers
 
 
@@ -141,6 +153,8 @@ def build_policy(
         agent_nets=[str(n) for n in nets],
         self_addresses=[str(g) for g in gateways],
         host_networks=[str(n) for n in sorted(host_networks)],
+        lan_blocked_users=sorted(a.name for a in agents) if host_networks else [],
+        lan_open_ports=list(LAN_OPEN_PORTS) if host_networks and agents else [],
     )
     seen: set[str] = set()
     for agent in sorted(agents, key=lambda a: a.name):
@@ -197,13 +211,21 @@ def build_policy(
     ]
     if guests and uplink is not None:
         sources.append((str(uplink), str(uplink.network_address + 1), None))
+    # A port above 1023 is open to any user's bind while its server is down (restart, crash,
+    # boot order), and the jails would talk to whoever took it: each such rule names the
+    # user whose listening socket it is (pf.conf(5) user: "for incoming connections to the
+    # firewall itself, the user that listens on the destination port"). Port 53 is reserved
+    # (net.inet.ip.portrange.reservedhigh=1023), so only root can bind it: the resolver's
+    # rule names no user (docs/freebsd.md#pf-user-matching).
     for net, gw, owner in sources:
         for proto in ("tcp", "udp"):
             policy.host_ports.append(HostPort(net, gw, proto, DNS_PORT, "the DNS resolver the jails are given"))
         if owner is not None:
-            policy.host_ports.append(HostPort(net, gw, "tcp", owner.api_port, f"{owner.name}'s own API port"))
-        for proto, port in extra:
-            policy.host_ports.append(HostPort(net, gw, proto, port, "warden_jail_host_ports"))
+            why = f"{owner.name}'s own API port, {owner.name}'s socket only"
+            policy.host_ports.append(HostPort(net, gw, "tcp", owner.api_port, why, owner.name))
+        for proto, port, user in extra:
+            why = f"warden_jail_host_ports, {user}'s socket only"
+            policy.host_ports.append(HostPort(net, gw, proto, port, why, user))
     return policy
 
 

@@ -427,26 +427,41 @@ class Agent(BaseModel):
         return out
 
 
-HOST_PORT_RE = re.compile(r"(tcp|udp)/([0-9]{1,5})")
+# `PORT`, `tcp/PORT` or `udp/PORT`, optionally `@USER`: the user whose socket serves it.
+HOST_PORT_RE = re.compile(r"(?:(tcp|udp)/)?([0-9]{1,5})(?:@([a-z][a-z0-9_-]{0,31}))?")
+HOST_PORT_OWNER = "root"
 
 
 class PolicyError(ValueError):
     """A value the isolation policy (isolation.py) cannot use."""
 
 
-def parse_host_ports(values: Iterable[object]) -> list[tuple[str, int]]:
-    """`warden_jail_host_ports` items, `8080` (tcp) or `udp/123`, as (proto, port)."""
-    out: list[tuple[str, int]] = []
+def parse_host_ports(values: Iterable[object]) -> list[tuple[str, int, str]]:
+    """`warden_jail_host_ports` items, `8080` (tcp), `udp/123` or `tcp/8443@squid`, as
+    (proto, port, owner).  The owner is the user whose listening socket the jails may
+    reach (pf.conf(5) user); root unless named (docs/isolation.md "Ports on the gateway")."""
+    out: dict[tuple[str, int], str] = {}
     for v in values:
         text = str(v)
-        m = HOST_PORT_RE.fullmatch(text) if "/" in text else re.fullmatch(r"([0-9]{1,5})", text)
+        m = HOST_PORT_RE.fullmatch(text)
         if m is None:
-            raise PolicyError(f"warden_jail_host_ports: {text!r} is not PORT or tcp/PORT or udp/PORT")
-        proto, port = (m.group(1), int(m.group(2))) if "/" in text else ("tcp", int(m.group(1)))
+            raise PolicyError(
+                f"warden_jail_host_ports: {text!r} is not PORT, tcp/PORT or udp/PORT (optionally @USER, "
+                "the user whose socket serves it)"
+            )
+        proto, port, owner = m.group(1) or "tcp", int(m.group(2)), m.group(3) or HOST_PORT_OWNER
         if not 1 <= port <= 65535:
             raise PolicyError(f"warden_jail_host_ports: {port} is not a port")
-        out.append((proto, port))
-    return sorted(set(out))
+        if owner == "unknown":
+            # pf.conf(5) user: `unknown` is the user of forwarded packets, not a socket's owner
+            raise PolicyError(f"warden_jail_host_ports: {text!r}: 'unknown' is not a user pf can match a socket by")
+        if out.get((proto, port), owner) != owner:
+            raise PolicyError(
+                f"warden_jail_host_ports: {proto}/{port} is listed with two owners, {out[(proto, port)]} and {owner}:"
+                " one user's socket serves a port"
+            )
+        out[(proto, port)] = owner
+    return sorted((proto, port, owner) for (proto, port), owner in out.items())
 
 
 class Host(BaseModel):
@@ -469,7 +484,7 @@ class Host(BaseModel):
     guest_nameservers: tuple[IPv4Address, ...] = DEFAULT_GUEST_NAMESERVERS
     agent_links: tuple[tuple[str, str], ...] = ()
     # Ports on their gateway that jails may reach besides DNS and their agent's API port:
-    # `8080` (tcp) or `udp/123` (docs/isolation.md).
+    # `8080` (tcp), `udp/123`, `tcp/8443@squid` (the socket's owner, root by default; docs/isolation.md).
     jail_host_ports: tuple[str, ...] = ()
     # Ports sshd listens on besides 22 and ansible_port, kept open by the fallback ruleset.
     ssh_ports: tuple[int, ...] = ()

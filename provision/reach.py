@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from .isolation import SYSCTLS, guest_tap
+from .models import parse_host_ports
 from .pf import Firewall, parse_ruleset
 from .pf.engine import TCP, UDP, Interface, addresses_of
 from .pf.topology import Host, Member, Outside
@@ -137,6 +138,10 @@ def build_host(
     outside.append(Outside("internet", ext_if, INTERNET, frozenset({(TCP, 443)})))
     users = {"root": 0, DNS_USER: 59}
     users.update({a.name: 1001 + i for i, a in enumerate(sorted(layout.agents, key=lambda a: a.name))})
+    # The owners warden_jail_host_ports names (pfctl resolves them on the host at load time).
+    for i, served_by in enumerate(sorted({o for *_, o in parse_host_ports(layout.jail_host_ports)} - set(users))):
+        users[served_by] = 2001 + i
+        assumptions.append(f"{served_by}, owner of a warden_jail_host_ports port, has uid {2001 + i}")
     listeners: dict[tuple[int, int], str] = {(TCP, 22): "root", (UDP, 53): DNS_USER}
     for a in layout.agents:
         listeners[(TCP, a.api_port)] = a.name

@@ -22,11 +22,14 @@ from .conftest import Registry
 from .test_render import render, three_agents
 
 
-def test_host_ports_are_port_or_proto_slash_port_by_full_match() -> None:
-    assert parse_host_ports([8443, "udp/123", "tcp/8443"]) == [("tcp", 8443), ("udp", 123)]
-    for bad in ("8443\n", "sctp/1", "udp/123 # x", "0", "70000", "tcp/"):
+def test_host_ports_are_port_or_proto_slash_port_with_an_owner_by_full_match() -> None:
+    assert parse_host_ports([8443, "udp/123", "tcp/8443"]) == [("tcp", 8443, "root"), ("udp", 123, "root")]
+    assert parse_host_ports(["9000@squid", "udp/123@ntpd"]) == [("tcp", 9000, "squid"), ("udp", 123, "ntpd")]
+    for bad in ("8443\n", "sctp/1", "udp/123 # x", "0", "70000", "tcp/", "80@", "80@Squid", "80@a b", "80@unknown"):
         with pytest.raises(PolicyError):
             parse_host_ports([bad])
+    with pytest.raises(PolicyError, match="two owners"):
+        parse_host_ports(["8443@squid", "tcp/8443"])
 
 
 def test_jail_host_ports_open_the_gateway_port_to_each_agents_jails(registry: Registry) -> None:
@@ -37,8 +40,8 @@ def test_jail_host_ports_open_the_gateway_port_to_each_agents_jails(registry: Re
     three_agents(registry)
     pf = (render(registry) / "fbsd1/etc/pf.warden.conf").read_text()
     for net, gw in (("10.0.1.0/24", "10.0.1.1"), ("10.0.3.0/24", "10.0.3.1")):
-        assert f"pass in quick proto tcp from {net} to {gw} port 8443 keep state" in pf
-        assert f"pass in quick proto udp from {net} to {gw} port 123 keep state" in pf
+        assert f"pass in quick proto tcp from {net} to {gw} port 8443 user root keep state" in pf
+        assert f"pass in quick proto udp from {net} to {gw} port 123 user root keep state" in pf
     # and nothing else on the host: the block after the ports
     assert pf.index("port 8443") < pf.index("block drop in quick from <warden_agents> to (self)")
 

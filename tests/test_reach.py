@@ -14,6 +14,7 @@ resolver there (udp 53); a LAN host (tcp 22); an internet host (tcp 443).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -21,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from provision.inventory import load_inventory
-from provision.pf.engine import TCP, Interface, Packet
-from provision.pf.topology import Member
+from provision.pf.engine import TCP, UDP, Interface, Packet
+from provision.pf.topology import Member, Outside
 from provision.reach import build_host, matrix
 from provision.registry import load_fleet
 from provision.render import HostLayout, layouts
@@ -38,10 +39,11 @@ COLUMNS = (
 )
 
 # What the anchor decides, whatever pf.conf says: the host's processes and the jails.
+# The agents' own processes reach the management LAN no more than their jails do.
 INSIDE = """\
 root      Y Y Y Y Y Y Y - - - - - Y Y
-atlas     . . . Y Y Y Y - - - - - Y Y
-hermes    Y Y Y . . Y . - - - - - Y Y
+atlas     . . . Y Y Y Y - - - - - . Y
+hermes    Y Y Y . . Y . - - - - - . Y
 hermesgit - Y Y . . Y . . . . Y Y . Y
 hermescms Y - Y . . Y . . . . Y Y . Y
 hermesdb  Y Y - . . Y . . . . Y Y . Y
@@ -184,6 +186,68 @@ def test_a_guest_cannot_forge_the_hosts_uplink_address(example: Path) -> None:
     assert host.send("evilvm", honest, None, []) is None  # and guests stay apart anyway
 
 
+# -- who owns the socket: pf.conf(5) user on the gateway ports and towards the LAN
+
+
+def test_an_agent_binding_another_agents_api_port_while_it_is_down_gets_nothing(
+    fbsd1: tuple[HostLayout, str],
+) -> None:
+    # atlas is restarting; hermes (an unprivileged host user) binds 10.0.1.1:3100 first
+    # (a port above 1023: in_pcbbind_setup lets any user take it when nobody holds it).
+    # atlas's jails would send their API calls, and credentials, to hermes.
+    layout, anchor = fbsd1
+    host, *_ = build_host(layout, DEFAULT_DENY, anchor)
+    gateway = IPv4Address("10.0.1.1")
+    assert host.listeners[(TCP, 3100)] == "atlas"
+    assert host.connect("atlascms", None, gateway, 3100)[0]
+    host.listeners = {**host.listeners, (TCP, 3100): "hermes"}
+    ok, trace = host.connect("atlascms", None, gateway, 3100)
+    assert not ok, trace
+    # pf_socket_lookup finds hermes's socket already on the epair (pfil_local_phys)
+    assert trace == ["in on e0a_atlascms: BLOCK (block drop in quick from <warden_agents> to (self))"]
+    # hermes's own port, taken by atlas, likewise
+    host.listeners = {**host.listeners, (TCP, 3100): "atlas", (TCP, 3101): "atlas"}
+    assert not host.connect("hermescms", None, IPv4Address("10.0.0.1"), 3101)[0]
+
+
+def test_a_jail_host_port_is_served_by_its_owner_only(fbsd1: tuple[HostLayout, str]) -> None:
+    # warden_jail_host_ports: 8443 is root's (a daemon that binds as root keeps root's
+    # credentials, pf.conf(5) user), 9000 is named as squid's.
+    from provision.render import _env, render_layout
+
+    layout = dataclasses.replace(fbsd1[0], jail_host_ports=("8443", "tcp/9000@squid"))
+    _, files = render_layout(layout, _env())
+    anchor = files["/etc/pf.warden.conf"][0]
+    assert "pass in quick proto tcp from 10.0.1.0/24 to 10.0.1.1 port 8443 user root keep state" in anchor
+    assert "pass in quick proto tcp from 10.0.0.0/24 to 10.0.0.1 port 9000 user squid keep state" in anchor
+    host, *_ = build_host(layout, DEFAULT_DENY, anchor)
+    gateway = IPv4Address("10.0.1.1")
+    host.listeners = {**host.listeners, (TCP, 8443): "root", (TCP, 9000): "squid"}
+    assert host.connect("atlascms", None, gateway, 8443)[0]
+    assert host.connect("atlascms", None, gateway, 9000)[0]
+    host.listeners = {**host.listeners, (TCP, 8443): "hermes", (TCP, 9000): "atlas"}  # both servers down
+    assert not host.connect("atlascms", None, gateway, 8443)[0]
+    assert not host.connect("atlascms", None, gateway, 9000)[0]
+
+
+def test_agents_processes_open_only_dns_on_the_management_lan(fbsd1: tuple[HostLayout, str]) -> None:
+    # a LAN host that also runs the resolver the host's resolv.conf names (a router)
+    layout, anchor = fbsd1
+    host, *_ = build_host(layout, "", anchor)
+    lan = next(o for o in host.outside if o.name == "lan")
+    host.outside = [o for o in host.outside if o.name != "lan"]
+    host.outside.append(Outside("lan", lan.interface, lan.address, frozenset({(TCP, 22), (TCP, 80), (UDP, 53)})))
+    for user in ("atlas", "hermes"):
+        for port in (22, 80):
+            ok, trace = host.connect("host", user, lan.address, port)
+            assert not ok and "flags S/SA" in trace[0], trace
+        assert host.connect("host", user, lan.address, 53, UDP)[0]
+    assert host.connect("host", "root", lan.address, 22)[0]
+    assert host.connect("host", "unbound", lan.address, 53, UDP)[0]  # a host resolver forwarding there
+    # what pf.conf lets in from the LAN (here: everything, statelessly) is still answered
+    assert host.connect("lan", None, IPv4Address("192.168.10.2"), 3100)[0]
+
+
 def test_reach_command_prints_the_matrix(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from provision import cli
 
@@ -193,7 +257,7 @@ def test_reach_command_prints_the_matrix(monkeypatch: pytest.MonkeyPatch, capsys
     out = capsys.readouterr().out
     assert COLUMNS in " ".join(out.split())
     atlas = next(ln.split()[1:] for ln in out.splitlines() if ln.startswith("atlas "))
-    assert " ".join(atlas) == ". . . Y Y Y Y - - - - - Y Y"
+    assert " ".join(atlas) == ". . . Y Y Y Y - - - - - . Y"
     with pytest.raises(cli.CommandError, match="bhyve guest"):
         cli.reach("novavm")
 

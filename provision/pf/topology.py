@@ -216,7 +216,9 @@ class Host:
         if next_hop in own:
             # GRAB_OUR_PACKETS: member filtered only with pfil_local_phys, then ip_input.
             if self._sys("pfil_local_phys") and self._sys("pfil_member"):
-                q = self._hook(p, m.member, "in", trace)
+                # pf_socket_lookup finds the listening socket by address and port, on
+                # whichever interface pf runs: the user is known on the member already.
+                q = self._hook(replace(p, user=local_user if self._local(p) else None), m.member, "in", trace)
                 if q is None:
                     return None
                 p = q
