@@ -208,7 +208,7 @@ class TestHost:
             "ansible_ssh_private_key_file": str(self.client_key),
             "ansible_python_interpreter": "/usr/bin/python3",
             "ansible_ssh_common_args": f"-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes "
-            f"-o IdentitiesOnly=yes -o ControlPath={self.control_dir}/%C",
+            f"-o IdentitiesOnly=yes -o ControlPath={self.control_dir}/%r@%h:%p",
         }
 
     def calls(self) -> list[dict[str, Any]]:
