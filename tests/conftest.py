@@ -93,6 +93,17 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Regist
 from tests.hostkit.fixtures import testhost, testhost_factory  # noqa: E402,F401  (pytest fixtures)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end tests first, each in its module's order, the many short ones after.
+
+    `pytest -n auto --dist worksteal` (scripts/test) hands each worker a contiguous share and
+    lets an idle one take the tail of another's queue: with the long tests in front, the
+    short ones are what is left to even out the end, not a long test started last.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+
+
 @pytest.fixture(scope="session")
 def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example fleet (examples/fleet) rendered once, as the golden files pin it."""

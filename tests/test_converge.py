@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -126,49 +128,71 @@ def wait_for_rollback(host: TestHost) -> None:
         time.sleep(0.5)
 
 
-def test_an_interrupted_run_is_finished_by_the_next_one_at_every_kind_of_step(
-    registry: Registry, testhost_factory: Any, tmp_path: Path
-) -> None:
+def soul_agent(reg: Registry, tmp_path: Path) -> tuple[Path, Path, str]:
+    """atlas with one cms jail, a memory limit and a soul pinned at its first commit:
+    an agent that needs every kind of command step. Returns its .env, the soul repository and
+    the commit."""
     from provision.soul import init
 
-    add(registry, "atlas", 1, "cms")
-    env = registry.agents / "atlas/.env"
+    add(reg, "atlas", 1, "cms")
+    env = reg.agents / "atlas/.env"
     soul = tmp_path / "soul"
     first = init(soul, "atlas", "Atlas", "en-US", "ops")
     env.write_text(env.read_text() + f"AGENT_MEMORY_LIMIT=4G\nSOUL_REPO={soul}\nSOUL_REF={first}\n")
+    return env, soul, first
 
-    # the reference: one uninterrupted run on a host of its own
+
+def test_an_interrupted_run_is_finished_by_the_next_one_at_every_kind_of_step(
+    registry: Registry, testhost_factory: Any, tmp_path: Path
+) -> None:
+    """Alias, PF load, jail create, jail setup, restart and template, agent start, rctl; the
+    agent restart and the soul checkout are in the next test (their own converged host, so
+    that the two halves run on both xdist workers)."""
+    soul_agent(registry, tmp_path)
+
+    # The reference: one uninterrupted run on a host of its own, run while the interrupted
+    # runs go on (a registry of its own for its build/; the two hosts share nothing).
     reference = testhost_factory("reference")
-    point_at(registry, reference)
-    assert playbook(registry).returncode == 0
+    ref_registry = Registry(
+        root=tmp_path / "ref",
+        agents=tmp_path / "ref/agents",
+        inventory=tmp_path / "ref/hosts.yml",
+        build=tmp_path / "ref/build",
+    )
+    shutil.copytree(registry.agents, ref_registry.agents)
+    point_at(ref_registry, reference)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        uninterrupted = pool.submit(playbook, ref_registry)
+
+        host = testhost_factory("interrupted")
+        point_at(registry, host)
+        # Each run fails at the injected step, and first finishes what the run before it left.
+        steps = [
+            ("ifconfig warden0 inet", "add gateway"),  # alias
+            # PF load: detached, so the confirmation fails (or the short rollback fired first)
+            ("service pf onestart", "the rejected new ones are kept in /var/db/warden/rejected"),
+            ("bastille create", "create jail atlascms"),
+            ("bastille config", "set the hostname of jail atlascms"),  # jail setup
+            ("bastille restart", "restart jail atlascms"),
+            ("bastille template", "apply the cms template to jail atlascms"),
+            ("service atlas start", "start agent atlas"),
+            ("rctl -a", "add rctl rule"),
+        ]
+        for match, message in steps:
+            host.fail_call(match)
+            extra = ("-e", "warden_pf_rollback_seconds=4") if match.startswith("service pf") else ()
+            failed = playbook(registry, *extra)
+            assert failed.returncode != 0, f"{match}: " + failed.stdout[-3000:]
+            assert message in failed.stdout, f"{match}: " + failed.stdout[-4000:]
+            host.clear_failures()
+            if match.startswith("service pf"):
+                wait_for_rollback(host)
+        healed = playbook(registry)
+        assert healed.returncode == 0, healed.stdout[-4000:]
+        ref = uninterrupted.result()
+    assert ref.returncode == 0, ref.stdout[-4000:]
     want = stable(reference)
     reference.stop()
-
-    host = testhost_factory("interrupted")
-    point_at(registry, host)
-    # Each run fails at the injected step, and first finishes what the run before it left.
-    steps = [
-        ("ifconfig warden0 inet", "add gateway"),  # alias
-        # PF load: detached, so the confirmation fails (or the short rollback fired first)
-        ("service pf onestart", "the rejected new ones are kept in /var/db/warden/rejected"),
-        ("bastille create", "create jail atlascms"),
-        ("bastille config", "set the hostname of jail atlascms"),  # jail setup
-        ("bastille restart", "restart jail atlascms"),
-        ("bastille template", "apply the cms template to jail atlascms"),
-        ("service atlas start", "start agent atlas"),
-        ("rctl -a", "add rctl rule"),
-    ]
-    for match, message in steps:
-        host.fail_call(match)
-        extra = ("-e", "warden_pf_rollback_seconds=4") if match.startswith("service pf") else ()
-        failed = playbook(registry, *extra)
-        assert failed.returncode != 0, f"{match}: " + failed.stdout[-3000:]
-        assert message in failed.stdout, f"{match}: " + failed.stdout[-4000:]
-        host.clear_failures()
-        if match.startswith("service pf"):
-            wait_for_rollback(host)
-    healed = playbook(registry)
-    assert healed.returncode == 0, healed.stdout[-4000:]
     got = stable(host)
     assert got["state"] == want["state"]
     for path, text in want["files"].items():
@@ -178,6 +202,17 @@ def test_an_interrupted_run_is_finished_by_the_next_one_at_every_kind_of_step(
     assert plan_actions(registry, host) == (0, [])
     again = playbook(registry)
     assert again.returncode == 0 and recap(again)["changed"] == 0, again.stdout[-4000:]
+
+
+def test_a_failed_agent_restart_and_a_failed_soul_checkout_are_finished_by_the_next_run(
+    registry: Registry, testhost: TestHost, tmp_path: Path
+) -> None:
+    """The interrupted-run test's other two kinds of step, on a converged host."""
+    env, soul, first = soul_agent(registry, tmp_path)
+    host = testhost
+    point_at(registry, host)
+    converged = playbook(registry)
+    assert converged.returncode == 0, converged.stdout[-4000:]
 
     # A restart that fails (the .env changed), then a soul checkout that fails.
     env.write_text(env.read_text() + "AGENT_EXTRA_SETTING=1\n")

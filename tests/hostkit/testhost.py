@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,11 @@ class TestHost:
         self.client_key = workdir / "id_ed25519"
         self.log = workdir / "sshd.log"
         self.netns = netns
+        # Ansible's SSH connections to this host share one master connection (ControlPersist,
+        # as Ansible's defaults do), in a directory of this host's own: a socket path is at
+        # most 108 bytes, so not under the test's deep tmp_path, and never shared with an
+        # earlier host that had the same port.
+        self.control_dir = Path(tempfile.mkdtemp(prefix="wcm", dir="/tmp"))
         self._mounts: list[Path] = []
         self._proc: subprocess.Popen[bytes] | None = None
         self._forwarder: subprocess.Popen[bytes] | None = None
@@ -202,7 +208,7 @@ class TestHost:
             "ansible_ssh_private_key_file": str(self.client_key),
             "ansible_python_interpreter": "/usr/bin/python3",
             "ansible_ssh_common_args": f"-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes "
-            "-o IdentitiesOnly=yes -o ControlMaster=no -o ControlPath=none",
+            f"-o IdentitiesOnly=yes -o ControlPath={self.control_dir}/%r@%h:%p",
         }
 
     def calls(self) -> list[dict[str, Any]]:
@@ -243,6 +249,7 @@ class TestHost:
             subprocess.run(["umount", "-l", str(target)], capture_output=True)
         self._mounts.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        shutil.rmtree(self.control_dir, ignore_errors=True)
 
     def _kill_chrooted(self) -> None:
         """sshd's per-connection children (and anything they started) live on in the chroot."""
