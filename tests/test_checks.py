@@ -366,3 +366,13 @@ def test_malformed_resource_limits_are_refused(registry: Registry, line: str) ->
     agent(registry, "atlas", "10.0.1", line + "\n")
     (p,) = problems_of(registry)
     assert p.locations[0].key == line.split("=")[0]
+
+
+def test_a_jail_mac_equal_to_the_bridges_pinned_mac_is_reported(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the jails' gateway entries name the bridge's pinned MAC (docs/isolation.md "Layer 2")
+    monkeypatch.setattr(checks, "bridge_mac", lambda host, bridge: checks.jail_mac(host, "atlasgit"))
+    agent(registry, "atlas", "10.0.1", "WARDEN_JAILS=git\n")
+    (p,) = problems_of(registry)
+    assert p.rule == "duplicate-mac" and "bridge collides with a jail's" in p.message
