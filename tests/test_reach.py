@@ -344,19 +344,23 @@ def test_a_jail_poisoning_another_agents_arp_caches_does_not_get_their_traffic(
     assert host.connect("hermescms", None, IPv4Address("203.0.113.10"), 443)[0]
     to_db = Packet(TCP, cms, db, 40000, 5432, 0x02)
     to_api = Packet(TCP, cms, gateway, 40000, 3101, 0x02)
+    to_llm = Packet(TCP, cms, IPv4Address("10.0.1.4"), 40000, 11434, 0x02)  # the shared ollama, routed
+    to_web = Packet(TCP, cms, IPv4Address("203.0.113.10"), 40000, 443, 0x02)
     assert (host.send("hermescms", to_db, None, []) or ("",))[0] == "hermesdb"
-    assert (host.send("hermescms", to_api, None, []) or ("",))[0] == "host"
+    assert (host.send("hermescms", to_api, "hermes", []) or ("",))[0] == "host"  # the API socket is hermes's
+    assert (host.send("hermescms", to_llm, None, []) or ("",))[0] == "ollama"
+    assert (host.send("hermescms", to_web, None, []) or ("",))[0] == "internet"
     # Without the jails' own pins the frames go to e0a_atlascms, and the states their first
-    # pass made float: atlascms reads hermes's database traffic and its API calls.
+    # pass made float: atlascms reads hermes's database traffic and everything hermescms
+    # sends through its gateway (only what is for the host's own addresses is dropped on
+    # the epair: `block drop in quick from <warden_agents> to (self)`).
     _unpin(host)
     for victim in (gateway, db):
         host.poison("atlascms", victim)
-    host.firewall.states.clear()
-    got = host.send("hermescms", to_db, None, [])
-    assert got is not None and got[0] == "atlascms"
-    host.firewall.states.clear()
-    got = host.send("hermescms", to_api, None, [])
-    assert got is not None and got[0] == "atlascms"
+    for packet in (to_db, to_llm, to_web):
+        host.firewall.states.clear()
+        got = host.send("hermescms", packet, None, [])
+        assert got is not None and got[0] == "atlascms", packet
 
 
 def _guest_env(name: str, subnet: str, vm_ip: str) -> str:
