@@ -8,6 +8,8 @@ in the current run, so a run interrupted anywhere is finished by the next one:
 
 - a jail is set up only when its marker (/var/db/warden/jails/<jail>.ready, root's, outside
   the jail) holds the hash of its setup spec; the marker is written last;
+- a jail's own static ARP entries are written to its jail.conf and set in the running jail
+  when /var/db/warden/jails/<jail>.arp does not hold the hash of the wanted entries;
 - an agent is restarted when the hash of the rc.d script, wrapper and .env it was last
   (re)started with (/var/db/warden/started/<agent>) differs from the rendered one;
 - PF is reloaded when the hash of the ruleset last confirmed loaded (/var/db/warden/pf.loaded)
@@ -29,11 +31,13 @@ from typing import Any, Literal
 
 from .hostfiles import edited_results
 from .isolation import (
+    JAIL_ARP,
     arp_entries,
     arp_pin_changes,
     bridge_entries,
     bridge_pin_changes,
     prestart_pin,
+    start_arp_pin,
     static_arp_pins,
     sysctl_changes,
 )
@@ -222,6 +226,65 @@ def _jail_setup(jail: JailSpec, marker: Marker, create: bool) -> list[Action]:
     return steps
 
 
+def jail_arp_marker_path(name: str) -> str:
+    return f"{JAIL_MARKERS}/{name}.arp"
+
+
+def _arp_lines(jail: JailSpec) -> str:
+    return "".join(start_arp_pin(pair) + "\n" for pair in jail.arp)
+
+
+def jail_arp_hash(jail: JailSpec) -> str:
+    """The ARP marker's content: the jail.conf lines that set the jail's entries."""
+    return digest({"arp": _arp_lines(jail)})
+
+
+def _jail_arp(jail: JailSpec) -> list[Action]:
+    """The jail's permanent ARP entries (docs/isolation.md "Layer 2 on the shared bridge"):
+    exec.start lines in its jail.conf for every later start, right after Bastille's
+    `exec.start = '/bin/sh /etc/rc';` (a later `+=` appends; the `=` line would reset the
+    list), replacing the lines an earlier run put there; and `arp -S` in the running jail
+    now.  The marker goes last, so an interrupted run does it all again."""
+    if not jail.arp:
+        return []
+    n = jail.name
+    unit = f"jail {n} arp"
+    conf = f"/usr/local/bastille/jails/{n}/jail.conf"
+    lines = _arp_lines(jail)
+    marker = Marker(jail_arp_marker_path(n), jail_arp_hash(jail))
+    steps = [
+        Action(
+            "jails",
+            f"pin the ARP entries of jail {n} at every start: exec.start in {conf}",
+            unit=unit,
+            kind="edit",
+            edit=Edit(
+                conf,
+                r"(\n[ \t]*exec\.start[ \t]*=[^\n]*;[ \t]*\n)"
+                r'(?:[ \t]*exec\.start \+= "' + re.escape(JAIL_ARP) + r' -S [^"\n]*";\n)*',
+                r"\g<1>" + lines,  # start_arp_pin's lines hold no backslash
+            ),
+            name=n,
+        )
+    ]
+    for i, pair in enumerate(jail.arp):
+        address, mac = pair.split(" ")
+        # jexec(8) runs the jail's arp in the jail's own network stack; arp(8) with netlink
+        # refuses an address on no connected network with exit status 0 (docs/freebsd.md#arp-in-vnet-jails)
+        steps.append(
+            _cmd(
+                "jails",
+                f"pin {address} to {mac} in jail {n}'s ARP table",
+                ["jexec", n, JAIL_ARP, "-S", address, mac],
+                unit=unit,
+                name=n,
+                fail_stderr="cannot locate",
+                marker=marker if i == len(jail.arp) - 1 else None,
+            )
+        )
+    return steps
+
+
 def jail_actions(
     manifest: Manifest,
     rendered_dir: Path,
@@ -254,6 +317,10 @@ def jail_actions(
                 )
             if jail.name not in probe.running_jails:
                 out.append(_cmd("jails", f"start jail {jail.name}", ["bastille", "start", jail.name], name=jail.name))
+        arp = _jail_arp(jail)
+        done = arp[-1].marker if arp else None
+        if done is not None and live.get(done.path) != done.content:
+            out += arp
     if previous is not None and not agent:
         current = {j.name for j in manifest.jails}
         for j in previous.jails:
@@ -368,6 +435,14 @@ def wanted_addresses(manifest: Manifest) -> list[str]:
     return out
 
 
+def bridge_ether(manifest: Manifest) -> str:
+    """The MAC rc.conf pins on the bridge (`ifconfig_<bridge>_aliases="ether MAC"`), or ""."""
+    for e in manifest.rc_conf:
+        if e.op == "set" and e.name == f"ifconfig_{manifest.bridge}_aliases" and e.value.startswith("ether "):
+            return e.value.split()[1]
+    return ""
+
+
 def network_actions(manifest: Manifest, probe: Probe, previous: Manifest | None = None) -> list[Action]:
     b = manifest.bridge
     out: list[Action] = []
@@ -383,6 +458,11 @@ def network_actions(manifest: Manifest, probe: Probe, previous: Manifest | None 
     pin, unpin = arp_pin_changes(wanted_pins, before_pins, arp_entries(probe.arp))
     for address in unpin:
         out.append(_cmd("network", f"unpin {address} (a removed jail) from the ARP table", ["arp", "-d", address]))
+    # The bridge's MAC, before anything resolves its gateway addresses: jails and guests pin
+    # it (docs/isolation.md "Layer 2"); rc.conf's ifconfig_<bridge>_aliases sets it at boot.
+    ether = bridge_ether(manifest)
+    if ether and probe.bridge_ether != ether:
+        out.append(_cmd("network", f"set the MAC of {b}", ["ifconfig", b, "ether", ether]))
     wanted = wanted_addresses(manifest)
     live = set(probe.bridge_addresses)
     for w in wanted:
@@ -510,6 +590,7 @@ def marker_paths(manifest: Manifest) -> list[str]:
     """The markers host_actions reads: the facts round and `invoke plan` read them as files."""
     return [
         *(jail_marker_path(j.name) for j in manifest.jails),
+        *(jail_arp_marker_path(j.name) for j in manifest.jails if j.arp),
         *(started_marker_path(a) for a in local_agents(manifest)),
         PF_MARKER,
     ]

@@ -23,6 +23,7 @@ from .models import (
     Agent,
     Fleet,
     Host,
+    bridge_mac,
     jail_mac,
 )
 from .problems import Location, Problem, Severity
@@ -746,6 +747,17 @@ def check_fleet(fleet: Fleet) -> list[Problem]:
                 continue
             seen_jails.add((where, jail.name))
             macs[jail_mac(where, jail.name)].append((a, ROLE_KEYS[jail.role][1]))
+    # The bridge's pinned MAC (models.bridge_mac) is a neighbour of every jail on the host.
+    for h in fleet.hosts:
+        for jail_claimant in macs.get(bridge_mac(h.name, h.bridge), []):
+            out.append(
+                Problem(
+                    (_loc(jail_claimant[0], jail_claimant[1]), _host_loc(h, "warden_bridge")),
+                    f"derived MAC {bridge_mac(h.name, h.bridge)} of {h.name}'s bridge collides with a jail's",
+                    "rename the jail",
+                    rule="duplicate-mac",
+                )
+            )
     for mac, claimants in macs.items():
         if len(claimants) > 1:
             out.append(

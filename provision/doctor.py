@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 
 from .isolation import arp_entries, bridge_entries, bridge_pin_changes, sysctl_lines
-from .models import Agent, Host, jail_mac
+from .models import Agent, Host, bridge_mac, jail_mac
 from .probe import section_lines
 from .rcconf import read_vars
 
@@ -25,6 +25,7 @@ APPLIED_BY_SITE = frozenset(
         "packages the agents need",
         "bridge filtering sysctls",
         "jails pinned at layer 2",
+        "bridge MAC pinned",
     }
 )
 MIN_FREE_KB = 2 * 1024 * 1024  # 2 GiB for a release and a few thin jails
@@ -99,6 +100,20 @@ def host_addresses(ifconfig_text: str, skip: str) -> list[IPv4Interface]:
             prefix = bin(int(m.group(2), 16)).count("1")
             out.append(IPv4Interface(f"{m.group(1)}/{prefix}"))
     return out
+
+
+def interface_ether(ifconfig_text: str, name: str) -> str:
+    """The `ether` line of interface NAME in `ifconfig` output ("" when it is not there)."""
+    current = ""
+    for line in ifconfig_text.splitlines():
+        m = re.match(r"^(\S+): flags", line)
+        if m:
+            current = m.group(1)
+            continue
+        m = re.match(r"^\s+ether (\S+)", line)
+        if m and current == name:
+            return m.group(1)
+    return ""
 
 
 def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
@@ -246,6 +261,12 @@ def evaluate(host: Host, agents: list[Agent], text: str) -> list[Check]:
             ", ".join([*(f"arp {ip}" for ip in sorted(unpinned)), *(f"bridge {m}" for m in sorted(loose))]),
             " && ".join(fixes) or "-",
         )
+    # The jails' and guests' permanent entries for their gateway name the bridge's pinned MAC
+    # (docs/isolation.md "Layer 2"); checked once the bridge exists.
+    ether = interface_ether(s.get("inet", ""), host.bridge)
+    if ether and any(a.jails or a.placement == "bhyve" for a in agents):
+        want = bridge_mac(host.name, host.bridge)
+        add("bridge MAC pinned", ether == want, f"{host.bridge} ether {ether}", f"ifconfig {host.bridge} ether {want}")
     if any(a.memory_limit or a.maxproc or a.pcpu or a.openfiles or a.jail_memory_limit for a in agents):
         # docs/freebsd.md#rctl: rctl needs kern.racct.enable=1, a boot-time tunable.
         add(

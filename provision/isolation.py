@@ -341,3 +341,21 @@ def prestart_pin(bridge: str, member: str, mac: str) -> str:
     if not (_IFNAME_RE.fullmatch(bridge) and _IFNAME_RE.fullmatch(member) and _MAC_RE.fullmatch(mac)):
         raise ValueError(f"refusing a bridge pin {bridge!r} {member!r} {mac!r} in jail.conf")
     return f'  exec.prestart += "ifconfig {bridge} static {member} {mac}";'
+
+
+_IP_RE = re.compile(r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}")
+# The jail's own arp(8): jail(8) runs exec.start commands inside the jail, with its binaries.
+JAIL_ARP = "/usr/sbin/arp"
+
+
+def start_arp_pin(pair: str) -> str:
+    """The jail.conf line that makes PAIR ("IP MAC") a permanent entry in the jail's own ARP
+    table at each start.  Its own rc.d/static_arp would read the jail's rc.conf, a file the
+    jail's root controls and root on the host never writes; so jail(8) does it from the
+    host's jail.conf: exec.start commands run in sequence inside the jail, after Bastille's
+    `/bin/sh /etc/rc` has configured its interface, and a failing one stops the start
+    (docs/freebsd.md#arp-in-vnet-jails)."""
+    address, _, mac = pair.partition(" ")
+    if not (_IP_RE.fullmatch(address) and _MAC_RE.fullmatch(mac)):
+        raise ValueError(f"refusing a jail ARP pin {pair!r} in jail.conf")
+    return f'  exec.start += "{JAIL_ARP} -S {address} {mac}";'

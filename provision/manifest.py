@@ -53,6 +53,8 @@ class JailSpec:
     template: str  # Bastille template, e.g. "warden/ollama"
     agents: list[str]  # every agent using it (several for a shared LLM jail)
     thick: bool = False
+    # "IP MAC" permanent ARP entries set inside the jail at each start (docs/isolation.md "Layer 2")
+    arp: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

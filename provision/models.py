@@ -179,6 +179,18 @@ def jail_mac(host: str, jail: str) -> str:
     return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
 
 
+def bridge_mac(host: str, bridge: str) -> str:
+    """The MAC warden pins on the host's bridge (the jails' and guests' gateway).
+
+    if_bridge otherwise derives its address from the host's UUID and the name the bridge
+    was created under (docs/freebsd.md#the-warden0-bridge), which is not known when the
+    jails' static ARP entries for their gateway are rendered.  Same scheme as jail_mac;
+    the `:` keeps it apart from every `host/jail` seed, and `checks.py` refuses a collision.
+    """
+    digest = hashlib.sha256(f"{host}/:bridge:{bridge}".encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+
 class Agent(BaseModel):
     """A fully derived agent: every value the renderer needs, no defaults left to guess."""
 

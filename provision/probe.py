@@ -41,7 +41,7 @@ def probe_script(manifest: Manifest) -> str:
     return f"""set +f
 echo "=== interfaces ==="; ifconfig -l
 echo "=== bridge ==="; ifconfig {q(manifest.bridge)} 2>/dev/null || true
-echo "=== arp ==="; arp -an -i {q(manifest.bridge)} 2>/dev/null || true
+echo "=== arp ==="; arp -an 2>/dev/null || true
 echo "=== bridgeaddr ==="; ifconfig {q(manifest.bridge)} addr 2>/dev/null || true
 echo "=== jails ==="
 for c in /usr/local/bastille/jails/*/jail.conf; do [ -f "$c" ] && basename "$(dirname "$c")"; done
@@ -77,6 +77,7 @@ class Probe:
 
     interfaces: list[str] = field(default_factory=list)
     bridge_addresses: list[str] = field(default_factory=list)  # inet addresses on the bridge, without prefix
+    bridge_ether: str = ""  # the bridge's MAC (`ether` line of `ifconfig BRIDGE`)
     jails: list[str] = field(default_factory=list)  # Bastille jails that exist (have a jail.conf)
     running_jails: list[str] = field(default_factory=list)
     pf_enabled: bool = False
@@ -89,7 +90,8 @@ class Probe:
     rctl: list[str] = field(default_factory=list)
     packages: list[str] = field(default_factory=list)
     bridge_sysctl: dict[str, str] = field(default_factory=dict)
-    # docs/isolation.md "Layer 2 on the shared bridge": `arp -an -i BRIDGE` and `ifconfig BRIDGE addr`
+    # docs/isolation.md "Layer 2 on the shared bridge": `arp -an` (a guest's uplink pin is on its
+    # external interface) and `ifconfig BRIDGE addr`
     arp: str = ""
     bridge_addr: str = ""
     complete: bool = True  # False when the output ended early (the script was cut off)
@@ -124,6 +126,7 @@ def parse_probe(text: str) -> Probe:
     return Probe(
         interfaces=" ".join(s.get("interfaces", [])).split(),
         bridge_addresses=inet,
+        bridge_ether=next((m.group(1) for ln in s.get("bridge", []) if (m := re.match(r"^\s*ether (\S+)$", ln))), ""),
         jails=[ln.strip() for ln in s.get("jails", []) if ln.strip()],
         running_jails=[ln.strip() for ln in s.get("jls", []) if ln.strip()],
         pf_enabled="Status: Enabled" in body.get("pf", ""),

@@ -76,7 +76,8 @@ def build_host(
     sysctl: Mapping[str, int] | None = None,
 ) -> tuple[Host, list[Column], list[tuple[str, str, str | None]], list[str]]:
     """The modelled machine, its columns, its rows (name, origin, user) and the assumptions made."""
-    from .render import PF_ANCHOR, PF_ANCHOR_FILE, HostLayout, policy_of
+    from .models import bridge_mac
+    from .render import PF_ANCHOR, PF_ANCHOR_FILE, HostLayout, jail_specs, policy_of
 
     assert isinstance(layout, HostLayout)
     assumptions: list[str] = []
@@ -151,9 +152,20 @@ def build_host(
     values = {name: int(v) for name, v in SYSCTLS} if sysctl is None else dict(sysctl)
     bridges = {layout.bridge: [m.member for m in members]}
     host = Host(fw, bridges, ext_if, members, outside, listeners, values)
+    host.bridge_macs[layout.bridge] = bridge_mac(layout.name, layout.bridge)  # ifconfig_<bridge>_aliases
     for m in members:
         if m.mac:  # `arp -S` and `ifconfig BRIDGE static` (roles/warden_network, jail.conf)
             host.pin(m.address, m.mac, m.member)
+    # Each jail's own permanent entries (jail.conf exec.start: its gateway and its /24's
+    # jails), each guest's for its default router (its rc.conf, rendered by its own layout).
+    for spec in jail_specs(layout):
+        for pair in spec.arp:
+            address, mac = pair.split(" ")
+            host.pin_in(spec.name, IPv4Address(address), mac)
+    if layout.guests and layout.vm_uplink is not None:
+        for m in members:
+            if m.network == layout.vm_uplink:
+                host.pin_in(m.name, m.gateway, host.bridge_mac(layout.bridge))
     columns = [Column(m.name, m.name, TCP, next(iter(m.listens))[1]) for m in members]
     columns.append(Column("sshd", "host", TCP, 22))
     columns.append(Column("sshd-ext", "host-ext", TCP, 22))

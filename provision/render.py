@@ -38,7 +38,7 @@ from .guestseed import image_name, image_source, network_arg, ssh_key, user_data
 from .isolation import Policy, build_policy, guest_tap, sysctl_lines
 from .limits import host_rules
 from .manifest import MANIFEST_RELPATH, FileEntry, GuestSpec, JailSpec, Manifest, RcEdit
-from .models import CONTROLLER_ONLY, Agent, Fleet, Host, jail_mac
+from .models import CONTROLLER_ONLY, Agent, Fleet, Host, bridge_mac, jail_mac
 from .problems import Location, Problem
 from .rcconf import Set, alias_edits
 
@@ -112,6 +112,7 @@ class HostLayout:
     parent: str | None = None
     uplink_gateway: IPv4Address | None = None
     uplink_ip: IPv4Address | None = None
+    uplink_gateway_mac: str = ""  # the host's bridge MAC, which it pins (models.bridge_mac)
     peers: list[Agent] = field(default_factory=list)  # the other guests on the same uplink
     # The management LAN jails must not reach, and the host ports they may (isolation.py).
     host_networks: tuple[IPv4Network, ...] = ()
@@ -178,6 +179,7 @@ def layouts(fleet: Fleet) -> list[HostLayout]:
                     # docs/freebsd.md#vm-bhyve: the host owns .1 of the uplink on its warden0 (the switch).
                     uplink_gateway=host.vm_uplink.network_address + 1,
                     uplink_ip=agent.vm_ip,
+                    uplink_gateway_mac=bridge_mac(host.name, host.bridge),
                     peers=[g for g in guests if g is not agent],
                     host_networks=host.host_networks,
                     jail_host_ports=host.jail_host_ports,
@@ -290,6 +292,11 @@ def _rc_conf(layout: HostLayout) -> tuple[list[RcEdit], list[str]]:
         RcEdit("append", "cloned_interfaces", clone),
         RcEdit("set", f"ifconfig_{clone}_name", bridge),
         RcEdit("set", f"ifconfig_{bridge}", f"inet {cidrs[0]} up" if cidrs else "up"),
+        # The bridge's MAC, pinned so that the jails' and guests' static ARP entries for
+        # their gateway can name it: network.subr's ifconfig_up runs `ifconfig BRIDGE ether
+        # MAC alias` for an `ether` item of ifconfig_<if>_aliases (ifalias_af_common), after
+        # ifconfig_<if> and before the inet aliases (docs/freebsd.md#the-warden0-bridge).
+        RcEdit("set", f"ifconfig_{bridge}_aliases", f"ether {bridge_mac(layout.name, bridge)}"),
     ]
     # docs/freebsd.md#interface-aliases: aliases numbered from 0 without a gap, never an empty aliasN.
     for edit in alias_edits(bridge, cidrs[1:], {}):
@@ -301,6 +308,15 @@ def _rc_conf(layout: HostLayout) -> tuple[list[RcEdit], list[str]]:
             RcEdit("set", f"ifconfig_{layout.ext_if}", f"inet {layout.uplink_ip}/{layout.vm_uplink.prefixlen}")
         )
         edits.append(RcEdit("set", "defaultrouter", str(layout.uplink_gateway)))
+        # A guest runs rc.d/static_arp (it is no jail): its default router is a permanent
+        # entry, which another guest's ARP cannot move (docs/isolation.md "Layer 2").
+        value = f"{layout.uplink_gateway} {layout.uplink_gateway_mac}"
+        if not STATIC_ARP_RE.fullmatch(value):
+            raise ValueError(f"refusing static ARP pair {value!r} for the uplink gateway")
+        edits += [
+            RcEdit("append", "static_arp_pairs", UPLINK_ARP_PAIR),
+            RcEdit("set", f"static_arp_{UPLINK_ARP_PAIR}", value),
+        ]
     edits += [
         RcEdit("set", "gateway_enable", "YES"),  # docs/freebsd.md#nat-and-forwarding: forwarding for NAT
         RcEdit("set", "pf_enable", "YES"),  # docs/freebsd.md#loading-pf
@@ -334,6 +350,8 @@ def _rc_conf(layout: HostLayout) -> tuple[list[RcEdit], list[str]]:
     return edits, [f"ifconfig_{bridge}_alias"]
 
 
+# A guest's static_arp pair for its default router (no jail is named so: jail names end in a role).
+UPLINK_ARP_PAIR = "warden_uplink"
 # `arp -S ADDRESS MAC`: a dotted quad and six two-digit hex octets (arp.c set: ether_aton).
 STATIC_ARP_RE = re.compile(r"(?:[0-9]{1,3}\.){3}[0-9]{1,3} [0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 
@@ -374,6 +392,11 @@ def _peer_links(layout: HostLayout) -> list[Pass]:
     ]
 
 
+def jail_specs(layout: HostLayout) -> list[JailSpec]:
+    """The jails LAYOUT renders (reach.py models their own ARP tables from them)."""
+    return _jails(layout)
+
+
 def _jails(layout: HostLayout) -> list[JailSpec]:
     """Jail specs for this machine; a shared LLM jail once, owned by the agent whose /24 holds it."""
     users: dict[str, list[str]] = {}
@@ -384,9 +407,18 @@ def _jails(layout: HostLayout) -> list[JailSpec]:
             if jail.name not in owner or jail.ip in agent.subnet:
                 owner[jail.name] = (agent, jail)
     specs = []
+    gateway_mac = bridge_mac(layout.name, layout.bridge)
     for name in sorted(owner):
         agent, jail = owner[name]
         cidr = f"{jail.ip}/{agent.subnet.prefixlen}"
+        # The jail's own permanent ARP entries (docs/isolation.md "Layer 2"): its gateway
+        # and every other jail on its /24, the only neighbours it talks to directly.
+        arp = [f"{agent.gateway} {gateway_mac}"]
+        arp += [
+            f"{owner[n][1].ip} {jail_mac(layout.name, n)}"
+            for n in sorted(owner, key=lambda n: owner[n][1].ip)
+            if n != name and owner[n][1].ip in agent.subnet
+        ]
         thick = jail.role == "db"  # docs/freebsd.md#clawdie-conventions: db is a thick jail (-T)
         # docs/freebsd.md#bastille-create: options before NAME RELEASE IP INTERFACE; -B bridged VNET on an
         # existing bridge, -M static MAC, -g the agent's gateway (a VNET jail without a
@@ -412,6 +444,7 @@ def _jails(layout: HostLayout) -> list[JailSpec]:
                 template=f"warden/{jail.role}",
                 agents=sorted(users[name]),
                 thick=thick,
+                arp=arp,
             )
         )
     return specs

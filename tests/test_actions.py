@@ -12,7 +12,10 @@ from provision.actions import (
     PF_MARKER,
     Action,
     agent_hash,
+    bridge_ether,
     host_actions,
+    jail_arp_hash,
+    jail_arp_marker_path,
     jail_marker_path,
     jail_spec_hash,
     listing,
@@ -42,6 +45,7 @@ def converged(m: Manifest, build: Path) -> tuple[dict[str, str | None], Probe]:
     live[LIVE_MANIFEST_PATH] = m.to_json()
     for j in m.jails:
         live[jail_marker_path(j.name)] = jail_spec_hash(j, build)
+        live[jail_arp_marker_path(j.name)] = jail_arp_hash(j)
     for a in m.agents:
         live[started_marker_path(a)] = agent_hash(m, build, a)
     from provision.actions import pf_hash
@@ -57,6 +61,7 @@ def converged(m: Manifest, build: Path) -> tuple[dict[str, str | None], Probe]:
             f"{j.mac} Vlan1 e0a_{j.name} 0 flags=1<STATIC>" for j in m.jails if len(f"e0a_{j.name}") <= 15
         ),
         bridge_addresses=[w.split("/")[0] for w in wanted_addresses(m)],
+        bridge_ether=bridge_ether(m),
         jails=[j.name for j in m.jails],
         running_jails=[j.name for j in m.jails],
         pf_enabled=True,
@@ -111,6 +116,44 @@ def test_a_jail_created_but_not_set_up_is_set_up_again_and_the_marker_comes_last
     assert lines[2].endswith('addm e0a_atlasdb";') and len(lines) == len(conf.splitlines()) + 1
     assert [a.marker is not None for a in acts] == [False, False, False, False, False, True]
     assert acts[-1].marker is not None and acts[-1].marker.path == "/var/db/warden/jails/atlasdb.ready"
+
+
+def test_a_jails_own_arp_pins_go_into_its_jail_conf_and_the_running_jail_marker_last(
+    host: tuple[Manifest, Path],
+) -> None:
+    # docs/isolation.md "Layer 2": rc.d/static_arp skips VNET jails, so each jail's
+    # gateway and /24 neighbours are pinned by jail.conf exec.start lines and, now, jexec.
+    m, build = host
+    live, probe = converged(m, build)
+    live[jail_arp_marker_path("hermescms")] = None  # never pinned, or a run stopped midway
+    acts = host_actions(m, build, live, probe)
+    jail = next(j for j in m.jails if j.name == "hermescms")
+    assert jail.arp == [
+        f"10.0.0.1 {bridge_ether(m)}",
+        *(f"{j.ip} {j.mac}" for j in sorted(m.jails, key=lambda j: j.ip) if j.name in ("hermesgit", "hermesdb")),
+    ]
+    assert [a.unit for a in acts] == ["jail hermescms arp"] * (1 + len(jail.arp))
+    assert argvs(acts) == [("jexec", "hermescms", "/usr/sbin/arp", "-S", *pair.split()) for pair in jail.arp]
+    assert {a.fail_stderr for a in acts[1:]} == {"cannot locate"}
+    assert [a.marker is not None for a in acts] == [False] * len(jail.arp) + [True]
+    assert acts[-1].marker is not None and acts[-1].marker.content == jail_arp_hash(jail)
+    # jail.conf, as Bastille writes it for a bridged VNET jail (create.sh generate_vnet_jail_conf):
+    # the lines go right after its `exec.start =` line (a `+=` before it would be reset),
+    # and a second edit, or one after the pins changed, replaces them.
+    edit = acts[0].edit
+    assert edit is not None and edit.path == "/usr/local/bastille/jails/hermescms/jail.conf"
+    conf = (
+        "hermescms {\n  enforce_statfs = 2;\n  exec.clean;\n  exec.start = '/bin/sh /etc/rc';\n"
+        "  exec.stop = '/bin/sh /etc/rc.shutdown';\n  vnet;\n}\n"
+    )
+    once = re.sub(edit.pattern, edit.replacement, conf)
+    assert re.sub(edit.pattern, edit.replacement, once) == once
+    lines = once.splitlines()
+    assert lines[3] == "  exec.start = '/bin/sh /etc/rc';"
+    assert lines[4 : 4 + len(jail.arp)] == [f'  exec.start += "/usr/sbin/arp -S {pair}";' for pair in jail.arp]
+    assert lines[4 + len(jail.arp)] == "  exec.stop = '/bin/sh /etc/rc.shutdown';"
+    stale = once.replace(jail.arp[1].split()[1], "02:00:00:00:00:01")
+    assert re.sub(edit.pattern, edit.replacement, stale) == once
 
 
 def test_a_missing_jail_is_created_then_set_up(host: tuple[Manifest, Path]) -> None:
@@ -222,6 +265,7 @@ def test_network_from_the_live_bridge(host: tuple[Manifest, Path]) -> None:
             **probe.to_dict(),
             "interfaces": ["vtnet0"],
             "bridge_addresses": [],
+            "bridge_ether": "",
             "forwarding": "0",
             "bridge_sysctl": {"net.link.bridge.pfil_local_phys": "0"},
         }
@@ -229,6 +273,7 @@ def test_network_from_the_live_bridge(host: tuple[Manifest, Path]) -> None:
     assert argvs(host_actions(m, build, live, bare)) == [
         ("ifconfig", "bridge", "create", "name", "warden0"),
         ("ifconfig", "warden0", "up"),
+        ("ifconfig", "warden0", "ether", bridge_ether(m)),
         *(("ifconfig", "warden0", "inet", w, "alias") for w in wanted_addresses(m)),
         ("sysctl", "net.inet.ip.forwarding=1"),
         *(("sysctl", s) for s in sysctl_changes(bare.bridge_sysctl, m.sysctl)),

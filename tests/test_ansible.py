@@ -165,12 +165,30 @@ def test_converge_then_idempotent_then_check_diff_changes_nothing(registry: Regi
     conf = (root / "usr/local/bastille/jails/atlascms/jail.conf").read_text()
     assert f'exec.prestart += "ifconfig warden0 static e0a_atlascms {mac}";' in conf
     assert conf.index("addm e0a_atlascms") < conf.index("static e0a_atlascms")
+    # the bridge's own MAC is pinned, and each jail's own ARP table holds its gateway (that MAC)
+    # and its /24's jails as permanent entries: set now (jexec), and at every start (exec.start)
+    ether = values["ifconfig_warden0_aliases"].removeprefix("ether ")
+    assert state["interfaces"]["warden0"]["ether"] == ether
+    spec = next(
+        j
+        for j in json.loads((registry.build / "fbsd1/.warden/manifest.json").read_text())["jails"]
+        if j["name"] == "atlascms"
+    )
+    assert spec["arp"][0] == f"10.0.1.1 {ether}"
+    pinned = {p.split()[0]: {"mac": p.split()[1], "iface": "vnet0", "permanent": True} for p in spec["arp"]}
+    assert state["jails"]["atlascms"]["arp"] == pinned
+    lines = [f'  exec.start += "/usr/sbin/arp -S {p}";' for p in spec["arp"]]
+    assert conf.splitlines()[conf.splitlines().index("  exec.start = '/bin/sh /etc/rc';") + 1 :][: len(lines)] == lines
 
     # second run: nothing to do
     before = len(testhost.calls())
     second = playbook(registry)
     assert second.returncode == 0 and recap(second)["changed"] == 0, second.stdout[-3000:]
     assert mutating(testhost.calls()[before:]) == []
+    # a restart (boot, `bastille restart`) gives the jail a new stack: jail.conf pins it again
+    restart = ["chroot", str(root), "/usr/local/bin/bastille", "restart", "atlascms"]
+    subprocess.run(restart, check=True, capture_output=True)
+    assert testhost.state()["jails"]["atlascms"]["arp"] == pinned
 
     # a registry change, then --check --diff: shown, not done
     add(registry, "nova", 3)

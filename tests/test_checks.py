@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from provision import checks
 from provision.checks import run_checks
 from provision.inventory import load_inventory
+from provision.models import jail_mac
 from provision.problems import Problem
 from provision.registry import load_fleet
 
@@ -366,3 +367,13 @@ def test_malformed_resource_limits_are_refused(registry: Registry, line: str) ->
     agent(registry, "atlas", "10.0.1", line + "\n")
     (p,) = problems_of(registry)
     assert p.locations[0].key == line.split("=")[0]
+
+
+def test_a_jail_mac_equal_to_the_bridges_pinned_mac_is_reported(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the jails' gateway entries name the bridge's pinned MAC (docs/isolation.md "Layer 2")
+    monkeypatch.setattr(checks, "bridge_mac", lambda host, bridge: jail_mac(host, "atlasgit"))
+    agent(registry, "atlas", "10.0.1", "WARDEN_JAILS=git\n")
+    (p,) = problems_of(registry)
+    assert p.rule == "duplicate-mac" and "bridge collides with a jail's" in p.message

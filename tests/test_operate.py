@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from provision.doctor import evaluate, layer2_pins
-from provision.models import Host
+from provision.models import Host, bridge_mac
 from tests.hostkit.testhost import TestHost
 
 from .conftest import REPO, Registry
@@ -139,6 +139,11 @@ def facts(**over: str) -> str:
             "jails pinned at layer 2",
         ),
         ({"bridgeaddr": ""}, "jails pinned at layer 2"),
+        # the MAC if_bridge chose, not the one the jails' gateway entries name
+        (
+            {"inet": "warden0: flags=8843<UP> mtu 1500\n\tether 58:9c:fc:10:20:30\n\tinet 10.0.1.1 netmask 0xffffff00"},
+            "bridge MAC pinned",
+        ),
         ({"disk": "/dev/ada0p2 30000000 29000000 100000 99% /"}, "free disk on /"),
         (
             {"inet": "vtnet0: flags=8843<UP> mtu 1500\n\tinet 10.0.1.7 netmask 0xffff0000"},
@@ -160,8 +165,14 @@ def test_each_doctor_check_fails_on_its_own_symptom(override: dict[str, str], ch
         "arp": "\n".join(f"? ({ip}) at {mac} on warden0 permanent [bridge]" for ip, mac, _ in pins),
         "bridgeaddr": "\n".join(f"{mac} Vlan1 {member} 0 flags=1<STATIC>" for _, mac, member in pins),
         "interfaces": " ".join(["vtnet0", "warden0", *(member for *_, member in pins)]),
+        "inet": (
+            "vtnet0: flags=8843<UP> mtu 1500\n\tinet 192.168.10.5 netmask 0xffffff00\n"
+            f"warden0: flags=8843<UP> mtu 1500\n\tether {bridge_mac('fbsd1', 'warden0')}\n"
+            "\tinet 10.0.1.1 netmask 0xffffff00"
+        ),
     }
-    assert [c.name for c in evaluate(host, agents, facts(**pinned)) if not c.ok] == []
+    healthy = evaluate(host, agents, facts(**pinned))
+    assert [c.name for c in healthy if not c.ok] == [] and "bridge MAC pinned" in [c.name for c in healthy]
     assert [c.name for c in evaluate(host, agents, facts(**{**pinned, **override})) if not c.ok] == [check]
 
 

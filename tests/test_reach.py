@@ -272,6 +272,7 @@ def _unpin(host: object) -> None:
     assert isinstance(host, Host)
     host.arp = {}
     host.fdb = {m.lladdr: (m.member, False) for m in host.members}
+    host.caches = {}
 
 
 def test_a_jail_answering_arp_for_another_agents_address_does_not_get_the_hosts_packets(
@@ -321,6 +322,47 @@ def test_a_jail_sending_with_another_jails_mac_does_not_steal_its_frames(fbsd1: 
     assert got is not None and got[0] == "atlascms"
 
 
+def test_a_jail_poisoning_another_agents_arp_caches_does_not_get_their_traffic(
+    fbsd1: tuple[HostLayout, str],
+) -> None:
+    # root in atlascms claims hermes's gateway 10.0.0.1 and hermesdb's 10.0.0.5 (gratuitous
+    # ARP, or answers to the hermes jails' requests).  ARP passes pf, and rc.d/static_arp
+    # does not run in a VNET jail: only the entries jail.conf's exec.start sets in each
+    # jail are permanent (docs/isolation.md "Layer 2 on the shared bridge").
+    layout, anchor = fbsd1
+    host, *_ = build_host(layout, DEFAULT_DENY, anchor)
+    gateway, db, cms = IPv4Address("10.0.0.1"), IPv4Address("10.0.0.5"), IPv4Address("10.0.0.3")
+    trace: list[str] = []
+    for victim in (gateway, db):
+        host.poison("atlascms", victim, trace)
+    assert any(t.startswith("arp in hermescms:") and t.endswith(f"permanent entry for {gateway}") for t in trace)
+    assert any(t.startswith("arp in hermescms:") and t.endswith(f"permanent entry for {db}") for t in trace)
+    # hermescms's database connection, its agent's API on the gateway, the internet: all
+    # still reach the real peer.
+    assert host.connect("hermescms", None, db, 5432)[0]
+    assert host.connect("hermescms", None, gateway, 3101)[0]
+    assert host.connect("hermescms", None, IPv4Address("203.0.113.10"), 443)[0]
+    to_db = Packet(TCP, cms, db, 40000, 5432, 0x02)
+    to_api = Packet(TCP, cms, gateway, 40000, 3101, 0x02)
+    to_llm = Packet(TCP, cms, IPv4Address("10.0.1.4"), 40000, 11434, 0x02)  # the shared ollama, routed
+    to_web = Packet(TCP, cms, IPv4Address("203.0.113.10"), 40000, 443, 0x02)
+    assert (host.send("hermescms", to_db, None, []) or ("",))[0] == "hermesdb"
+    assert (host.send("hermescms", to_api, "hermes", []) or ("",))[0] == "host"  # the API socket is hermes's
+    assert (host.send("hermescms", to_llm, None, []) or ("",))[0] == "ollama"
+    assert (host.send("hermescms", to_web, None, []) or ("",))[0] == "internet"
+    # Without the jails' own pins the frames go to e0a_atlascms, and the states their first
+    # pass made float: atlascms reads hermes's database traffic and everything hermescms
+    # sends through its gateway (only what is for the host's own addresses is dropped on
+    # the epair: `block drop in quick from <warden_agents> to (self)`).
+    _unpin(host)
+    for victim in (gateway, db):
+        host.poison("atlascms", victim)
+    for packet in (to_db, to_llm, to_web):
+        host.firewall.states.clear()
+        got = host.send("hermescms", packet, None, [])
+        assert got is not None and got[0] == "atlascms", packet
+
+
 def _guest_env(name: str, subnet: str, vm_ip: str) -> str:
     return (
         (EXAMPLE / "agents/nova/.env")
@@ -332,10 +374,8 @@ def _guest_env(name: str, subnet: str, vm_ip: str) -> str:
     )
 
 
-def test_a_guest_forging_a_linked_guests_uplink_address_is_dropped(tmp_path: Path) -> None:
-    # fbsd2 carries three guests: nova and orion are linked, vega is not.  vega forges
-    # orion's uplink address to reach nova, whose own anchor lets orion in.
-    from provision.render import _env, render_layout
+def _three_guests(tmp_path: Path) -> list[HostLayout]:
+    """fbsd2 with three guests: nova and orion are linked, vega is not."""
 
     shutil.copytree(EXAMPLE, tmp_path / "fleet")
     agents = tmp_path / "fleet/agents"
@@ -348,8 +388,14 @@ def test_a_guest_forging_a_linked_guests_uplink_address_is_dropped(tmp_path: Pat
     inv.write_text(text)
     hosts, problems = load_inventory(inv)
     assert not problems, problems
-    fleet = load_fleet(agents, hosts)
-    layout = next(lay for lay in layouts(fleet) if lay.name == "fbsd2")
+    return layouts(load_fleet(agents, hosts))
+
+
+def test_a_guest_forging_a_linked_guests_uplink_address_is_dropped(tmp_path: Path) -> None:
+    # vega forges orion's uplink address to reach nova, whose own anchor lets orion in.
+    from provision.render import _env, render_layout
+
+    layout = next(lay for lay in _three_guests(tmp_path) if lay.name == "fbsd2")
     _, files = render_layout(layout, _env())
     host, *_ = build_host(layout, "", files["/etc/pf.warden.conf"][0])
     nova = IPv4Address("10.255.0.10")
@@ -359,3 +405,31 @@ def test_a_guest_forging_a_linked_guests_uplink_address_is_dropped(tmp_path: Pat
     trace: list[str] = []
     assert host.send("vegavm", forged, None, trace) is None
     assert trace[0].startswith("in on vm_vega: BLOCK"), trace
+
+
+def test_a_guest_claiming_the_uplink_gateway_does_not_get_another_guests_traffic(tmp_path: Path) -> None:
+    # root in vegavm claims 10.255.0.1, the host on the uplink, which the guest anchors
+    # trust.  Each guest's rc.conf pins it (rc.d/static_arp runs in a guest) to the MAC
+    # the host's rc.conf gives warden0.
+    from provision.render import _env, render_layout
+
+    by_name = {lay.name: lay for lay in _three_guests(tmp_path)}
+    host_manifest, files = render_layout(by_name["fbsd2"], _env())
+    ether = next(e.value for e in host_manifest.rc_conf if e.name == "ifconfig_warden0_aliases")
+    for guest in ("novavm", "orionvm", "vegavm"):
+        guest_manifest, _ = render_layout(by_name[guest], _env())
+        pin = next(e.value for e in guest_manifest.rc_conf if e.name == "static_arp_warden_uplink")
+        assert pin == f"10.255.0.1 {ether.removeprefix('ether ')}"
+    host, *_ = build_host(by_name["fbsd2"], PERMISSIVE, files["/etc/pf.warden.conf"][0])
+    uplink = IPv4Address("10.255.0.1")
+    out = Packet(TCP, IPv4Address("10.255.0.10"), IPv4Address("203.0.113.10"), 40000, 443, 0x02)
+    trace: list[str] = []
+    host.poison("vegavm", uplink, trace)
+    assert any(t.startswith("arp in novavm:") and t.endswith(f"permanent entry for {uplink}") for t in trace)
+    got = host.send("novavm", out, None, [])
+    assert got is not None and got[0] == "internet"
+    _unpin(host)
+    host.poison("vegavm", uplink)
+    host.firewall.states.clear()
+    got = host.send("novavm", out, None, [])
+    assert got is not None and got[0] == "vegavm"

@@ -15,8 +15,10 @@ Where the hooks are (freebsd-src sys/net/if_bridge.c, sys/netinet ip_input/ip_ou
 * packets from outside arrive through ip_input on the external interface.
 
 Layer 2 (docs/freebsd.md#arp-and-the-bridges-forwarding-table): the host finds a
-member's MAC in its ARP table (sys/netinet/if_ether.c) and the bridge finds the member
-behind a MAC in its forwarding table (sys/net/if_bridge.c).  Both learn: a dynamic ARP
+member's MAC in its ARP table (sys/netinet/if_ether.c), a member (a VNET jail, a guest:
+a stack of its own, docs/freebsd.md#arp-in-vnet-jails) finds its neighbour's or its
+gateway's — the bridge's own MAC — in its own, and the bridge finds the member behind a
+MAC in its forwarding table (sys/net/if_bridge.c).  All learn: a dynamic ARP
 entry takes the MAC of the latest reply for its address (in_arpinput →
 arp_check_update_lle), a dynamic forwarding entry moves to the member a frame with that
 source MAC last came in by (bridge_input → bridge_rtupdate); a static entry of either
@@ -92,6 +94,10 @@ class Host:
     arp: dict[IPv4Address, tuple[str, bool]] = field(default_factory=dict)
     # Each bridge's forwarding table: MAC -> (member interface, static) (`ifconfig BRIDGE addr`).
     fdb: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    # Each member's own ARP table (a VNET jail's or a guest's stack): address -> (MAC, static).
+    caches: dict[str, dict[IPv4Address, tuple[str, bool]]] = field(default_factory=dict)
+    # Each bridge's own MAC: frames for it go to the host's stack (GRAB_OUR_PACKETS).
+    bridge_macs: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Every member has spoken once with its own MAC: the bridge learned it (dynamic).
@@ -103,6 +109,33 @@ class Host:
         """`arp -S ADDRESS MAC` and `ifconfig BRIDGE static MEMBER MAC`: both entries static."""
         self.arp[address] = (mac, True)
         self.fdb[mac] = (member, True)
+
+    def pin_in(self, name: str, address: IPv4Address, mac: str) -> None:
+        """`arp -S ADDRESS MAC` inside member NAME (a jail's exec.start, a guest's
+        rc.d/static_arp): a permanent entry in its own table."""
+        self.caches.setdefault(name, {})[address] = (mac, True)
+
+    def bridge_mac(self, bridge: str) -> str:
+        return self.bridge_macs.get(bridge, f"mac-of-{bridge}")
+
+    def poison(self, origin: str, address: IPv4Address, trace: list[str] | None = None) -> None:
+        """ORIGIN (a member) claims ADDRESS with its own MAC to everyone on its bridge: a
+        gratuitous ARP, or an answer to each neighbour's request for ADDRESS.  ARP passes
+        pf (bridge_pfil); the bridge learns ORIGIN's MAC (bridge_input); every receiver's
+        in_arpinput → arp_check_update_lle moves a dynamic entry and leaves a permanent
+        one ("attempts to modify permanent entry") — the host's table and each member's."""
+        m = self._member(origin)
+        self.arp_reply(origin, address, trace)
+        for other in self.members:
+            if other is m or other.bridge != m.bridge or address not in other.network or other.address == address:
+                continue
+            cache = self.caches.setdefault(other.name, {})
+            old = cache.get(address)
+            if old is not None and old[1]:
+                if trace is not None:
+                    trace.append(f"arp in {other.name}: {m.lladdr} attempts to modify permanent entry for {address}")
+                continue
+            cache[address] = (m.lladdr, False)
 
     def arp_reply(self, origin: str, address: IPv4Address, trace: list[str] | None = None) -> None:
         """ORIGIN (a member) sends the host an ARP reply: ADDRESS is at ORIGIN's MAC.
@@ -139,6 +172,21 @@ class Host:
         if entry is not None:
             return [m for m in self.members if m.bridge == bridge and m.member == entry[0]]
         return [m for m in self.members if m.bridge == bridge and m.lladdr == mac]
+
+    def _resolve_from(self, m: Member, address: IPv4Address) -> str | None:
+        """M's own ARP lookup: its entry, else a request whose owner answers (dynamic):
+        the bridge for one of the host's addresses on it, else the member holding ADDRESS."""
+        cache = self.caches.setdefault(m.name, {})
+        if address not in cache:
+            own = [a.ip for a in self.firewall.interfaces[m.bridge].addresses]
+            if address in own:
+                cache[address] = (self.bridge_mac(m.bridge), False)
+            else:
+                owner = next((o for o in self.members if o.address == address and o.bridge == m.bridge), None)
+                if owner is None:
+                    return None
+                cache[address] = (owner.lladdr, False)
+        return cache[address][0]
 
     def _resolve(self, address: IPv4Address) -> str | None:
         """The host's ARP lookup: its entry, else a request whose owner answers (dynamic)."""
@@ -211,9 +259,12 @@ class Host:
     ) -> tuple[str, Packet] | None:
         """A frame from M's stack: on-link destinations by ARP, the rest to the gateway's MAC."""
         next_hop = p.dst if p.dst in m.network else m.gateway
-        bridge_ifaces = self.firewall.interfaces[m.bridge]
-        own = [a.ip for a in bridge_ifaces.addresses]
-        if next_hop in own:
+        assert isinstance(next_hop, IPv4Address)
+        mac = self._resolve_from(m, next_hop)
+        if mac is None:
+            trace.append(f"no neighbour {next_hop} on {m.bridge}")
+            return None
+        if mac == self.bridge_mac(m.bridge):
             # GRAB_OUR_PACKETS: member filtered only with pfil_local_phys, then ip_input.
             if self._sys("pfil_local_phys") and self._sys("pfil_member"):
                 # pf_socket_lookup finds the listening socket by address and port, on
@@ -223,31 +274,29 @@ class Host:
                     return None
                 p = q
             return self._host_input(p, m.bridge, local_user, trace)
-        for owner in self.members:
-            if owner.bridge != m.bridge or owner.address != next_hop or owner is m:
-                continue
-            # The frame goes to the owner's MAC, and the bridge to whichever member its
-            # forwarding entry for that MAC names (bridge_forward → bridge_rtlookup).
-            ports = self._by_port(m.bridge, owner.lladdr)
-            if not ports:
-                break
-            d = ports[0]
-            if d is m:
-                trace.append(f"bridge: {owner.lladdr} is on the sending member")
-                return None
-            if m.private and d.private:
-                trace.append("bridge: private members do not talk to each other")
-                return None
-            fwd: Packet | None = p
-            member, bridge = self._sys("pfil_member"), self._sys("pfil_bridge")
-            steps = [(m.member, "in", member), (m.bridge, "in", bridge), (m.bridge, "out", bridge)]
-            steps.append((d.member, "out", member))
-            for ifname, direction, on in steps:
-                if on and fwd is not None:
-                    fwd = self._hook(fwd, ifname, direction, trace)
-            return None if fwd is None else (d.name, fwd)
-        trace.append(f"no neighbour {next_hop} on {m.bridge}")
-        return None
+        # The frame goes to the MAC M's table names, and the bridge to whichever member
+        # its forwarding entry for that MAC names (bridge_forward → bridge_rtlookup).
+        ports = self._by_port(m.bridge, mac)
+        if not ports:
+            trace.append(f"no neighbour {next_hop} on {m.bridge}")
+            return None
+        d = ports[0]
+        if d is m:
+            trace.append(f"bridge: {mac} is on the sending member")
+            return None
+        if d.address != next_hop:
+            trace.append(f"{m.name}: {next_hop} resolves to {mac}, on {d.member}")
+        if m.private and d.private:
+            trace.append("bridge: private members do not talk to each other")
+            return None
+        fwd: Packet | None = p
+        member, bridge = self._sys("pfil_member"), self._sys("pfil_bridge")
+        steps = [(m.member, "in", member), (m.bridge, "in", bridge), (m.bridge, "out", bridge)]
+        steps.append((d.member, "out", member))
+        for ifname, direction, on in steps:
+            if on and fwd is not None:
+                fwd = self._hook(fwd, ifname, direction, trace)
+        return None if fwd is None else (d.name, fwd)
 
     def send(self, origin: str, p: Packet, local_user: str | None, trace: list[str]) -> tuple[str, Packet] | None:
         """Send P from ORIGIN ("host", a member's or an outside machine's name): where it lands."""

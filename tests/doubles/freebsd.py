@@ -575,7 +575,15 @@ def _ifconfig(st: dict[str, Any], argv: list[str]) -> int:
             else:
                 ifs[name]["inet"] = [addr, *ifs[name]["inet"][1:]]
         elif word == "ether":
-            ifs[name]["ether"] = rest.pop(0)
+            # af_link.c: `ether` is an address family and its address the link-level one
+            # (SIOCSIFLLADDR; if_setlladdr takes IFT_BRIDGE too); network.subr adds `alias`.
+            text = rest.pop(0)
+            lladdr = _ether_aton(text)
+            if lladdr is None:
+                die(f"ifconfig: malformed link-level address {text}", 1)
+            ifs[name]["ether"] = lladdr
+            if rest[:1] == ["alias"]:
+                rest.pop(0)
         elif word in ("static", "deladdr", "addr") and ifs[name]["bridge"]:
             _bridge_addr(ifs[name], word, rest)
         else:
@@ -638,6 +646,8 @@ def _rename(ifs: dict[str, Any], old: str, new: str) -> int:
 def _show(name: str, i: dict[str, Any]) -> None:
     flags = "UP,BROADCAST,RUNNING" if i["up"] else "BROADCAST"
     print(f"{name}: flags=8843<{flags}> metric 0 mtu 1500")
+    if name != "lo0":  # af_link.c link_status: "ether" for Ethernet and bridge interfaces
+        print(f"\tether {_arp_mac_of(name, i)}")
     for a in i["inet"]:
         ip, _, prefix = a.partition("/")
         print(f"\tinet {ip} netmask {_mask(int(prefix or 32))}")
@@ -676,7 +686,14 @@ def _arp_mac_of(name: str, i: dict[str, Any]) -> str:
 
 
 def arp(argv: list[str]) -> int:
-    """-a/-n/-i list, -s/-S set (F_SET; F_REPLACE deletes first), -d delete."""
+    with State() as st:
+        return _arp(argv, st["interfaces"], st.setdefault("arp", {}))
+
+
+def _arp(argv: list[str], ifs: dict[str, Any], table: dict[str, Any]) -> int:
+    """-a/-n/-i list, -s/-S set (F_SET; F_REPLACE deletes first), -d delete, on the ARP
+    table TABLE of a network stack whose interfaces are IFS (the host's, or a VNET jail's:
+    each VNET has its own, if_ether.c V_ variables)."""
     flags: set[str] = set()
     iface = None
     args = list(argv)
@@ -689,61 +706,56 @@ def arp(argv: list[str]) -> int:
             if letter not in "adnsS":
                 _arp_usage()
             flags.add(letter)
-    with State() as st:
-        ifs: dict[str, Any] = st["interfaces"]
-        table: dict[str, Any] = st.setdefault("arp", {})
-        if iface is not None and iface not in ifs:
-            die(f"arp: interface {iface} does not exist", 1)
-        if "a" in flags and not flags & {"s", "S", "d"}:
-            if args:
-                _arp_usage()
-            # Interface addresses are permanent entries too (if_ether.c arp_add_ifa_lle:
-            # LLE_IFADDR | LLE_STATIC); print_entry: "? (IP) at MAC on IF permanent [type]".
-            rows = [
-                (a.split("/")[0], _arp_mac_of(n, i), n, True) for n, i in ifs.items() for a in i["inet"] if n != "lo0"
-            ]
-            rows += [(ip, e["mac"], e["iface"], e["permanent"]) for ip, e in table.items()]
-            for ip, mac, name, permanent in sorted(rows, key=lambda r: ipaddress.IPv4Address(r[0])):
-                if iface is not None and name != iface:
-                    continue
-                kind = "bridge" if ifs.get(name, {}).get("bridge") else "ethernet"
-                life = "permanent" if permanent else "expires in 1200 seconds"
-                print(f"? ({ip}) at {mac} on {name} {life} [{kind}]")
+    if iface is not None and iface not in ifs:
+        die(f"arp: interface {iface} does not exist", 1)
+    if "a" in flags and not flags & {"s", "S", "d"}:
+        if args:
+            _arp_usage()
+        # Interface addresses are permanent entries too (if_ether.c arp_add_ifa_lle:
+        # LLE_IFADDR | LLE_STATIC); print_entry: "? (IP) at MAC on IF permanent [type]".
+        rows = [(a.split("/")[0], _arp_mac_of(n, i), n, True) for n, i in ifs.items() for a in i["inet"] if n != "lo0"]
+        rows += [(ip, e["mac"], e["iface"], e["permanent"]) for ip, e in table.items()]
+        for ip, mac, name, permanent in sorted(rows, key=lambda r: ipaddress.IPv4Address(r[0])):
+            if iface is not None and name != iface:
+                continue
+            kind = "bridge" if ifs.get(name, {}).get("bridge") else "ethernet"
+            life = "permanent" if permanent else "expires in 1200 seconds"
+            print(f"? ({ip}) at {mac} on {name} {life} [{kind}]")
+        return 0
+    # FreeBSD 14 and later build arp with netlink (arp_netlink.c): an address on no
+    # connected network is "delete: cannot locate HOST" with exit status 0, for -s/-S
+    # as for -d; a set creates or replaces (NLM_F_CREATE | NLM_F_REPLACE).
+    if "d" in flags:
+        if len(args) != 1:
+            _arp_usage()
+        if _arp_iface(ifs, args[0]) is None:
+            print(f"arp: delete: cannot locate {args[0]}", file=sys.stderr)
             return 0
-        # FreeBSD 14 and later build arp with netlink (arp_netlink.c): an address on no
-        # connected network is "delete: cannot locate HOST" with exit status 0, for -s/-S
-        # as for -d; a set creates or replaces (NLM_F_CREATE | NLM_F_REPLACE).
-        if "d" in flags:
-            if len(args) != 1:
-                _arp_usage()
-            if _arp_iface(ifs, args[0]) is None:
-                print(f"arp: delete: cannot locate {args[0]}", file=sys.stderr)
-                return 0
-            if args[0] not in table:
-                die(f"arp: delete {args[0]}: No such file or directory", 1)
-            del table[args[0]]
-            print(f"{args[0]} ({args[0]}) deleted")
+        if args[0] not in table:
+            die(f"arp: delete {args[0]}: No such file or directory", 1)
+        del table[args[0]]
+        print(f"{args[0]} ({args[0]}) deleted")
+        return 0
+    if flags & {"s", "S"}:
+        if not 2 <= len(args) <= 6:
+            _arp_usage()
+        host, text = args[0], args[1]
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            die(f"arp: {host}: Unknown host", 1)  # getaddr: inet_addr, then gethostbyname
+        dev = _arp_iface(ifs, host)
+        if "S" in flags and dev is not None:
+            table.pop(host, None)  # F_REPLACE: delete(argv[0]) first, its failure ignored
+        lladdr = _ether_aton(text)
+        if lladdr is None:
+            die(f"arp: invalid Ethernet address '{text}'", 1)
+        if dev is None:
+            print(f"arp: delete: cannot locate {host}", file=sys.stderr)
             return 0
-        if flags & {"s", "S"}:
-            if not 2 <= len(args) <= 6:
-                _arp_usage()
-            host, text = args[0], args[1]
-            try:
-                ipaddress.IPv4Address(host)
-            except ValueError:
-                die(f"arp: {host}: Unknown host", 1)  # getaddr: inet_addr, then gethostbyname
-            dev = _arp_iface(ifs, host)
-            if "S" in flags and dev is not None:
-                table.pop(host, None)  # F_REPLACE: delete(argv[0]) first, its failure ignored
-            lladdr = _ether_aton(text)
-            if lladdr is None:
-                die(f"arp: invalid Ethernet address '{text}'", 1)
-            if dev is None:
-                print(f"arp: delete: cannot locate {host}", file=sys.stderr)
-                return 0
-            table[host] = {"mac": lladdr, "iface": dev, "permanent": True}
-            return 0
-        _arp_usage()
+        table[host] = {"mac": lladdr, "iface": dev, "permanent": True}
+        return 0
+    _arp_usage()
 
 
 # -- service (rc.subr run_rc_command; rc.d/pf) --------------------------------------------
@@ -1010,6 +1022,29 @@ def _jail_epair(st: dict[str, Any], name: str, up: bool) -> None:
         _ifconfig(st, argv)
 
 
+def _jail_start_arp(name: str) -> list[list[str]]:
+    """The `exec.start += "/usr/sbin/arp …";` commands of the jail's jail.conf, in order."""
+    conf = BASTILLE / "jails" / name / "jail.conf"
+    out = []
+    for line in conf.read_text().splitlines() if conf.exists() else []:
+        m = re.match(r'^\s*exec\.start\s*\+=\s*"/usr/sbin/arp ([^"$]*)";\s*$', line)
+        if m:
+            out.append(m.group(1).split())
+    return out
+
+
+def _jail_stack(st: dict[str, Any], name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A running VNET jail's own network stack: vnet0 (its end of the epair, renamed and
+    addressed by the jail's rc.conf) and its own ARP table (docs/freebsd.md#arp-in-vnet-jails)."""
+    jail = st["jails"][name]
+    cidr = _jail_rc_vars(name).get("ifconfig_vnet0", "").removeprefix("inet ").strip()
+    end = st["interfaces"].get(f"e0b_{name}", {})
+    vnet0 = {"inet": [cidr] if cidr else [], "up": True, "members": [], "bridge": False}
+    if end.get("ether"):
+        vnet0["ether"] = end["ether"]
+    return {"vnet0": vnet0}, jail.setdefault("arp", {})
+
+
 def _jail_set_running(st: dict[str, Any], name: str, running: bool) -> None:
     jail = st["jails"][name]
     if jail.get("running"):
@@ -1019,6 +1054,14 @@ def _jail_set_running(st: dict[str, Any], name: str, running: bool) -> None:
     jail["running"] = running
     # jail(8) reads jail.conf at start: parameters set later apply at the next (re)start.
     jail["params"] = _jail_conf_params(name) if running else {}
+    # A VNET jail's stack, ARP table included, is new at each start and gone at its stop;
+    # jail(8) runs the exec.start commands in sequence inside it after /etc/rc, and a
+    # failing one fails the start (jail(8) "exec.*"; docs/freebsd.md#arp-in-vnet-jails).
+    jail["arp"] = {}
+    if running and jail.get("interface"):
+        ifs, table = _jail_stack(st, name)
+        for argv in _jail_start_arp(name):
+            _arp(argv, ifs, table)
     if not running:
         for svc in jail.setdefault("services", {}).values():
             svc["running"] = False
@@ -1321,6 +1364,27 @@ def _bastille_template(args: list[str]) -> int:
             die(f"[ERROR]: Failed to execute command: {cmd}", 1)
     print(f"\nTemplate applied: {template}")
     return 0
+
+
+def jexec(argv: list[str]) -> int:
+    """jexec(8): run a command inside a running jail.  Only the jail's arp(8) is emulated,
+    on the jail's own network stack (usr.sbin/jexec/jexec.c; jail_getid: "jail … not found")."""
+    args = list(argv)
+    while args and args[0] in ("-l", "-u", "-U", "-d"):
+        if args.pop(0) != "-l":
+            args.pop(0) if args else None
+    if not args:
+        die("usage: jexec [-l] [-d working-directory] [-u username | -U username] jail [command ...]", 1)
+    name = args.pop(0)
+    with State() as st:
+        jail = st["jails"].get(name)
+        if jail is None or not jail.get("running"):
+            die(f'jexec: jail "{name}" not found', 1)
+        if args[:1] in (["/usr/sbin/arp"], ["arp"]):
+            ifs, table = _jail_stack(st, name)
+            return _arp(args[1:], ifs, table)
+    die(f"double: running {args!r} inside a jail is not emulated", 1)
+    return 1
 
 
 def _bastille_create(st: dict[str, Any], args: list[str]) -> int:
@@ -2360,6 +2424,7 @@ COMMANDS = {
     "service": service,
     "bastille": bastille,
     "jls": jls,
+    "jexec": jexec,
     "vm": vm,
     "pkg": pkg,
     "sysctl": sysctl,
@@ -2383,6 +2448,7 @@ PATHS = {
     "service": "/usr/sbin/service",
     "bastille": "/usr/local/bin/bastille",
     "jls": "/usr/sbin/jls",
+    "jexec": "/usr/sbin/jexec",
     "vm": "/usr/local/sbin/vm",
     "pkg": "/usr/sbin/pkg",
     "sysctl": "/sbin/sysctl",
