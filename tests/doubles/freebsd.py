@@ -3,7 +3,7 @@
 
 Installed inside the test host's root tree at the FreeBSD paths (sysrc, pfctl,
 arp, ifconfig, service, bastille, vm, pkg, jls, sysctl, kldload, kldstat, rctl, daemon, install,
-freebsd-version), one file dispatching on the name it is called by.  Every call is
+freebsd-version, ps, chroot), one file dispatching on the name it is called by.  Every call is
 appended to /var/log/warden-doubles.jsonl; state lives in /var/db/warden-doubles/.
 Each behaviour cites the upstream file and function it follows (freebsd-src
 libexec/rc/rc.subr, libexec/rc/rc.d/pf, usr.bin/rctl/rctl.c; BastilleBSD/bastille
