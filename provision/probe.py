@@ -24,6 +24,16 @@ _PREVIOUS_SERVICES = (
 )
 
 
+# The rendered rc.d script's `pidfile` (daemon -P: the supervisor's pid) and `command`, which
+# rc.subr matches the pid's process against (provision/render.py, docs/freebsd.md#rcd-scripts).
+PIDFILE_DIR = "/var/run"
+SUPERVISOR = "/usr/sbin/daemon"
+
+
+def pidfile(agent: str) -> str:
+    return f"{PIDFILE_DIR}/{agent}.pid"
+
+
 def vm_dir(manifest: Manifest) -> str:
     """vm-bhyve's directory as the rendered rc.conf sets it (docs/freebsd.md#vm-bhyve)."""
     return next((e.value for e in manifest.rc_conf if e.op == "set" and e.name == "vm_dir"), "") or "/vm"
@@ -32,8 +42,10 @@ def vm_dir(manifest: Manifest) -> str:
 def probe_script(manifest: Manifest) -> str:
     """The sh snippet; every value is one quoted sh word (docs/security.md), though the models validated it.
 
-    Each agent's `service NAME status` is an rc.subr run of its own: eight run at a time
-    (one short line each, written whole), so 50 agents do not cost 50 sequential runs.
+    Whether an agent runs is decided as rc.subr's `status` decides it (check_pidfile), without
+    an rc.subr run per agent: the `services` section lists each agent whose rc.d script is
+    executable with the first word of its pidfile (sh builtins only), and one `ps` over all
+    those pids follows (`parse_probe` matches them, docs/freebsd.md#rcd-scripts).
     """
     q = shlex.quote
     services = " ".join(q(a) for a in manifest.agents)
@@ -49,13 +61,17 @@ echo "=== jls ==="; jls name 2>/dev/null || true
 echo "=== pf ==="; pfctl -s info 2>/dev/null || true
 echo "=== forwarding ==="; sysctl -n net.inet.ip.forwarding 2>/dev/null || true
 echo "=== services ==="
-n=0
+pids=
 for s in {services} $({_PREVIOUS_SERVICES}); do
-  (if [ -x "/usr/local/etc/rc.d/$s" ] && service "$s" status >/dev/null 2>&1 </dev/null
-  then echo "$s running"; else echo "$s stopped"; fi) &
-  n=$((n + 1)); [ "$n" -lt 8 ] || {{ wait; n=0; }}
+  [ -x "/usr/local/etc/rc.d/$s" ] || continue
+  p=
+  # rc.subr check_pidfile: `read _pid _junk`; libutil writes the pid without a newline,
+  # so read's status says nothing
+  [ -f "{PIDFILE_DIR}/$s.pid" ] && {{ read -r p _ < "{PIDFILE_DIR}/$s.pid" || :; }}
+  case $p in ''|*[!0-9]*) echo "$s -" ;; *) echo "$s $p"; pids="$pids${{pids:+,}}$p" ;; esac
 done
-wait
+echo "=== ps ==="
+[ -z "$pids" ] || ps -ww -o pid= -o jid= -o command= -p "$pids" 2>/dev/null </dev/null || true
 echo "=== users ==="
 for u in {users}; do id -u "$u" >/dev/null 2>&1 && echo "$u:"; done
 echo "=== vminit ==="; [ -d {q(vm_dir(manifest) + "/.templates")} ] && echo yes
@@ -118,6 +134,31 @@ def section_lines(text: str) -> dict[str, list[str]]:
     return out
 
 
+def _is_procname(arg0: str, procname: str = SUPERVISOR) -> bool:
+    """rc.subr _find_processes for a daemon without an interpreter: the first word of the
+    process's command is PROCNAME, its basename, `basename:`, `(basename)` or `[basename]`."""
+    base = procname.rsplit("/", 1)[-1]
+    return arg0 in (procname, base, f"{base}:", f"({base})", f"[{base}]")
+
+
+def running_services(services: list[str], ps: list[str]) -> list[str]:
+    """The agents whose pidfile names a live process that rc.subr's check_pidfile accepts: its
+    pid is in `ps -o pid= -o jid= -o command=`, outside any jail (jid 0: the rendered script
+    sets no service jail), running SUPERVISOR. A pidfile whose process is gone (stale) or
+    was reused by another program reads as not running, as `service NAME status` would say."""
+    live: dict[str, str] = {}
+    for ln in ps:
+        words = ln.split()
+        if len(words) >= 3 and words[1] == "0":
+            live[words[0]] = words[2]
+    out = []
+    for ln in services:
+        name, _, pid = ln.partition(" ")
+        if pid.isdigit() and _is_procname(live.get(pid, "")):
+            out.append(name)
+    return out
+
+
 def parse_probe(text: str) -> Probe:
     """The probe's sections as facts."""
     s = section_lines(text)
@@ -131,7 +172,7 @@ def parse_probe(text: str) -> Probe:
         running_jails=[ln.strip() for ln in s.get("jls", []) if ln.strip()],
         pf_enabled="Status: Enabled" in body.get("pf", ""),
         forwarding=body.get("forwarding", ""),
-        running_services=[ln.split()[0] for ln in s.get("services", []) if ln.endswith(" running")],
+        running_services=running_services(s.get("services", []), s.get("ps", [])),
         users=[ln.split(":")[0] for ln in s.get("users", []) if ln.strip()],
         vm_init=body.get("vminit", "") == "yes",
         switches=[ln.split()[0] for ln in s.get("switches", [])[1:] if ln.split()],

@@ -103,11 +103,16 @@ def _check(name: str, value: str | None = None) -> None:
 
 
 def _lines_assigning(lines: list[str], name: str) -> list[int]:
-    return [i for i, line in enumerate(lines) if (m := _ASSIGN.match(line)) and m.group(1) == name]
+    probe = name + "="  # a cheap filter first: every line assigning NAME contains it
+    return [i for i, line in enumerate(lines) if probe in line and (m := _ASSIGN.match(line)) and m.group(1) == name]
 
 
-def _set(lines: list[str], name: str, value: str) -> None:
+def _set(lines: list[str], name: str, value: str, current: dict[str, str]) -> None:
+    """sysrc's write of NAME: its last assignment replaced, or one appended; CURRENT (what
+    read_vars gives for LINES) follows, as the new line is now NAME's last assignment."""
     new = f'{name}="{value}"'
+    # inside double quotes only a backslash or a quote changes what sh assigns
+    current[name] = value if '"' not in value and "\\" not in value else _unquote(new[len(name) + 1 :])
     hits = _lines_assigning(lines, name)
     if hits:
         i = hits[-1]
@@ -122,26 +127,29 @@ def _set(lines: list[str], name: str, value: str) -> None:
 def apply(text: str, edits: Sequence[Edit]) -> str:
     """TEXT after EDITS, applied in order with sysrc's semantics."""
     lines = text.splitlines(keepends=True)
+    # read once and kept up to date by each edit (only the edited name changes), so that
+    # hundreds of edits cost one pass over the file, not one each
+    current = read_vars(text)
     for edit in edits:
-        current = read_vars("".join(lines))
         if isinstance(edit, Set):
             _check(edit.name, edit.value)
             if current.get(edit.name) != edit.value or not _lines_assigning(lines, edit.name):
-                _set(lines, edit.name, edit.value)
+                _set(lines, edit.name, edit.value, current)
         elif isinstance(edit, Append):
             _check(edit.name, edit.item)
             items = current.get(edit.name, "").split()
             if edit.item not in items:
-                _set(lines, edit.name, " ".join([*items, edit.item]))
+                _set(lines, edit.name, " ".join([*items, edit.item]), current)
         elif isinstance(edit, Remove):
             _check(edit.name, edit.item)
             items = current.get(edit.name, "").split()
             if edit.item in items:
-                _set(lines, edit.name, " ".join(i for i in items if i != edit.item))
+                _set(lines, edit.name, " ".join(i for i in items if i != edit.item), current)
         else:
             _check(edit.name)
             for i in reversed(_lines_assigning(lines, edit.name)):
                 del lines[i]
+            current.pop(edit.name, None)
     return "".join(lines)
 
 

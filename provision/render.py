@@ -39,6 +39,8 @@ from .isolation import Policy, build_policy, guest_tap, sysctl_lines
 from .limits import host_rules
 from .manifest import MANIFEST_RELPATH, FileEntry, GuestSpec, JailSpec, Manifest, RcEdit
 from .models import CONTROLLER_ONLY, Agent, Fleet, Host, bridge_mac, jail_mac
+from .probe import PIDFILE_DIR
+from .probe import pidfile as supervisor_pidfile
 from .problems import Location, Problem
 from .rcconf import Set, alias_edits
 
@@ -468,7 +470,8 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
         wrapper = f"{WRAPPER_DIR}/run-{agent.name}.sh"
         logdir = f"{LOG_DIR}/{agent.name}"
         logfile = f"{logdir}/{agent.name}.log"
-        pidfile, child_pidfile = f"/var/run/{agent.name}.pid", f"/var/run/{agent.name}.child.pid"
+        # the probe reads this pidfile (provision/probe.py), as rc.subr's status does
+        pidfile, child_pidfile = supervisor_pidfile(agent.name), f"{PIDFILE_DIR}/{agent.name}.child.pid"
         add(
             FileEntry(rc_d, "0755", agent=agent.name, purpose="rc.d service: daemon(8) supervising the wrapper"),
             "usr/local/etc/rc.d/agent.j2",
@@ -539,7 +542,7 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
                     "mode": "640",
                     "count": LOG_KEEP,
                     "size": LOG_SIZE_KB,
-                    "pidfile": f"/var/run/{a.name}.pid",
+                    "pidfile": supervisor_pidfile(a.name),
                 }
                 for a in layout.agents
             ],

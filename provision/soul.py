@@ -189,11 +189,40 @@ def _export(mirror: Path, entries: list[tuple[str, str, str, int, str]], dest: P
             target.chmod(0o755 if mode == "100755" else 0o644)
 
 
-def fetch(repo: str, ref: str | None, cache_dir: Path) -> Fetched:
-    """Mirror REPO into the cache and export the tree of REF (default HEAD) at its commit."""
+def _repo_key(repo: str) -> str:
+    return hashlib.sha256(repo.encode()).hexdigest()[:16]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _cached(repo: str, ref: str | None, cache_dir: Path) -> Fetched | None:
+    """A pinned commit already exported with a clean tree: what fetch would return, with no git
+    call.  A full commit hash names its content for good, so neither fetching the origin again
+    nor asking the mirror can change it (site.yml checks and bundles every soul on every run)."""
+    if not is_commit_hash(ref):
+        return None
+    assert ref is not None
+    base = cache_dir / f"{_repo_key(repo)}-{ref}"
+    try:
+        tree_id = base.with_name(base.name + ".tree").read_text().strip()
+    except OSError:
+        return None
+    return Fetched(base, ref, tree_id) if re.fullmatch(r"[0-9a-f]{40}", tree_id) and base.is_dir() else None
+
+
+def fetch(repo: str, ref: str | None, cache_dir: Path, *, cached: bool = True) -> Fetched:
+    """Mirror REPO into the cache and export the tree of REF (default HEAD) at its commit
+    (a pinned commit exported before comes from the cache unless CACHED is false)."""
     from filelock import FileLock
 
-    key = hashlib.sha256(repo.encode()).hexdigest()[:16]
+    found = _cached(repo, ref, cache_dir) if cached else None
+    if found is not None:
+        return found
+    key = _repo_key(repo)
     cache_dir.mkdir(parents=True, exist_ok=True)
     mirror = cache_dir / f"{key}.git"
     with FileLock(str(cache_dir / f"{key}.lock"), timeout=300):
@@ -226,7 +255,10 @@ def fetch(repo: str, ref: str | None, cache_dir: Path) -> Fetched:
             tmp.mkdir()
             _export(mirror, entries, tmp)
             tmp.rename(tree)
-        return Fetched(tree, commit, tree_id, tuple(_tree_problems(entries)))
+        problems = tuple(_tree_problems(entries))
+        if not problems:  # written last: _cached trusts only a complete, clean export
+            _write_atomic(tree.with_name(tree.name + ".tree"), tree_id.encode() + b"\n")
+        return Fetched(tree, commit, tree_id, problems)
 
 
 def pin(repo: str, ref: str | None, cache_dir: Path) -> str:
@@ -464,24 +496,43 @@ def snapshot(repo: str, fetched: Fetched, cache_dir: Path) -> str:
     Author, committer and dates are fixed (the source commit's date), so the same checked
     tree always gives the same commit and a host that has it is left alone.
     """
-    mirror = cache_dir / f"{hashlib.sha256(repo.encode()).hexdigest()[:16]}.git"
+    key = _repo_key(repo)
+    # the snapshot of a commit is always the same commit: remembered, no git call next time
+    known = cache_dir / f"{key}-{fetched.commit}.snapshot"
+    with contextlib.suppress(OSError):
+        commit = known.read_text().strip()
+        if re.fullmatch(r"[0-9a-f]{40}", commit):
+            return commit
+    mirror = cache_dir / f"{key}.git"
+    if not mirror.exists():
+        fetch(repo, fetched.commit, cache_dir, cached=False)
     date = _git("--git-dir", str(mirror), "show", "-s", "--format=%cI", fetched.commit)
     name, email = SNAPSHOT_IDENT
     ident = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_AUTHOR_DATE": date}
     ident |= {"GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email, "GIT_COMMITTER_DATE": date}
     message = f"Soul snapshot of {fetched.commit}, as checked by warden-provision"
-    return _git("--git-dir", str(mirror), "commit-tree", fetched.tree, "-m", message, env=ident)
+    commit = _git("--git-dir", str(mirror), "commit-tree", fetched.tree, "-m", message, env=ident)
+    _write_atomic(known, commit.encode() + b"\n")
+    return commit
 
 
 def bundle(repo: str, commit: str, out: Path, cache_dir: Path) -> Path:
     """A git bundle holding exactly COMMIT (tagged warden-pinned), so hosts need not reach REPO."""
-    key = hashlib.sha256(repo.encode()).hexdigest()[:16]
-    mirror = cache_dir / f"{key}.git"
-    if not mirror.exists():
-        fetch(repo, commit, cache_dir)
+    key = _repo_key(repo)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _git("--git-dir", str(mirror), "tag", "-f", "warden-pinned", commit)
-    _git("--git-dir", str(mirror), "bundle", "create", "--quiet", str(out), "warden-pinned")
+    # made once per snapshot commit and kept in the cache; build/ gets a copy
+    cached = cache_dir / f"{key}-{commit}.bundle"
+    if not cached.is_file():
+        mirror = cache_dir / f"{key}.git"
+        if not mirror.exists():
+            fetch(repo, commit, cache_dir)
+        _git("--git-dir", str(mirror), "tag", "-f", "warden-pinned", commit)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+        _git("--git-dir", str(mirror), "bundle", "create", "--quiet", str(tmp), "warden-pinned")
+        tmp.replace(cached)
+    data = cached.read_bytes()
+    if not out.is_file() or out.read_bytes() != data:
+        _write_atomic(out, data)
     return out
 
 

@@ -28,7 +28,7 @@ from provision.hostfiles import edited_results
 from provision.isolation import static_arp_pins, sysctl_changes
 from provision.limits import kernel_form
 from provision.manifest import LIVE_MANIFEST_PATH, Manifest
-from provision.probe import Probe, parse_probe, probe_script
+from provision.probe import Probe, parse_probe, probe_script, running_services
 
 
 @pytest.fixture
@@ -311,7 +311,8 @@ def test_probe_script_quotes_and_parses() -> None:
         "=== interfaces ===\nvtnet0 lo0 warden0\n=== bridge ===\nwarden0: flags=8843\n"
         "\tinet 10.0.1.1 netmask 0xffffff00\n"
         "=== jails ===\natlascms\n=== jls ===\n=== pf ===\nStatus: Enabled for 0 days\n=== forwarding ===\n1\n"
-        "=== services ===\natlas running\ngone stopped\n=== users ===\natlas:\n=== vminit ===\n=== switches ===\n"
+        "=== services ===\natlas 4012\ngone -\n=== ps ===\n 4012   0 daemon: atlas[4013] (daemon)\n"
+        "=== users ===\natlas:\n=== vminit ===\n=== switches ===\n"
         "NAME TYPE\n=== vms ===\nNAME DATASTORE\n=== rctl ===\n=== packages ===\ngit\n=== bridgesysctl ===\n"
         "net.link.bridge.pfil_member: 1\n=== end ===\n"
     )
@@ -322,6 +323,21 @@ def test_probe_script_quotes_and_parses() -> None:
     assert p.bridge_sysctl == {"net.link.bridge.pfil_member": "1"} and p.complete
     assert not parse_probe(out.split("=== rctl")[0]).complete
     assert Probe.from_dict(p.to_dict()) == p
+
+
+def test_an_agent_runs_only_when_its_pidfile_names_a_live_daemon_outside_jails() -> None:
+    """rc.subr check_pidfile (docs/freebsd.md#rcd-scripts): the pid's process must exist, run
+    daemon(8) (its title "daemon: …" or its path) and be outside any jail."""
+    services = ["atlas 4012", "hermes 4020", "iris 4030", "nova 4040", "vega -", "orion 4050"]
+    ps = [
+        " 4012   0 daemon: atlas[4013] (daemon)",
+        " 4030   0 /bin/sh /usr/local/libexec/warden/run-iris.sh",  # the pid was reused by another program
+        " 4040   3 daemon: nova[4041] (daemon)",  # a jail's process
+        " 4050   0 /usr/sbin/daemon -r -P /var/run/orion.pid /usr/local/libexec/warden/run-orion.sh",
+    ]
+    # hermes: a stale pidfile (its process is gone); vega: no pidfile
+    assert running_services(services, ps) == ["atlas", "orion"]
+    assert running_services(services, []) == []
 
 
 def test_layer2_pins_are_set_from_live_state_and_a_removed_jails_pin_goes_before_its_gateway(

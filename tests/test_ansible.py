@@ -87,7 +87,7 @@ def mutating(calls: list[dict[str, object]]) -> list[tuple[object, tuple[str, ..
     for c in calls:
         cmd, argv = c["cmd"], tuple(str(a) for a in c["argv"])  # type: ignore[attr-defined]
         read_only = (
-            cmd in ("freebsd-version", "kldstat", "jls", "nc")
+            cmd in ("freebsd-version", "kldstat", "jls", "nc", "ps")
             or (cmd == "ifconfig" and (len(argv) <= 1 or argv[1:] == ("addr",)))
             or (cmd == "arp" and argv[:1] == ("-an",))
             or (cmd in ("sysctl", "sysrc") and "-n" in argv)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import subprocess
 from pathlib import Path
 
 import paramiko
 import pytest
 
+from provision.manifest import Manifest
+from provision.probe import parse_probe, probe_script
 from tests.hostkit.testhost import TestHost
 
 pytestmark = pytest.mark.e2e
@@ -109,10 +113,30 @@ def test_ifconfig_creates_and_renames_a_bridge_and_adds_aliases(testhost: TestHo
         client.close()
 
 
-def test_service_status_exit_codes_and_enable_check(testhost: TestHost) -> None:
-    script = testhost.root / "usr/local/etc/rc.d/atlas"
-    script.write_text("#!/bin/sh\n")
+# An rc.d script of the rendered agents' shape (provision/templates/usr/local/etc/rc.d/agent.j2):
+# daemon(8) supervising a wrapper, the supervisor's pid in `pidfile`.
+AGENT_RC_D = (
+    '#!/bin/sh\n. /etc/rc.subr\nname=atlas\nrcvar=atlas_enable\nload_rc_config "$name"\n'
+    'pidfile=/var/run/atlas.pid\ncommand="/usr/sbin/daemon"\n'
+    "command_args='-r -R 5 -P /var/run/atlas.pid -p /var/run/atlas.child.pid -t atlas -u atlas "
+    "/usr/local/libexec/warden/run-atlas.sh'\n"
+    'run_rc_command "$1"\n'
+)
+
+
+def install_agent_script(host: TestHost) -> None:
+    script = host.root / "usr/local/etc/rc.d/atlas"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(AGENT_RC_D)
     script.chmod(0o755)
+    wrapper = host.root / "usr/local/libexec/warden/run-atlas.sh"
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    wrapper.write_text("#!/bin/sh\nexec sleep 86400\n")
+    wrapper.chmod(0o755)
+
+
+def test_service_status_exit_codes_and_enable_check(testhost: TestHost) -> None:
+    install_agent_script(testhost)
     client = connect(testhost)
     try:
         assert run(client, "service atlas status")[0] == 1
@@ -125,6 +149,49 @@ def test_service_status_exit_codes_and_enable_check(testhost: TestHost) -> None:
         status, out, _ = run(client, "service atlas status")
         assert status == 0 and out.startswith("atlas is running as pid ")
         assert "already running" in run(client, "service atlas start")[2]
+    finally:
+        client.close()
+
+
+def _probe_running(client: paramiko.SSHClient) -> list[str]:
+    script = probe_script(Manifest(host="fbsd1", bridge="warden0", agents=["atlas"]))
+    status, out, err = run(client, f"sh -c {shlex.quote(script)}")
+    assert status == 0, err
+    probe = parse_probe(out)
+    assert probe.complete, out
+    return probe.running_services
+
+
+def test_the_probe_reads_the_pidfile_daemon_writes_and_a_stale_one_as_not_running(testhost: TestHost) -> None:
+    """The probe decides "running" as rc.subr's status does (check_pidfile: the pidfile's pid is
+    a live daemon(8)), with one ps for every agent: a pidfile left by a killed supervisor is
+    stale and reads as stopped, by the probe and by `service status` alike."""
+    install_agent_script(testhost)
+    var_run = testhost.root / "var/run"  # Debian's tree links /var/run to /run
+    link = os.readlink(var_run) if var_run.is_symlink() else ""
+    run_dir = (testhost.root / link.lstrip("/") if link.startswith("/") else var_run.parent / link) if link else var_run
+    pidfile = run_dir / "atlas.pid"
+    client = connect(testhost)
+    try:
+        assert _probe_running(client) == []  # no pidfile
+        assert run(client, "service atlas enable")[0] == 0
+        assert run(client, "service atlas start")[0] == 0
+        pid = int(pidfile.read_text())  # daemon -P: the supervisor's pid, "%u" and no newline
+        assert (run_dir / "atlas.child.pid").read_text() == str(pid + 1)
+        status, out, _ = run(client, f"ps -ww -o pid= -o jid= -o command= -p {pid},99999")
+        assert status == 0 and out.split()[:3] == [str(pid), "0", "daemon:"]
+        assert _probe_running(client) == ["atlas"]
+
+        testhost.kill(pid)  # SIGKILL: the supervisor cannot remove its pidfile
+        assert pidfile.read_text() == str(pid)
+        assert _probe_running(client) == []
+        assert run(client, "service atlas status")[:2] == (1, "atlas is not running.\n")
+        assert run(client, f"ps -o pid= -p {pid}")[:2] == (1, "")
+
+        assert run(client, "service atlas start")[0] == 0  # rc.subr starts over a stale pidfile
+        assert int(pidfile.read_text()) != pid and _probe_running(client) == ["atlas"]
+        assert run(client, "service atlas stop")[0] == 0  # daemon removes its pidfiles on SIGTERM
+        assert not pidfile.exists() and _probe_running(client) == []
     finally:
         client.close()
 

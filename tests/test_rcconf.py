@@ -138,3 +138,24 @@ def test_apply_then_read_gives_the_expected_values_and_keeps_unrelated_lines(lin
         ln for ln in text.splitlines() if not any(ln.startswith(n + "=") for n in touched)
     ]
     assert apply(out, edits) == out or any(isinstance(e, Delete) for e in edits)
+
+
+tricky_line = st.one_of(
+    operator_line,
+    st.builds(lambda n: f'{n}="x\\"y z"', names),  # an escaped quote inside double quotes
+    st.builds(lambda n: f"{n}=a\\ b", names),  # an escaped blank
+    st.builds(lambda n: f"export {n}='q r'", names),
+    st.builds(lambda n, v: f"  {n}={v}", names, st.text(alphabet="abc019", max_size=4)),
+)
+any_edit = st.one_of(edit, st.builds(Remove, names, st.text(alphabet="abc019", min_size=1, max_size=4)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(lines=st.lists(tricky_line, max_size=10), edits=st.lists(any_edit, max_size=10))
+def test_a_batch_of_edits_is_the_same_as_the_edits_one_by_one(lines: list[str], edits: list) -> None:  # type: ignore[type-arg]
+    """apply reads the file once and follows each edit (it used to read it again per edit)."""
+    text = "\n".join(lines) + ("\n" if lines else "")
+    one_by_one = text
+    for e in edits:
+        one_by_one = apply(one_by_one, [e])
+    assert apply(text, edits) == one_by_one

@@ -352,3 +352,44 @@ def test_a_git_timeout_ends_the_helpers_git_started(tmp_path: Path, monkeypatch:
     assert not worker.is_alive(), "git's timeout waited for the helper's child"
     assert len(started) == 2 and not alive
     assert len(errors) == 1 and isinstance(errors[0], SoulError) and "timed out after 8 s" in str(errors[0])
+
+
+def test_a_pinned_soul_checked_and_bundled_before_needs_no_git_call_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """site.yml checks and bundles every soul on every run: a full commit hash names its
+    content for good, so once its clean tree is exported and bundled, the next run reads the
+    cache (no fetch of the origin, no git process), and build/ gets the same bundle."""
+    import provision.soul as soul
+
+    repo = make_repo(tmp_path / "soul", {})
+    commit = git(repo, "rev-parse", "HEAD")
+    values = {"AGENT_NAME": "atlas", "SOUL_REPO": str(repo), "SOUL_REF": commit}
+    cache = tmp_path / "cache"
+    assert check_agent_soul("atlas", tmp_path / ".env", values, cache) == []
+    (first,) = prepare_bundles([("fbsd1", "atlas", str(repo), commit, values)], tmp_path / "build", cache / "souls")
+
+    calls: list[tuple[str, ...]] = []
+    real = soul._git_run
+
+    def counted(*args: str, **kwargs: object) -> bytes:
+        calls.append(args)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(soul, "_git_run", counted)
+    git(repo, "commit", "-q", "--allow-empty", "-m", "the origin moves on; the pinned commit does not")
+    assert check_agent_soul("atlas", tmp_path / ".env", values, cache) == []
+    (again,) = prepare_bundles([("fbsd1", "atlas", str(repo), commit, values)], tmp_path / "build2", cache / "souls")
+    assert calls == [] and again["commit"] == first["commit"]
+    assert Path(again["bundle"]).read_bytes() == Path(first["bundle"]).read_bytes()
+    assert fetch(str(repo), "main", cache / "souls").commit != commit  # a branch is always fetched
+    assert calls
+
+
+def test_a_tree_with_problems_is_never_taken_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = make_repo(tmp_path / "soul", {"big.bin": "x" * 10})
+    commit = git(repo, "rev-parse", "HEAD")
+    monkeypatch.setattr("provision.soul.MAX_TREE_BYTES", 5)
+    cache = tmp_path / "cache"
+    assert fetch(str(repo), commit, cache).problems
+    assert fetch(str(repo), commit, cache).problems  # found again, not a clean cached tree

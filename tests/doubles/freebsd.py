@@ -3,7 +3,7 @@
 
 Installed inside the test host's root tree at the FreeBSD paths (sysrc, pfctl,
 arp, ifconfig, service, bastille, vm, pkg, jls, sysctl, kldload, kldstat, rctl, daemon, install,
-freebsd-version), one file dispatching on the name it is called by.  Every call is
+freebsd-version, ps, chroot), one file dispatching on the name it is called by.  Every call is
 appended to /var/log/warden-doubles.jsonl; state lives in /var/db/warden-doubles/.
 Each behaviour cites the upstream file and function it follows (freebsd-src
 libexec/rc/rc.subr, libexec/rc/rc.d/pf, usr.bin/rctl/rctl.c; BastilleBSD/bastille
@@ -49,7 +49,8 @@ class State:
         self.fd = os.open(STATE_DIR / "state.lock", os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         path = STATE_DIR / "state.json"
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        self.text = path.read_text() if path.exists() else ""
+        self.data: dict[str, Any] = json.loads(self.text) if self.text else {}
         self.data.setdefault(
             "interfaces",
             {
@@ -82,9 +83,11 @@ class State:
         return self.data
 
     def __exit__(self, *exc: object) -> None:
-        tmp = STATE_DIR / "state.json.tmp"
-        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
-        tmp.replace(STATE_DIR / "state.json")
+        text = json.dumps(self.data, indent=1, sort_keys=True)
+        if text != self.text:  # a read-only call (ifconfig, jls, ps, rctl…) leaves the file alone
+            tmp = STATE_DIR / "state.json.tmp"
+            tmp.write_text(text)
+            tmp.replace(STATE_DIR / "state.json")
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
 
@@ -818,6 +821,121 @@ def _pf_service(verb: str) -> int:
     return 0
 
 
+def _script_vars(script: Path) -> dict[str, str]:
+    """The rc.d script's top-level assignments (name, command, pidfile, procname, command_args)."""
+    return rc_vars(script)
+
+
+def _pidfile_pid(path: str) -> str:
+    """rc.subr check_pidfile: `read _pid _junk < $pidfile` (the first word; libutil's
+    pidfile_write leaves no newline, and read still sets it)."""
+    try:
+        words = Path(path).read_text(errors="replace").split()
+    except OSError:
+        return ""
+    return words[0] if words else ""
+
+
+def _arg0_matches(command: str, procname: str) -> bool:
+    """rc.subr _find_processes, a daemon without an interpreter: the first word of the
+    command is PROCNAME, its basename, `basename:`, `(basename)` or `[basename]`."""
+    words = command.split()
+    base = procname.rsplit("/", 1)[-1]
+    return bool(words) and words[0] in (procname, base, f"{base}:", f"({base})", f"[{base}]")
+
+
+def _rc_pid(st: dict[str, Any], vs: dict[str, str]) -> str:
+    """rc.subr run_rc_command's pid check: check_pidfile with a pidfile, else check_process,
+    over the doubles' process table (processes: `ps -o pid= -o jid= -o command=`, jid 0)."""
+    procname = vs.get("procname") or vs.get("command", "")
+    if not procname:
+        return ""
+    procs: dict[str, dict[str, Any]] = st.setdefault("processes", {})
+
+    def ok(pid: str) -> bool:
+        proc = procs.get(pid)
+        return proc is not None and proc.get("jid", 0) == 0 and _arg0_matches(proc["command"], procname)
+
+    if vs.get("pidfile"):
+        pid = _pidfile_pid(vs["pidfile"])
+        return pid if pid and ok(pid) else ""
+    return " ".join(pid for pid in sorted(procs, key=int) if ok(pid))
+
+
+def _spawn(st: dict[str, Any], command: str, **extra: Any) -> int:
+    pid = int(st.get("next_pid", 4000))
+    st["next_pid"] = pid + 1
+    st.setdefault("processes", {})[str(pid)] = {"jid": 0, "command": command, **extra}
+    return pid
+
+
+def _pidfile_put(path: str, pid: int) -> None:
+    """libutil pidfile_write: the pid, "%u", no newline (lib/libutil/pidfile.c)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(str(pid))
+
+
+def _start_command(st: dict[str, Any], name: str, vs: dict[str, str]) -> int:
+    """What `$command $command_args` leaves running: for daemon(8) a supervisor and its child.
+
+    daemon.c: -P gets the supervisor's pid, -p the child's (pidfile_write); the supervisor's
+    title is setproctitle("%s[%d]", title, childpid), title -t or the child's argv[0], which
+    setproctitle(3) prefixes with "daemon: " and ps(1) shows with " (daemon)" (its comm)
+    appended; the child execs the command (a `#!/bin/sh` wrapper runs as `/bin/sh WRAPPER`).
+    Any other command is one process, which writes its own pidfile (if the script names one).
+    """
+    command = vs.get("command", "")
+    try:
+        args = shlex.split(vs.get("command_args", ""))  # rc.subr evals command_args once more
+    except ValueError:
+        args = vs.get("command_args", "").split()
+    if command.rsplit("/", 1)[-1] != "daemon":
+        pid = _spawn(st, " ".join([command, *args]), service=name)
+        if vs.get("pidfile"):
+            _pidfile_put(vs["pidfile"], pid)
+        return pid
+    opts: dict[str, str] = {}
+    while args and args[0].startswith("-") and args[0] != "--":
+        word = args.pop(0)
+        if len(word) != 2:
+            die(f"double: service {name}: daemon option {word} in command_args is not emulated", 1)
+        if word[1:] in ("P", "p", "t", "u", "o", "R", "m", "s", "l", "T") and args:
+            opts[word[1:]] = args.pop(0)
+    title = opts.get("t") or (args[0] if args else "")
+    supervisor = int(st.get("next_pid", 4000))
+    child = supervisor + 1
+    st["next_pid"] = child + 1
+    procs = st.setdefault("processes", {})
+    procs[str(supervisor)] = {"jid": 0, "command": f"daemon: {title}[{child}] (daemon)", "service": name}
+    wrapper = Path(args[0]) if args else None
+    shebang = wrapper.read_text(errors="replace").split("\n", 1)[0] if wrapper and wrapper.is_file() else ""
+    child_cmd = " ".join([shebang[2:].strip(), *args] if shebang.startswith("#!") else args)
+    procs[str(child)] = {"jid": 0, "command": child_cmd, "service": name}
+    if "P" in opts:
+        _pidfile_put(opts["P"], supervisor)
+    if "p" in opts:
+        _pidfile_put(opts["p"], child)
+    return supervisor
+
+
+def _stop_command(st: dict[str, Any], name: str, vs: dict[str, str], pid: str) -> None:
+    """SIGTERM to the pid; daemon(8) passes it to the child, removes its pidfiles (-p, -P)
+    and exits (daemon.c; docs/freebsd.md#supervision-with-daemon)."""
+    procs: dict[str, dict[str, Any]] = st.setdefault("processes", {})
+    for p in [p for p, proc in procs.items() if p == pid or proc.get("service") == name]:
+        del procs[p]
+    try:
+        args = shlex.split(vs.get("command_args", ""))
+    except ValueError:
+        args = []
+    files = [vs.get("pidfile", "")]
+    if vs.get("command", "").rsplit("/", 1)[-1] == "daemon":
+        files += [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-p", "-P")]
+    for f in files:
+        if f:
+            Path(f).unlink(missing_ok=True)
+
+
 def service(argv: list[str]) -> int:
     if argv[:1] == ["-e"]:
         vs = rc_vars()
@@ -839,35 +957,93 @@ def service(argv: list[str]) -> int:
     forced = verb.startswith(("one", "force"))
     base = re.sub(r"^(one|force|fast|quiet)", "", verb)
     enabled = _enabled(rc_vars(), f"{name}_enable")
+    vs = _script_vars(script)
+    pidfile = vs.get("pidfile", "")
     with State() as st:
         svc = st["services"].setdefault(name, {"running": False, "pid": 0})
+        rc_pid = _rc_pid(st, vs)
         if base in ("enable", "disable"):
             pass
         elif base == "status":
-            if svc["running"]:
-                print(f"{name} is running as pid {svc['pid']}.")
+            if not (vs.get("procname") or vs.get("command")):
+                # no procname: rc.subr offers no status verb (run_rc_command's _keywords)
+                print(f"{script}: unknown directive '{verb}'.", file=sys.stderr)
+                return 1
+            if rc_pid:
+                print(f"{name} is running as pid {rc_pid}.")
                 return 0
             print(f"{name} is not running.")
             return 1
         elif base in ("start", "restart", "stop"):
             # rc.subr run_rc_command: the enable check is skipped for stop when a pid is found
-            if not enabled and not forced and (base != "stop" or not svc["running"]):
+            if not enabled and not forced and (base != "stop" or not rc_pid):
                 return _not_enabled(name, base)
-            if base == "start" and svc["running"]:
-                print(f"{name} already running? (pid={svc['pid']}).", file=sys.stderr)
+            if base == "start" and rc_pid:
+                print(f"{name} already running? (pid={rc_pid}).", file=sys.stderr)
                 return 1
-            if base == "stop" and not svc["running"]:
-                print(f"{name} not running? (check /var/run/{name}.pid).", file=sys.stderr)
+            if base == "stop" and not rc_pid:
+                print(f"{name} not running?{f' (check {pidfile}).' if pidfile else ''}", file=sys.stderr)
                 return 1
-            svc["running"] = base != "stop"
-            svc["pid"] = 4000 + len(st["services"]) if svc["running"] else 0
-            _supervised_session(st, script, svc["running"])
+            if rc_pid:  # stop, or restart's stop (rc.subr runs stop, then start)
+                print(f"Stopping {name}.")
+                _stop_command(st, name, vs, rc_pid)
+                svc.update(running=False, pid=0)
+                _supervised_session(st, script, False)
             if base != "stop":
+                command = vs.get("command", "")
+                if not command or not os.access(command, os.X_OK):
+                    # run_rc_command start: `[ ! -x "${command}" ]`
+                    print(f"{script}: WARNING: run_rc_command: cannot run {command}", file=sys.stderr)
+                    return 1
                 print(f"Starting {name}.")
+                svc.update(running=True, pid=_start_command(st, name, vs))
+                _supervised_session(st, script, True)
             return 0
     if base in ("enable", "disable"):
         return sysrc([f"{name}_enable={'YES' if base == 'enable' else 'NO'}"])
     return 0
+
+
+def ps(argv: list[str]) -> int:
+    """ps(1) as rc.subr's _find_processes and the probe call it, following bin/ps/ps.c main:
+    `-ww -o pid= -o jid= -o command= -p LIST` over the doubles' process table.  -p takes a
+    list split on commas and blanks (add_list); pids that do not exist are no error (ESRCH
+    ignored), but nothing kept means exit 1; rows sorted by pid (pscomp: no terminal);
+    `=` empties a column's header, and with every header empty no header line is printed.
+    Other options and keywords are refused, not emulated.
+    """
+    import getopt
+
+    try:
+        opts, rest = getopt.getopt(argv, "wo:p:")
+    except getopt.GetoptError as exc:
+        die(f"double: ps {' '.join(argv)} is not emulated ({exc})", 1)
+    if rest:
+        die(f"double: ps {' '.join(argv)} is not emulated", 1)
+    columns: list[str] = []
+    pids: list[str] = []
+    for opt, value in opts:
+        if opt == "-o":
+            for kw in value.split(","):
+                key, eq, header = kw.partition("=")
+                if key not in ("pid", "jid", "command") or (eq and header):
+                    die(f"double: ps -o {kw} is not emulated", 1)
+                columns.append(key)
+        elif opt == "-p":
+            for elem in re.split(r"[,\s]+", value.strip()):
+                if not elem.isdigit():
+                    print(f"ps: Invalid process id: {elem}", file=sys.stderr)
+                    return 1
+                pids.append(str(int(elem)))
+    if not columns or not pids:
+        die(f"double: ps {' '.join(argv)} is not emulated (only -o pid=,jid=,command= -p LIST)", 1)
+    with State() as st:
+        procs: dict[str, dict[str, Any]] = st.setdefault("processes", {})
+        kept = sorted({p for p in pids if p in procs}, key=int)
+        for p in kept:
+            row = {"pid": f"{p:>5}", "jid": f"{procs[p].get('jid', 0):>3}", "command": procs[p]["command"]}
+            print(" ".join(row[c] for c in columns))
+    return 0 if kept else 1
 
 
 def _supervised_session(st: dict[str, Any], script: Path, running: bool) -> None:
@@ -1840,9 +2016,10 @@ def _pidfile_open(path: str) -> int:
 
 
 def _pidfile_write(fd: int | None) -> None:
+    """libutil pidfile_write: truncate, then the pid as "%u", no newline (lib/libutil/pidfile.c)."""
     if fd is not None:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
 
 
 def _daemon_open_log(path: str) -> int:
@@ -2438,6 +2615,7 @@ COMMANDS = {
     "install": install,
     "makefs": makefs,
     "chroot": chroot,
+    "ps": ps,
 }
 
 PATHS = {
@@ -2462,6 +2640,7 @@ PATHS = {
     "install": "/usr/bin/install",
     "makefs": "/usr/sbin/makefs",
     "chroot": "/usr/sbin/chroot",
+    "ps": "/bin/ps",
 }
 
 

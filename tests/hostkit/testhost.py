@@ -229,6 +229,28 @@ class TestHost:
         """Make the Nth double call whose command line starts with MATCH exit 1 (tests/doubles/freebsd.py)."""
         (self.root / "var/db/warden-doubles/fail.json").write_text(json.dumps({"match": match, "n": n}))
 
+    def kill(self, pid: int) -> None:
+        """SIGKILL a process the doubles started (a test control, like fail_call): it leaves the
+        doubles' process table, and its pidfiles stay, as a daemon(8) killed so cannot remove
+        them (tests/doubles/freebsd.py, docs/freebsd.md#rcd-scripts)."""
+        import fcntl
+
+        state_dir = self.root / "var/db/warden-doubles"
+        fd = os.open(state_dir / "state.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            state = json.loads((state_dir / "state.json").read_text())
+            gone = state.get("processes", {}).pop(str(pid), None)
+            if gone is None:
+                raise ValueError(f"no process {pid} in the doubles' process table")
+            for svc in state.get("services", {}).values():
+                if svc.get("pid") == pid:
+                    svc.update(running=False, pid=0)
+            (state_dir / "state.json.tmp").write_text(json.dumps(state, indent=1, sort_keys=True))
+            (state_dir / "state.json.tmp").replace(state_dir / "state.json")
+        finally:
+            os.close(fd)
+
     def clear_failures(self) -> None:
         (self.root / "var/db/warden-doubles/fail.json").unlink(missing_ok=True)
 
