@@ -96,6 +96,7 @@ nl='
 '
 seen=$nl
 tmpd=
+n=0
 linked() {
     case $1 in
     /home/*/?*) r=${1#/home/*/} ;;
@@ -130,7 +131,8 @@ asagent() {
         tmpd=$(mktemp -d /tmp/warden-read.XXXXXXXX) || { frame U "$3"; return; }
         trap 'rm -rf "$tmpd"' EXIT
     fi
-    rm -f "$tmpd/out" "$tmpd/st" "$tmpd/copy"
+    # new names each time: a process the agent left behind may still hold the last ones open
+    n=$((n + 1)); out=$tmpd/o$n; st=$tmpd/s$n; copy=$tmpd/c$n
     (
         ulimit -f FSIZE
         exec timeout -s KILL TIMEOUT chroot -u "$1" -g "$2" -G "$2" / /bin/sh -c '
@@ -139,7 +141,7 @@ if [ ! -e "$f" ] && [ ! -h "$f" ]; then exit 3; fi
 [ -f "$f" ] || exit 4
 [ -r "$f" ] || exit 5
 ls -ldnL -- "$f" >&3 || exit 5
-exec head -c LIMIT1 -- "$f"' sh "$3" >"$tmpd/out" 3>"$tmpd/st" </dev/null 2>/dev/null
+exec head -c LIMIT1 -- "$f"' sh "$3" >"$out" 3>"$st" </dev/null 2>/dev/null
     )
     case $? in
     0) ;;
@@ -148,9 +150,11 @@ exec head -c LIMIT1 -- "$f"' sh "$3" >"$tmpd/out" 3>"$tmpd/st" </dev/null 2>/dev
     124 | 137) frame T "$3"; return ;;
     *) frame U "$3"; return ;;
     esac
-    head -c LIMIT1 "$tmpd/out" >"$tmpd/copy" || { frame U "$3"; return; }
-    set -- "$3" $(head -c 200 "$tmpd/st" | head -n 1)
-    size=$(wc -c <"$tmpd/copy")
+    head -c LIMIT1 "$out" >"$copy" || { frame U "$3"; return; }
+    # the agent's `ls -ldnL` line (at most LIMIT bytes: ulimit), read by the builtin
+    IFS=' ' read -r mode links uid gid rest <"$st"
+    set -- "$3" "$mode" "$links" "$uid" "$gid"
+    size=$(wc -c <"$copy")
     size=$((size + 0))
     case $2 in
     -[-r][-w][-xsS][-r][-w][-xsS][-r][-w][-xtT] | -[-r][-w][-xsS][-r][-w][-xsS][-r][-w][-xtT][.+@]) ;;
@@ -160,7 +164,7 @@ exec head -c LIMIT1 -- "$f"' sh "$3" >"$tmpd/out" 3>"$tmpd/st" </dev/null 2>/dev
     case $5 in '' | *[!0-9]*) frame U "$1"; return ;; esac
     if [ "$size" -gt LIMIT ]; then frame Z "$1"; return; fi
     printf 'F %s %s %s %s %s\n%s' "${#1}" "$2" "$4" "$5" "$size" "$1"
-    cat "$tmpd/copy"
+    cat "$copy"
     printf '\n'
 }
 single() {
