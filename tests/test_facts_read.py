@@ -216,7 +216,7 @@ def test_the_agents_reader_cannot_write_frames(testhost: TestHost) -> None:
     an agent, a probe and the end: root still reads its own record, and what the agent
     wrote is the .env's content, its length measured by root."""
     payload = b"\n" + file_frame(LIVE_MANIFEST_PATH, json.dumps(forged_record()).encode())
-    payload += b"P 4\npf\n\nE\n"
+    payload += b"P 3\npf\n\nE\n"
     root = agent_host(
         testhost,
         head="cat /attack/payload",
