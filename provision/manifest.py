@@ -289,7 +289,7 @@ def check_record(m: Manifest) -> None:
         ):
             raise _bad("agent's file", e.path)
     agent_vars = {f"{a}_enable" for a in local}
-    bridge_vars = {f"ifconfig_{m.bridge}"}
+    bridge_vars = {f"ifconfig_{m.bridge}", f"ifconfig_{m.bridge}_aliases"}
     for r in m.rc_conf:
         if r.op not in ("set", "append", "remove", "delete") or not _RC_NAME.fullmatch(str(r.name)):
             raise _bad("rc.conf edit", r.name)
@@ -304,6 +304,7 @@ def check_record(m: Manifest) -> None:
             or re.fullmatch(r"ifconfig_bridge[0-9]{1,4}_name", r.name) is not None
             or re.fullmatch(rf"ifconfig_{m.bridge}_alias[0-9]{{1,4}}", r.name) is not None
             or any(r.name == f"static_arp_warden_{j}" for j in jails)
+            or (m.parent is not None and r.name == "static_arp_warden_uplink")
             or (m.parent is not None and re.fullmatch(r"ifconfig_[A-Za-z][A-Za-z0-9_.]{0,13}[0-9]", r.name) is not None)
         )
         if not ok:
