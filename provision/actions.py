@@ -42,7 +42,7 @@ from .isolation import (
     sysctl_changes,
 )
 from .limits import kernel_form, live_additions, managed_rules
-from .manifest import LIVE_MANIFEST_PATH, JailSpec, Manifest
+from .manifest import LIVE_MANIFEST_PATH, JailSpec, Manifest, read_record
 from .probe import Probe
 
 MARKER_DIR = "/var/db/warden"  # root's, 0700 (roles/warden_pf): no agent and no jail reaches it
@@ -575,7 +575,7 @@ def host_actions(
     """
     live = {k: _text(v) for k, v in live_files.items()}
     prev_text = live.get(LIVE_MANIFEST_PATH)
-    previous = Manifest.from_json(prev_text) if prev_text else None
+    previous = read_record(prev_text, manifest.host)
     pf_conf = edited_results(manifest, live, previous).get("/etc/pf.conf", live.get("/etc/pf.conf") or "")
     return [
         *network_actions(manifest, probe, previous),

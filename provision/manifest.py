@@ -9,6 +9,7 @@ what the previous apply put there — that is how removed agents' files are foun
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -141,8 +142,33 @@ class Manifest:
         return cls.from_dict(json.loads(text))
 
     @classmethod
+    def from_record(cls, text: str) -> Manifest:
+        """The previous apply's record as read from a host: parsed, then held to what the
+        renderer could have written (check_record); ValueError naming what is not."""
+        try:
+            m = cls.from_json(text)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a warden manifest ({type(exc).__name__}: {exc})") from None
+        check_record(m)
+        return m
+
+    @classmethod
     def load(cls, build_host_dir: Path) -> Manifest:
         return cls.from_json((build_host_dir / MANIFEST_RELPATH).read_text(encoding="utf-8"))
+
+
+def read_record(text: str | None, host: str = "the host") -> Manifest | None:
+    """The previous apply's record as a read returned it (None when there is none);
+    ValueError with the cause, the file and the fix when it is not one we wrote."""
+    if not text:
+        return None
+    try:
+        return Manifest.from_record(text)
+    except ValueError as exc:
+        raise ValueError(
+            f"{host}: {LIVE_MANIFEST_PATH}, the record of the last apply, cannot be used: {exc} "
+            "(fix: restore it from backup, or delete it to plan the host as never applied)"
+        ) from None
 
 
 def _shallow(value: Any) -> Any:
@@ -150,3 +176,143 @@ def _shallow(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
         return dict(vars(value))
     return value
+
+
+# -- the previous apply's record, read back from a host ---------------------------------
+#
+# Every name in the record becomes an argument of a root command (`service NAME onestop`,
+# `bastille stop NAME`, `rctl -r RULE`, `arp -d`), a path root removes, or an rc.conf
+# variable root deletes.  The record is root's file, yet what a read returns is held to
+# what render.py could have produced, by full match (docs/security.md#the-facts-read).
+
+_MODE = re.compile(r"0[0-7]{3}")
+_RC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_FIXED_RC = {
+    "gateway_enable",
+    "pf_enable",
+    "pf_fallback_rules_enable",
+    "pf_fallback_rules_file",
+    "bastille_enable",
+    "vm_enable",
+    "vm_dir",
+    "defaultrouter",
+}
+_APPENDED_RC = {"cloned_interfaces", "static_arp_pairs", "vm_list"}
+_RCTL = re.compile(r"(user|jail):([A-Za-z0-9]+):([a-z]+):(deny|log|devctl|throttle)=[0-9]{1,15}[kKmMgGtT]?")
+_ROOT_FILES = {
+    "/etc/pf.warden.conf",
+    "/etc/pf.warden-fallback.conf",
+    "/usr/local/etc/newsyslog.conf.d/warden.conf",
+}
+
+
+def _bad(what: str, value: object) -> ValueError:
+    return ValueError(f"{what} {str(value)[:80]!r} is not one warden-provision writes")
+
+
+def _check_path(path: str) -> None:
+    from .models import PATH_PART_RE
+
+    parts = path.split("/")
+    if parts[0] != "" or not all(PATH_PART_RE.fullmatch(p) and p not in (".", "..") for p in parts[1:]):
+        raise _bad("file path", path)
+
+
+def _root_file(path: str, agents: set[str], jails: set[str], local: set[str]) -> bool:
+    m = re.fullmatch(r"/usr/local/etc/rc\.d/([a-z0-9]+)", path)
+    if m:
+        return m.group(1) in local
+    m = re.fullmatch(r"/usr/local/libexec/warden/run-([a-z0-9]+)\.sh", path)
+    if m:
+        return m.group(1) in local
+    m = re.fullmatch(r"/usr/local/etc/warden/jails/([A-Za-z0-9]+)\.conf", path)
+    if m:
+        return m.group(1) in jails
+    m = re.fullmatch(r"/usr/local/etc/warden/guests/([a-z0-9]+)vm/user-data", path)
+    if m:
+        return m.group(1) in agents
+    m = re.fullmatch(r"/.+/\.templates/warden-([a-z0-9]+)\.conf", path)
+    if m:
+        return m.group(1) in agents
+    return (
+        path in _ROOT_FILES
+        or re.fullmatch(r"/usr/local/bastille/templates/warden/[a-z]+/Bastillefile", path) is not None
+    )
+
+
+def check_record(m: Manifest) -> None:
+    """ValueError unless every agent, jail, file, rc.conf variable and rctl rule of M is one
+    render.py could have written: names by the registry's full matches, paths of the
+    forms it renders, an agent's own files only below that agent's home."""
+    from .checks import RESERVED_SERVICE_NAMES, RESERVED_USERS
+    from .models import AGENT_NAME_RE, HOST_NAME_RE, INTERFACE_RE, VNET_JAIL_NAME_RE
+
+    if not isinstance(m.host, str) or not HOST_NAME_RE.fullmatch(m.host):
+        raise _bad("host name", m.host)
+    if not isinstance(m.bridge, str) or not INTERFACE_RE.fullmatch(m.bridge):
+        raise _bad("bridge", m.bridge)
+    agents = set(m.agents)
+    for a in m.agents:
+        if (
+            not isinstance(a, str)
+            or not AGENT_NAME_RE.fullmatch(a)
+            or a in RESERVED_SERVICE_NAMES
+            or a in RESERVED_USERS
+        ):
+            raise _bad("agent name", a)
+    guests = set()
+    for g in m.guests:
+        if g.agent not in agents or not AGENT_NAME_RE.fullmatch(g.name.removesuffix("vm")) or g.name != f"{g.agent}vm":
+            raise _bad("guest", g.name)
+        guests.add(g.agent)
+    local = agents - guests
+    jails = set()
+    for j in m.jails:
+        if not isinstance(j.name, str) or not VNET_JAIL_NAME_RE.fullmatch(j.name) or not set(j.agents) <= agents:
+            raise _bad("jail", j.name)
+        jails.add(j.name)
+    for e in m.files:
+        if not isinstance(e.path, str):
+            raise _bad("file path", e.path)
+        _check_path(e.path)
+        if (
+            not isinstance(e.mode, str)
+            or not _MODE.fullmatch(e.mode)
+            or (e.agent is not None and e.agent not in agents)
+        ):
+            raise _bad("file entry", e.path)
+        if e.owner == "root":
+            if e.group != "wheel" or not _root_file(e.path, agents, jails, local):
+                raise _bad("root's file", e.path)
+        elif not (
+            e.agent in local and e.owner == e.group == e.agent and re.fullmatch(rf"/(?:usr/)?home/{e.agent}/.+", e.path)
+        ):
+            raise _bad("agent's file", e.path)
+    agent_vars = {f"{a}_enable" for a in local}
+    bridge_vars = {f"ifconfig_{m.bridge}", f"ifconfig_{m.bridge}_aliases"}
+    for r in m.rc_conf:
+        if r.op not in ("set", "append", "remove", "delete") or not _RC_NAME.fullmatch(str(r.name)):
+            raise _bad("rc.conf edit", r.name)
+        if "\n" in str(r.value):
+            raise _bad("rc.conf value", r.value)
+        ok = (
+            r.name in _APPENDED_RC
+            if r.op == "append"
+            else r.name in _FIXED_RC
+            or r.name in agent_vars
+            or r.name in bridge_vars
+            or re.fullmatch(r"ifconfig_bridge[0-9]{1,4}_name", r.name) is not None
+            or re.fullmatch(rf"ifconfig_{m.bridge}_alias[0-9]{{1,4}}", r.name) is not None
+            or any(r.name == f"static_arp_warden_{j}" for j in jails)
+            or (m.parent is not None and r.name == "static_arp_warden_uplink")
+            or (m.parent is not None and re.fullmatch(r"ifconfig_[A-Za-z][A-Za-z0-9_.]{0,13}[0-9]", r.name) is not None)
+        )
+        if not ok:
+            raise _bad("rc.conf variable", r.name)
+    for prefix in m.rc_conf_owned_prefixes:
+        if prefix != f"ifconfig_{m.bridge}_alias":
+            raise _bad("rc.conf prefix", prefix)
+    for rule in m.rctl_rules:
+        rm = _RCTL.fullmatch(str(rule))
+        if rm is None or rm.group(2) not in (agents if rm.group(1) == "user" else jails):
+            raise _bad("rctl rule", rule)

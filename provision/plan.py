@@ -290,15 +290,17 @@ def plan_host(
     (provision/actions.py, the same computation the roles execute).
     """
     links: set[str] = set()
+    not_read: dict[str, str] = {}
     probe_text: str | None = None
     if not isinstance(live, Mapping):
         stats, links, probe_text = live.stats, live.symlinks, live.probe
+        not_read = live.agent_files
         live = live.files
     stats = stats or {}
     plan = HostPlan(manifest.host)
     prev_text = _decode(live.get(LIVE_MANIFEST_PATH))
     try:
-        previous = Manifest.from_json(prev_text) if prev_text else None
+        previous = Manifest.from_record(prev_text) if prev_text else None
     except (ValueError, KeyError, TypeError) as exc:
         plan.error = (
             f"{manifest.host}: {LIVE_MANIFEST_PATH}, the record of the last apply, cannot be read ({exc}) "
@@ -317,10 +319,14 @@ def plan_host(
             changes.append(change)
             if path in links:
                 change.meta.append(LINK_NOTE)
+            if path in not_read:
+                change.meta.append(f"(not read: {not_read[path]})")
     for entry in sorted(previous.files if previous else [], key=lambda e: e.path):
         if entry.path in current or entry.path in EDITED:
             continue
-        if entry.path not in live:  # not read (a path the read script could not list): still removed
+        if entry.path in not_read:
+            changes.append(FileChange(entry.path, "removed", [], [f"(not read: {not_read[entry.path]})"]))
+        elif entry.path not in live:  # not read (a path the read script could not list): still removed
             changes.append(FileChange(entry.path, "removed", [], ["(content not read)"]))
         elif entry.path in links:
             changes.append(FileChange(entry.path, "removed", [], [LINK_NOTE]))
@@ -337,6 +343,16 @@ def plan_host(
             changes.append(change)
     plan.changes = changes
     plan.warnings = rc_conf_local_overrides(manifest, _decode(live.get(RC_CONF_LOCAL)))
+    # One agent's unreadable file is that agent's problem: named against it, never the host's
+    # failure, never read as data (docs/security.md#the-facts-read).
+    if not_read:
+        from .remote import agent_of_path
+    for path, why in sorted(not_read.items()):
+        user = agent_of_path(path) or "?"
+        plan.warnings.append(
+            f"agent {user}: {path} was not read: {why} (fix: as {user}, replace it by a regular file "
+            f"{user} can read, or remove it: the apply writes it again as {user})"
+        )
     before = set(previous.agents) if previous else set()
     plan.agents_added = sorted(set(manifest.agents) - before)
     plan.agents_removed = sorted(before - set(manifest.agents))

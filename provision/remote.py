@@ -20,7 +20,7 @@ import os
 import re
 import shlex
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,14 +39,25 @@ BATCH = 500  # paths per `ls`/`cat` call: far below ARG_MAX on FreeBSD and Linux
 #   M <n>\n<path>                  absent          U <n>\n<path>   exists, not readable
 #   N <n>\n<path>                  not a regular file
 #   S <n>\n<path>                  a symlink at or above it, below an agent's home: not followed
+#   A <n>\n<path>                  below an agent's home, not read (the facts round: agent_files=False)
+#   T <n>\n<path>                  below an agent's home: its reader did not finish in time
+#   Z <n>\n<path>                  below an agent's home: larger than AGENT_FILE_LIMIT
 #   K <n>\n<path>                  readable regular file, its bytes follow in the batch's C block
 #   L <n>\n<`ls -ldnL` output>\n   mode, uid, gid and size of the batch's K files (ls sorts them)
 #   C\n<the K files' bytes, concatenated in K order>\n
-#   F <n> <mode> <uid> <gid> <size>\n<path><bytes>\n   one file read alone (a newline in its name)
+#   F <n> <mode> <uid> <gid> <size>\n<path><bytes>\n   one file read alone (a newline in its name,
+#                                  or below an agent's home)
 #   P <n>\n<probe output>\n       the live-state probe's output (provision/probe.py), when asked for
-#   E\n                            the end
-_HEADER = re.compile(rb"^(?:([MUNKS]) (\d+)|L (\d+)|C|F (\d+) ([-a-zA-Z.+@]{10,12}) (\d+) (\d+) (\d+)|P (\d+)|E)$")
+#   E\n                            the end; nothing may follow it
+# Every frame is printed by root's shell: no byte a process of an agent's uid wrote ever
+# reaches this stream except as the body of an F frame whose length root measured itself.
+_HEADER = re.compile(rb"^(?:([MUNKSATZ]) (\d+)|L (\d+)|C|F (\d+) ([-a-zA-Z.+@]{10,12}) (\d+) (\d+) (\d+)|P (\d+)|E)$")
 _LS_FIELDS = re.compile(r"^([-a-zA-Z.+@]{10,12}) +\d+ +(\d+) +(\d+) +(\d+) ")
+
+# A file below an agent's home is read by a process of the agent's uid, which the agent can
+# stop or ptrace (docs/security.md#the-facts-read): it gets this long, this many bytes.
+AGENT_FILE_LIMIT = 1 << 20  # bytes; an agent's .env is a few KB
+AGENT_READ_TIMEOUT = 10  # seconds, timeout(1)
 
 # One compound command ({ ... }), so sh reads the whole script before it prints a byte:
 # stdin and stdout can never block each other.  LC_ALL=C makes ${#f} a byte count in
@@ -64,10 +75,19 @@ _LS_FIELDS = re.compile(r"^([-a-zA-Z.+@]{10,12}) +\d+ +(\d+) +(\d+) +(\d+) ")
 # or directory by a symlink: `linked` tests every component there with the builtin `[ -h ]`
 # and such a path is reported (S), never read, so root never shows what a link points to
 # (docs/security.md).  The components above, /home -> /usr/home included, are root's.
-# Every other path there is tested and read with the rights of the home's owner (chroot(8)
-# -u -g -G with its numeric ids, to "/", one process per such file): a link swapped in after the `[ -h ]` test, or a
-# hard link to a root-only file (FreeBSD's default security.bsd.hardlink_check_uid=0
-# lets a user link files it does not own), then reads as the agent would, never as root.
+# With AGENTFILES=0 (the facts round of an apply) nothing there is touched at all: the
+# path alone says it is an agent's (A).  Otherwise every other path there is tested and
+# read with the rights of the home's owner (chroot(8) -u -g -G with its numeric ids, to
+# "/", one process per such file): a link swapped in after the `[ -h ]` test, or a hard
+# link to a root-only file (FreeBSD's default security.bsd.hardlink_check_uid=0 lets a
+# user link files it does not own), then reads as the agent would, never as root.
+# That process is the agent's: it may write anything, stop, or never end.  So its stdout
+# is a file root created in a directory only root can enter (mktemp -d: 0700), its
+# verdict is its exit status, its file size is capped (ulimit -f, hard and soft, which an
+# unprivileged process cannot raise) and its time too (timeout(1), SIGKILL: status 124, or
+# 137 where timeout signals its own process group, docs/freebsd.md#reading-as-an-agent); root then
+# copies at most LIMIT+1 bytes to a file no agent process has open, measures that copy
+# and frames it itself (docs/security.md#the-facts-read).
 _SCRIPT = r"""{
 LC_ALL=C; export LC_ALL
 unset TIME_STYLE CLICOLOR CLICOLOR_FORCE
@@ -75,6 +95,8 @@ set -f
 nl='
 '
 seen=$nl
+tmpd=
+n=0
 linked() {
     case $1 in
     /home/*/?*) r=${1#/home/*/} ;;
@@ -101,18 +123,49 @@ owner_of() {
     [ "$3" != 0 ] || return 1
     u=$3 g=$4
 }
+frame() {
+    printf '%s %s\n%s' "$1" "${#2}" "$2"
+}
 asagent() {
-    chroot -u "$1" -g "$2" -G "$2" / /bin/sh -c '
+    if [ -z "$tmpd" ]; then
+        tmpd=$(mktemp -d /tmp/warden-read.XXXXXXXX) || { frame U "$3"; return; }
+        trap 'rm -rf "$tmpd"' EXIT
+    fi
+    # new names each time: a process the agent left behind may still hold the last ones open
+    n=$((n + 1)); out=$tmpd/o$n; st=$tmpd/s$n; copy=$tmpd/c$n
+    (
+        ulimit -f FSIZE
+        exec timeout -s KILL TIMEOUT chroot -u "$1" -g "$2" -G "$2" / /bin/sh -c '
 f=$1
-if [ ! -e "$f" ] && [ ! -h "$f" ]; then printf "M %s\n%s" "${#f}" "$f"
-elif [ ! -f "$f" ]; then printf "N %s\n%s" "${#f}" "$f"
-elif [ ! -r "$f" ]; then printf "U %s\n%s" "${#f}" "$f"
-else
-    set -- "$f" $(ls -ldnL -- "$f")
-    printf "F %s %s %s %s %s\n%s" "${#1}" "$2" "$4" "$5" "$6" "$1"
-    head -c "$6" -- "$1"
-    printf "\n"
-fi' sh "$3" || printf 'U %s\n%s' "${#3}" "$3"
+if [ ! -e "$f" ] && [ ! -h "$f" ]; then exit 3; fi
+[ -f "$f" ] || exit 4
+[ -r "$f" ] || exit 5
+ls -ldnL -- "$f" >&3 || exit 5
+exec head -c LIMIT1 -- "$f"' sh "$3" >"$out" 3>"$st" </dev/null 2>/dev/null
+    )
+    case $? in
+    0) ;;
+    3) frame M "$3"; return ;;
+    4) frame N "$3"; return ;;
+    124 | 137) frame T "$3"; return ;;
+    *) frame U "$3"; return ;;
+    esac
+    head -c LIMIT1 "$out" >"$copy" || { frame U "$3"; return; }
+    # the agent's `ls -ldnL` line (at most LIMIT bytes: ulimit), read by the builtin
+    IFS=' ' read -r mode links uid gid rest <"$st"
+    set -- "$3" "$mode" "$links" "$uid" "$gid"
+    size=$(wc -c <"$copy")
+    size=$((size + 0))
+    case $2 in
+    -[-r][-w][-xsS][-r][-w][-xsS][-r][-w][-xtT] | -[-r][-w][-xsS][-r][-w][-xsS][-r][-w][-xtT][.+@]) ;;
+    *) frame U "$1"; return ;;
+    esac
+    case $4 in '' | *[!0-9]*) frame U "$1"; return ;; esac
+    case $5 in '' | *[!0-9]*) frame U "$1"; return ;; esac
+    if [ "$size" -gt LIMIT ]; then frame Z "$1"; return; fi
+    printf 'F %s %s %s %s %s\n%s' "${#1}" "$2" "$4" "$5" "$size" "$1"
+    cat "$copy"
+    printf '\n'
 }
 single() {
     set -- "$1" $(ls -ldnL -- "$1")
@@ -127,20 +180,23 @@ batch() {
         *"$nl"*) ;;
         *) case $seen in *"$nl$f$nl"*) continue ;; esac; seen=$seen$f$nl ;;
         esac
+        case AGENTFILES$f in
+        0/home/*/?* | 0/usr/home/*/?*) frame A "$f"; continue ;;
+        esac
         if linked "$f"; then
-            printf 'S %s\n%s' "${#f}" "$f"
+            frame S "$f"
         elif owner_of "$f"; then
             asagent "$u" "$g" "$f"
         elif [ ! -e "$f" ] && [ ! -h "$f" ]; then
-            printf 'M %s\n%s' "${#f}" "$f"
+            frame M "$f"
         elif [ ! -f "$f" ]; then
-            printf 'N %s\n%s' "${#f}" "$f"
+            frame N "$f"
         elif [ ! -r "$f" ]; then
-            printf 'U %s\n%s' "${#f}" "$f"
+            frame U "$f"
         else
             case $f in
             *"$nl"*) single "$f" ;;
-            *) printf 'K %s\n%s' "${#f}" "$f"; set -- "$@" "$f" ;;
+            *) frame K "$f"; set -- "$@" "$f" ;;
             esac
         fi
     done
@@ -186,6 +242,10 @@ class LiveFiles:
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> why
     # Paths below an agent's home with a symlink at or above them: not read (absent in files).
     symlinks: set[str] = field(default_factory=set)
+    # Paths below an agent's home that were not read (absent in files): why, in the
+    # agent's terms (docs/security.md#the-facts-read).  Skipped by design in the facts
+    # round; otherwise a problem of that agent, never of the whole host.
+    agent_files: dict[str, str] = field(default_factory=dict)
     probe: str | None = None  # the probe's output (provision/probe.py), when the read ran it
 
 
@@ -225,13 +285,22 @@ class Target:
 # -- the read script and its framing ---------------------------------------------------
 
 
-def read_script(paths: Sequence[str] | None = None, manifest: str = LIVE_MANIFEST_PATH, probe: str = "") -> str:
+def read_script(
+    paths: Sequence[str] | None = None,
+    manifest: str = LIVE_MANIFEST_PATH,
+    probe: str = "",
+    agent_files: bool = True,
+    timeout: int = AGENT_READ_TIMEOUT,
+) -> str:
     """The sh script printing each path's frame, then the previous manifest's files,
     then PROBE's output (provision/probe.py) as one P frame when PROBE is given.
 
     With PATHS the list is embedded (`set -- ...`, for `/bin/sh -s`, BATCH paths per
     `ls`/`cat` call); without, the script reads "$@" (for `sh -c SCRIPT sh PATH...`, as
-    the Ansible filter runs it).
+    the Ansible filter runs it).  Without AGENT_FILES nothing below an agent's home is
+    read (an A frame each): the apply's facts round needs none of it, and an agent's
+    process then has no part in the read (docs/security.md#the-facts-read).  TIMEOUT:
+    seconds each agent file's reader may take.
     """
     # The probe runs in a subshell as root, stdin closed: its output is one frame whose
     # byte length (LC_ALL=C) the parser checks, like a file's.
@@ -247,7 +316,19 @@ def read_script(paths: Sequence[str] | None = None, manifest: str = LIVE_MANIFES
         chunks = [paths[i : i + BATCH] for i in range(0, len(paths), BATCH)]
         read = "\n".join("set -- " + " ".join(shlex.quote(p) for p in chunk) + '\nbatch "$@"' for chunk in chunks)
     head, tail = _SCRIPT.split("@@PROBE@@\n")
-    return head.replace("MANIFEST", shlex.quote(manifest)).replace("READ", read) + run_probe + tail
+    # ulimit -f counts 512-byte blocks (sh(1)); room for LIMIT+1 bytes, so that more is seen.
+    blocks = (AGENT_FILE_LIMIT + 1 + 511) // 512
+    values = {
+        "LIMIT1": str(AGENT_FILE_LIMIT + 1),
+        "LIMIT": str(AGENT_FILE_LIMIT),
+        "FSIZE": str(blocks),
+        "TIMEOUT": str(int(timeout)),
+        "AGENTFILES": "1" if agent_files else "0",
+        "MANIFEST": shlex.quote(manifest),
+    }
+    for key, value in values.items():
+        head = head.replace(key, value)
+    return head.replace("READ", read) + run_probe + tail
 
 
 def _mode_bits(text: str) -> int:
@@ -276,10 +357,34 @@ def _ls_stats(listing: str, batch: Sequence[str]) -> dict[str, tuple[Stat, int]]
     return out
 
 
-def parse_live(data: bytes) -> LiveFiles:
+NOT_READ = "not read: the apply compares an agent's files as the agent"
+TIMED_OUT = "its reader did not finish in time or was killed (a FIFO swapped in, or a process of the agent stopped it)"
+TOO_LARGE = f"larger than {AGENT_FILE_LIMIT // 1024} KiB"
+_AGENT_WHY = {"A": NOT_READ, "T": TIMED_OUT, "Z": TOO_LARGE}
+_SED_PATH = re.compile(rb'.*"path":[ \t\n\r\f\v]*"(/[^"\\\n]*)"')
+
+
+def manifest_listed(text: bytes | None) -> list[str]:
+    """The paths the read script's sed finds in the previous manifest's bytes (the last
+    `"path": "/..."` of each line once `{` and `}` are line breaks): the only paths, besides
+    those asked for, the script frames."""
+    if not text:
+        return []
+    out = []
+    for line in text.translate(bytes.maketrans(b"{}", b"\n\n")).split(b"\n"):
+        m = _SED_PATH.match(line)
+        if m:
+            out.append(m.group(1).decode("utf-8", "surrogateescape"))
+    return out
+
+
+def parse_live(data: bytes, requested: Collection[str] | None = None, manifest: str = LIVE_MANIFEST_PATH) -> LiveFiles:
     """Split the script's output back into files and stats; ValueError if it is malformed.
 
-    Anything before the start line (a login shell's chatter) is skipped.
+    Anything before the start line (a login shell's chatter) is skipped; anything after
+    the end marker, a second frame for a path, or (with REQUESTED, the paths the script
+    was given) a frame for a path neither asked for nor listed in MANIFEST's bytes is
+    refused: the script never prints them (docs/security.md#the-facts-read).
     """
     if data.startswith(START):
         start = 0
@@ -291,6 +396,8 @@ def parse_live(data: bytes) -> LiveFiles:
     pos = start + len(START)
     batch: list[str] = []
     sizes: dict[str, tuple[Stat, int]] = {}
+    framed: list[str] = []
+    probes = 0
 
     def take(n: int, what: str) -> bytes:
         nonlocal pos
@@ -299,6 +406,10 @@ def parse_live(data: bytes) -> LiveFiles:
             raise ValueError(f"output ended inside {what}")
         pos += n
         return chunk
+
+    def once(path: str) -> str:
+        framed.append(path)
+        return path
 
     while True:
         nl = data.find(b"\n", pos)
@@ -312,6 +423,9 @@ def parse_live(data: bytes) -> LiveFiles:
         if head == b"E":
             if batch:
                 raise ValueError("a batch of files was listed but not sent")
+            if data[pos:].strip(b"\n"):
+                raise ValueError(f"output after the end marker: {data[pos : pos + 60]!r}")
+            _check_paths(framed, requested, live.files.get(manifest))
             return live
         if head == b"C":
             for path in batch:
@@ -329,11 +443,14 @@ def parse_live(data: bytes) -> LiveFiles:
             if set(sizes) != set(batch):
                 raise ValueError("ls did not list every file (one changed while it was read?)")
         elif m.group(9) is not None:  # P: the probe's output
+            probes += 1
+            if probes > 1:
+                raise ValueError("a second probe frame")
             live.probe = take(int(m.group(9)), "the probe").decode("utf-8", "replace")
             if take(1, "the probe") != b"\n":
                 raise ValueError("bad probe frame")
         elif m.group(4) is not None:  # F: one file alone
-            path = take(int(m.group(4)), "a path").decode("utf-8", "surrogateescape")
+            path = once(take(int(m.group(4)), "a path").decode("utf-8", "surrogateescape"))
             body = take(int(m.group(8)), path)
             if take(1, path) != b"\n":
                 raise ValueError(f"{path}: changed while it was read (run plan again)")
@@ -341,23 +458,41 @@ def parse_live(data: bytes) -> LiveFiles:
             live.stats[path] = Stat(_mode_bits(m.group(5).decode()), int(m.group(6)), int(m.group(7)))
         else:
             kind = m.group(1).decode()
-            path = take(int(m.group(2)), "a path").decode("utf-8", "surrogateescape")
+            path = once(take(int(m.group(2)), "a path").decode("utf-8", "surrogateescape"))
             if kind == "M":
-                live.files.setdefault(path, None)
+                live.files[path] = None
             elif kind == "S":
                 live.files[path] = None
                 live.symlinks.add(path)
-            elif kind == "U":
-                live.unreadable[path] = "permission denied"
-            elif kind == "N":
-                live.unreadable[path] = "not a regular file"
+            elif kind in _AGENT_WHY:
+                live.agent_files[path] = _AGENT_WHY[kind]
+            elif kind in "UN":
+                # Below an agent's home that is the agent's problem, shown against it by plan;
+                # it never fails the host's read (docs/security.md#the-facts-read).
+                why = "permission denied" if kind == "U" else "not a regular file"
+                (live.agent_files if agent_of_path(path) else live.unreadable)[path] = why
             else:
                 batch.append(path)
 
 
-def parse_frames(data: bytes) -> dict[str, bytes | None]:
-    """path → bytes (None if absent); ValueError if a file could not be read at all."""
-    live = parse_live(data)
+def _check_paths(framed: list[str], requested: Collection[str] | None, manifest: bytes | None) -> None:
+    seen: set[str] = set()
+    for path in framed:
+        if path in seen:
+            raise ValueError(f"a second frame for {path!r}")
+        seen.add(path)
+    if requested is None:
+        return
+    allowed = set(requested) | set(manifest_listed(manifest))
+    stray = [p for p in framed if p not in allowed]
+    if stray:
+        raise ValueError(f"a frame for {stray[0][:80]!r}, which was not asked for")
+
+
+def parse_frames(data: bytes, requested: Collection[str] | None = None) -> dict[str, bytes | None]:
+    """path → bytes (None if absent); ValueError if a file could not be read at all.
+    Paths below an agent's home that were not read are left out (LiveFiles.agent_files)."""
+    live = parse_live(data, requested)
     if live.unreadable:
         path, why = next(iter(live.unreadable.items()))
         raise ValueError(f"{path}: {why}")
@@ -542,6 +677,16 @@ def _manifest_paths(text: bytes) -> list[str]:
         return []
 
 
+_AGENT_PATH = re.compile(r"/(?:usr/)?home/([^/]+)/.+", re.DOTALL)
+
+
+def agent_of_path(path: str) -> str | None:
+    """The user whose home PATH lies below (/home/<user>/…, /usr/home/<user>/…), as the
+    read script's `case` patterns tell; None for root's paths."""
+    m = _AGENT_PATH.fullmatch(path)
+    return m.group(1) if m else None
+
+
 def _linked(root: Path, path: str) -> bool:
     """The read script's `linked` for a host whose / is ROOT."""
     parts = path.split("/")
@@ -563,9 +708,9 @@ def read_local(root: Path, paths: Sequence[str], manifest: str = LIVE_MANIFEST_P
         elif not os.path.lexists(f):
             live.files.setdefault(path, None)
         elif not f.is_file():
-            live.unreadable[path] = "not a regular file"
+            (live.agent_files if agent_of_path(path) else live.unreadable)[path] = "not a regular file"
         elif not os.access(f, os.R_OK):
-            live.unreadable[path] = "permission denied"
+            (live.agent_files if agent_of_path(path) else live.unreadable)[path] = "permission denied"
         else:
             st = f.stat()
             live.files[path] = f.read_bytes()
@@ -606,7 +751,7 @@ def fetch(host: Host, paths: Sequence[str], ssh_config: Path | None = None, prob
             fix = " (fix: allow it without a password, or connect as root)" if t.become else ""
             raise RemoteError(f"{t.host}: reading files failed (exit {status}): {err or 'no message'}{fix}")
         try:
-            live = parse_live(data)
+            live = parse_live(data, paths)
         except ValueError as exc:
             raise RemoteError(f"{t.host}: unreadable reply: {exc}") from None
         who = t.user or "the SSH user"

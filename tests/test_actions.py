@@ -289,6 +289,7 @@ def test_rctl_rules_from_the_live_kernel(host: tuple[Manifest, Path]) -> None:
     none = Probe(**{**probe.to_dict(), "rctl": []})  # rctl.conf written, rules never added
     assert argvs(host_actions(m, build, live, none)) == [("rctl", "-a", r) for r in m.rctl_rules]
     previous = Manifest.from_json(m.to_json())
+    previous.agents.append("gone")  # a record names only its own agents' rules (manifest.check_record)
     previous.rctl_rules.append("user:gone:maxproc:deny=10")
     live[LIVE_MANIFEST_PATH] = previous.to_json()
     stale = Probe(**{**probe.to_dict(), "rctl": [*probe.rctl, "user:gone:maxproc:deny=10"]})
@@ -366,6 +367,7 @@ def test_layer2_pins_are_set_from_live_state_and_a_removed_jails_pin_goes_before
     gone = "10.0.200.3"
     previous = json.loads(m.to_json())
     previous["rc_conf"].append({"op": "set", "name": "static_arp_warden_gone", "value": f"{gone} 02:00:00:00:00:01"})
+    previous["jails"].append({**previous["jails"][0], "name": "gone"})  # its jail was in the record too
     live[LIVE_MANIFEST_PATH] = json.dumps(previous)
     stale = Probe(
         **{**probe.to_dict(), "arp": probe.arp + f"\n? ({gone}) at 02:00:00:00:00:01 on {m.bridge} permanent [bridge]"}

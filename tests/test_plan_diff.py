@@ -122,7 +122,8 @@ def test_files_of_the_previous_apply_not_rendered_any_more_are_removed_masked(tm
         "fbsd1",
         "warden0",
         agents=["atlas", "iris"],
-        files=[FileEntry("/etc/x", "0644"), FileEntry("/home/iris/.env", "0600", secret=True, agent="iris")],
+        # as render.py records it (manifest.check_record): the agent's file is the agent's
+        files=[FileEntry("/home/iris/.env", "0600", owner="iris", group="iris", secret=True, agent="iris")],
     )
     live = {
         "/etc/x": b"x\n",

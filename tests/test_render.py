@@ -208,7 +208,9 @@ def test_rc_d_script_follows_rc_subr_and_daemon_rules(example: Path) -> None:
     assert "pidfile=/var/run/hermes.pid\n" in text and "logfile=/var/log/warden/hermes/hermes.log\n" in text
     assert "install -d -o root -g hermes -m 0750 /var/log/warden/hermes\n" in text  # root's directory
     assert "hermes_user" not in text.replace("hermes_user would", "")  # docs/freebsd.md#supervision-with-daemon
-    assert '[ -n "${hermes_chdir+set}" ] || hermes_chdir=/home/hermes/clawdie\n' in text
+    # no hermes_chdir: rc.subr would cd as root into the agent's directory, following links
+    # (docs/freebsd.md#rcsubr-knobs); the wrapper cds there as hermes
+    assert "hermes_chdir" not in text
     assert "|| hermes_env='LANG=sl_SI.UTF-8 LC_ALL=sl_SI.UTF-8'\n" in text  # docs/freebsd.md#rcsubr-knobs
     assert "env_file=" not in text and "_env_file}" not in text and ". .env" not in text
 

@@ -98,7 +98,7 @@ def test_rc_d_script_hands_rc_subr_daemon_with_supervisor_pidfile_and_locale(exa
         " -H -t hermes -u hermes /usr/local/libexec/warden/run-hermes.sh"
     )
     assert values["enable"] == "NO"  # default after load_rc_config (docs/freebsd.md#rcd-scripts)
-    assert values["chdir"] == "/home/hermes/clawdie" and values["env"] == "LANG=sl_SI.UTF-8 LC_ALL=sl_SI.UTF-8"
+    assert values["chdir"] == "" and values["env"] == "LANG=sl_SI.UTF-8 LC_ALL=sl_SI.UTF-8"
     assert values["precmd"] == "hermes_prestart"
 
 

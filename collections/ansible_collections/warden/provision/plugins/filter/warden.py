@@ -22,7 +22,7 @@ from ansible.errors import AnsibleFilterError
 PROVISION_MISSING: ImportError | None = None
 try:
     from provision.hostfiles import EDITED, edited_results
-    from provision.manifest import Manifest
+    from provision.manifest import Manifest, read_record
     from provision.rcconf import read_vars
     from provision.remote import parse_frames, parse_live, read_script
 except ImportError as exc:
@@ -34,8 +34,11 @@ def _manifest(build_host_dir: str) -> Manifest:
 
 
 def _previous(live: dict[str, Any]) -> Manifest | None:
-    text = live.get("/var/db/warden/manifest.json")
-    return Manifest.from_json(text) if text else None
+    """The previous apply's record, held to what the renderer writes (manifest.check_record)."""
+    try:
+        return read_record(live.get("/var/db/warden/manifest.json"))
+    except ValueError as exc:
+        raise AnsibleFilterError(str(exc)) from None
 
 
 def warden_read_command(paths: list[str]) -> str:
@@ -57,17 +60,46 @@ def pre_image(data: bytes | None) -> str:
     return "absent" if data is None else hashlib.sha256(data).hexdigest()
 
 
-def warden_frames(stdout: str) -> dict[str, str | None]:
-    """path -> live text, and PRE_IMAGE + path -> pre_image of the bytes read (the guard's start)."""
-    out = parse_frames(_raw(stdout))
+def warden_frames(stdout: str, requested: list[str] | None = None) -> dict[str, str | None]:
+    """path -> live text, and PRE_IMAGE + path -> pre_image of the bytes read (the guard's start).
+
+    REQUESTED: the paths the read was given (its command's arguments); a frame for any other
+    path, a second frame for one, or output after the end is refused (remote.parse_live).
+    """
+    out = parse_frames(_raw(stdout), requested)
     texts: dict[str, str | None] = {k: (None if v is None else v.decode("utf-8", "replace")) for k, v in out.items()}
     texts.update({PRE_IMAGE + k: pre_image(v) for k, v in out.items()})
     return texts
 
 
+def warden_read_problem(result: dict[str, Any], host: str = "the host") -> str:
+    """Why the facts read (a registered command result) cannot be used, in one line; "" if it can.
+
+    Shown instead of the result itself, which no_log hides: exit status and the last line
+    of stderr, or what the parser refused — never the files' text.
+    """
+    rc = result.get("rc", 0)
+    if rc != 0:
+        err = str(result.get("stderr") or result.get("msg") or "no message").strip().splitlines()
+        return (
+            f"{host}: reading the live files failed (exit {rc}): {err[-1] if err else 'no message'} "
+            "(fix: check that /bin/sh and the base system's tools work there, then run again)"
+        )
+    try:
+        parse_frames(_raw(str(result.get("stdout", ""))), list(result.get("cmd", [])[4:]))
+    except ValueError as exc:
+        return (
+            f"{host}: the live files' read cannot be used: {exc} (fix: a file root cannot read needs "
+            "ansible_user root or ansible_become; a reply cut short or malformed, run again)"
+        )
+    return ""
+
+
 def warden_facts_command(build_host_dir: str, paths: list[str]) -> str:
     """The facts round's one read: PATHS plus the markers host_actions reads, and the probe
-    (provision/probe.py), as `invoke plan` reads them."""
+    (provision/probe.py), as `invoke plan` reads them — but nothing below an agent's home:
+    the apply needs none of it (the files module compares an agent's files as the agent),
+    so no process of an agent's uid takes part (docs/security.md#the-facts-read)."""
     import shlex
 
     from provision.actions import marker_paths
@@ -75,7 +107,7 @@ def warden_facts_command(build_host_dir: str, paths: list[str]) -> str:
 
     m = _manifest(build_host_dir)
     every = list(dict.fromkeys([*paths, *marker_paths(m)]))
-    script = read_script(probe=probe_script(m))
+    script = read_script(probe=probe_script(m), agent_files=False)
     return "sh -c " + shlex.quote(script) + " sh " + " ".join(shlex.quote(p) for p in every)
 
 
@@ -230,6 +262,16 @@ def warden_soul_targets(souls: list[dict[str, Any]]) -> list[dict[str, str]]:
     ]
 
 
+def warden_previous(live: dict[str, Any]) -> dict[str, Any]:
+    """The previous apply's record as data ({} when there is none), once it passed
+    manifest.check_record: roles never read the live record's JSON themselves."""
+    previous = _previous(live)
+    if previous is None:
+        return {}
+    data: dict[str, Any] = json.loads(previous.to_json())
+    return data
+
+
 def warden_removed_agents(build_host_dir: str, live: dict[str, Any]) -> list[str]:
     previous = _previous(live)
     return sorted(set(previous.agents) - set(_manifest(build_host_dir).agents)) if previous else []
@@ -297,6 +339,8 @@ class FilterModule:
             "warden_agent_dirs": warden_agent_dirs,
             "warden_removed_files": warden_removed_files,
             "warden_removed_agents": warden_removed_agents,
+            "warden_previous": warden_previous,
+            "warden_read_problem": warden_read_problem,
             "warden_soul_targets": warden_soul_targets,
             "warden_probe": warden_probe,
             "warden_facts_command": warden_facts_command,

@@ -90,8 +90,14 @@ def _ids(owner: str, group: str) -> tuple[int | None, int | None]:
     return uid, gid
 
 
-def _needs(path: str, content: bytes, mode: int, uid: int | None, gid: int | None) -> tuple[bool, bytes | None]:
-    """Whether PATH must be (re)written, and its bytes; never through a symlink at PATH."""
+def _needs(
+    path: str, content: bytes, mode: int, uid: int | None, gid: int | None, capped: bool = False
+) -> tuple[bool, bytes | None]:
+    """Whether PATH must be (re)written, and its bytes; never through a symlink at PATH.
+
+    CAPPED (an agent's file): read at most one byte more than CONTENT, which tells a
+    difference just as well, so that a sparse multi-GB file costs nothing.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -101,7 +107,7 @@ def _needs(path: str, content: bytes, mode: int, uid: int | None, gid: int | Non
         if not stat.S_ISREG(st.st_mode):
             return True, None
         with os.fdopen(os.dup(fd), "rb") as fh:
-            before = fh.read()
+            before = fh.read(len(content) + 1) if capped else fh.read()
     finally:
         os.close(fd)
     differs = (
@@ -190,7 +196,7 @@ def _user_work(
     for f in files:
         path, content = f["path"], f.get("content", "").encode("utf-8")
         mode = int(str(f.get("mode", "0644")), 8)
-        differs, before = _needs(path, content, mode, uid, gid)
+        differs, before = _needs(path, content, mode, uid, gid, capped=True)
         if not differs:
             continue
         changed.append(path)
@@ -379,7 +385,10 @@ def main() -> None:
             if not module.check_mode:
                 os.unlink(path)
     # Everything of an agent's user is done as that user (docs/security.md): one forked
-    # child per user, no exec, so the call stays one module run per host.
+    # child per user, no exec, so the call stays one module run per host.  What one agent
+    # made of its own tree fails that agent, after every other agent is done
+    # (docs/security.md#the-facts-read).
+    problems: list[str] = []
     for user in users:
         mine_d = [d for d in dirs if _owner_of(d) == user]
         mine_f = [f for f in files if _owner_of(f) == user]
@@ -401,9 +410,16 @@ def main() -> None:
             functools.partial(_user_work, directories=mine_d, files=mine_f, remove=mine_r, check=module.check_mode),
         )
         if "error" in result:
-            module.fail_json(msg=f"as {user}: {result['error']}", changed_paths=changed_paths)
+            problems.append(f"as {user}: {result['error']}")
+            continue
         changed_paths += result["changed_paths"]
         diffs += result["diffs"]
+    if problems:
+        module.fail_json(
+            msg="; ".join(problems) + " (the other users' files were applied; fix what is named, then run again)",
+            changed=bool(changed_paths),
+            changed_paths=changed_paths,
+        )
     module.exit_json(changed=bool(changed_paths), changed_paths=changed_paths, diff=diffs)
 
 
