@@ -113,6 +113,20 @@ pf = _refuse_unless(
     re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]*"), 64, "pf.conf: not an address, network or interface name"
 )
 
+_PF_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+def pf_user(value: object) -> str:
+    """A user name for pf's `user` option, always double-quoted: pfctl's lexer turns a bare
+    word that spells a keyword (`port`, `state`, `group`, ...) into that keyword, so an agent
+    named `port` would not parse as a user; a quoted string is always a STRING token
+    (sbin/pfctl/parse.y `lookup`, `yylex`). Names are a login name's characters only."""
+    text = _text(value)
+    if not _PF_USER.fullmatch(text):
+        raise UnsafeValue(f"refusing {text!r} in pf.conf: not a user name")
+    return f'"{text}"'
+
+
 # vm-bhyve: config::load keeps lines starting with a lowercase letter, cuts at the first
 # `#` and deletes every `"` (lib/vm-config); values are later used unquoted by sh.
 vmconf = _refuse_unless(re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/,+@=-]*"), 255, "a vm-bhyve config: not one plain word")
@@ -163,6 +177,7 @@ FILTERS: dict[str, Callable[..., str]] = {
     "rcconf": rcconf,
     "bastille": bastille,
     "pf": pf,
+    "pf_user": pf_user,
     "vmconf": vmconf,
     "newsyslog": newsyslog,
     "sysctl": sysctl,

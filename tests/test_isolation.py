@@ -17,6 +17,7 @@ from provision.isolation import (
     sysctl_lines,
 )
 from provision.models import PolicyError, parse_host_ports
+from provision.pf.grammar import PfSyntaxError, parse_ruleset
 
 from .conftest import Registry
 from .test_render import render, three_agents
@@ -40,10 +41,24 @@ def test_jail_host_ports_open_the_gateway_port_to_each_agents_jails(registry: Re
     three_agents(registry)
     pf = (render(registry) / "fbsd1/etc/pf.warden.conf").read_text()
     for net, gw in (("10.0.1.0/24", "10.0.1.1"), ("10.0.3.0/24", "10.0.3.1")):
-        assert f"pass in quick proto tcp from {net} to {gw} port 8443 user root keep state" in pf
-        assert f"pass in quick proto udp from {net} to {gw} port 123 user root keep state" in pf
+        assert f'pass in quick proto tcp from {net} to {gw} port 8443 user "root" keep state' in pf
+        assert f'pass in quick proto udp from {net} to {gw} port 123 user "root" keep state' in pf
     # and nothing else on the host: the block after the ports
     assert pf.index("port 8443") < pf.index("block drop in quick from <warden_agents> to (self)")
+
+
+def test_agents_named_like_pf_keywords_are_quoted_users_pfctl_parses(registry: Registry) -> None:
+    """pfctl's lexer reads a bare `port` as the keyword (parse.y `lookup`), so `user { port }`
+    is a syntax error; every user name in the anchor is a quoted string."""
+    with pytest.raises(PfSyntaxError, match="keyword"):
+        parse_ruleset("pass out quick proto tcp from any to any user { port } keep state\n")
+    registry.write_inventory("warden_hosts:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n")
+    three_agents(registry, ("port", "state", "group"))
+    anchor = (render(registry) / "fbsd1/etc/pf.warden.conf").read_text()
+    assert 'user { "root" "port" }' in anchor
+    rules = parse_ruleset(anchor, source="/etc/pf.warden.conf")
+    users = {r.user.value for r in rules.filter if r.user is not None}
+    assert {"root", "port", "state", "group"} <= users
 
 
 def test_a_bad_jail_host_port_is_an_inventory_problem(registry: Registry) -> None:

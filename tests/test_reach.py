@@ -218,8 +218,8 @@ def test_a_jail_host_port_is_served_by_its_owner_only(fbsd1: tuple[HostLayout, s
     layout = dataclasses.replace(fbsd1[0], jail_host_ports=("8443", "tcp/9000@squid"))
     _, files = render_layout(layout, _env())
     anchor = files["/etc/pf.warden.conf"][0]
-    assert "pass in quick proto tcp from 10.0.1.0/24 to 10.0.1.1 port 8443 user root keep state" in anchor
-    assert "pass in quick proto tcp from 10.0.0.0/24 to 10.0.0.1 port 9000 user squid keep state" in anchor
+    assert 'pass in quick proto tcp from 10.0.1.0/24 to 10.0.1.1 port 8443 user "root" keep state' in anchor
+    assert 'pass in quick proto tcp from 10.0.0.0/24 to 10.0.0.1 port 9000 user "squid" keep state' in anchor
     host, *_ = build_host(layout, DEFAULT_DENY, anchor)
     gateway = IPv4Address("10.0.1.1")
     host.listeners = {**host.listeners, (TCP, 8443): "root", (TCP, 9000): "squid"}

@@ -417,11 +417,113 @@ def _port(s: _Stream) -> list[object]:
     return [PortOp("=", first)]
 
 
+# Words pfctl's lexer returns as keywords, not as a STRING, when they are not quoted
+# (sbin/pfctl/parse.y `lookup`): the plain-word ones a login name could spell. A bare one
+# where a user name is expected is a syntax error there, so it is one here.
+PF_KEYWORDS = frozenset(
+    [
+        "all",
+        "altq",
+        "anchor",
+        "antispoof",
+        "any",
+        "bandwidth",
+        "binat",
+        "bitmask",
+        "block",
+        "buckets",
+        "cbq",
+        "code",
+        "codel",
+        "debug",
+        "drop",
+        "ether",
+        "fairq",
+        "fingerprints",
+        "flags",
+        "floating",
+        "flush",
+        "for",
+        "fragment",
+        "from",
+        "global",
+        "group",
+        "hfsc",
+        "hogs",
+        "hostid",
+        "in",
+        "include",
+        "inet",
+        "inet6",
+        "interval",
+        "keep",
+        "l3",
+        "label",
+        "limit",
+        "linkshare",
+        "load",
+        "log",
+        "loginterface",
+        "match",
+        "max",
+        "modulate",
+        "nat",
+        "no",
+        "on",
+        "optimization",
+        "os",
+        "out",
+        "overload",
+        "pass",
+        "port",
+        "prio",
+        "priority",
+        "priq",
+        "proto",
+        "qlimit",
+        "queue",
+        "quick",
+        "random",
+        "rdr",
+        "realtime",
+        "reassemble",
+        "return",
+        "ridentifier",
+        "route",
+        "rtable",
+        "rule",
+        "scrub",
+        "set",
+        "skip",
+        "sloppy",
+        "state",
+        "synproxy",
+        "table",
+        "tag",
+        "tagged",
+        "target",
+        "tbrsize",
+        "timeout",
+        "to",
+        "tos",
+        "ttl",
+        "upperlimit",
+        "user",
+    ]
+)
+
+
+def _user_name(s: _Stream, tok: str) -> str:
+    if tok in PF_KEYWORDS:
+        raise s.fail(f"{tok!r} is a pf keyword where a user name is expected (quote it)")
+    return _unquote(tok)
+
+
 def _user(s: _Stream) -> list[object]:
     tok = s.take()
     if tok in ("=", "!=", "<", "<=", ">", ">="):
-        return [UserOp(tok, _unquote(s.take()))]
-    return [UserOp("=", _unquote(tok))]
+        return [UserOp(tok, _user_name(s, s.take()))]
+    return [UserOp("=", _user_name(s, tok))]
 
 
 def _iface(s: _Stream) -> list[object]:
