@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -113,13 +114,17 @@ class GuestHost(TestHost):
         ssh = root / "etc/ssh"
         keys_in_seed = user.get("ssh_keys") or {}
         if "ed25519_private" in keys_in_seed:
-            (ssh / "ssh_host_ed25519_key").write_text(str(keys_in_seed["ed25519_private"]))
+            # nuageinit ssh_keys writes each value and a line break
+            (ssh / "ssh_host_ed25519_key").write_text(str(keys_in_seed["ed25519_private"]) + "\n")
             (ssh / "ssh_host_ed25519_key").chmod(0o600)
             (ssh / "ssh_host_ed25519_key.pub").write_text(str(keys_in_seed["ed25519_public"]) + "\n")
         else:  # rc.d/sshd makes the missing host keys at boot
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh / "ssh_host_ed25519_key")])
-        with sshd_config.open("a") as fh:
-            fh.write("PermitRootLogin no\n")  # FreeBSD's default; an earlier line wins (sshd_config(5))
+        # FreeBSD's compiled-in default when no line sets it (sshd_config(5)); written here as a
+        # last line of its own, after whatever write_files left (possibly an unterminated line).
+        if not re.search(r"(?m)^[ \t]*PermitRootLogin[ \t]", sshd_config.read_text()):
+            with sshd_config.open("a") as fh:
+                fh.write("\nPermitRootLogin no\n")
         # The doubles' view of the booted guest: the renamed NIC, and no python3 package.
         state = root / "var/db/warden-doubles/state.json"
         state.parent.mkdir(parents=True, exist_ok=True)
