@@ -14,7 +14,8 @@ every value outside it rather than write something the two parsers read differen
 - a one-line string single-quoted, of printable ASCII without `'` (neither parser
   unescapes anything inside `'…'` then);
 - a multi-line string as a `|-` literal block: lines of printable ASCII without quotes,
-  `#` or brackets, none empty, none starting or ending with a space, and no final line break
+  `#` or brackets, none empty, none starting or ending with a space or ending with a
+  date (yaml.lua's timestamp token runs on into the next line), and no final line break
   (yaml.lua cannot write one; a caller that needs it adds it, as nuageinit's
   `ssh_keys` does);
 - a mapping inside a sequence starts with a one-line key (yaml.lua reads `- key: |-`
@@ -45,6 +46,9 @@ LINE_RE = re.compile(r"[ -&(-~]*")
 # with one on a later line into one token), neither starting nor ending with a space.
 _BLOCK_CHAR = r"!$-&(-Z\\^-z|~"
 BLOCK_LINE_RE = re.compile(rf"[{_BLOCK_CHAR}](?:[ {_BLOCK_CHAR}]*[{_BLOCK_CHAR}])?")
+# yaml.lua's timestamp tokens (`dddd-d?d-d?d%s+d?d…`) run past a line that ends with a date
+# into the next line's digits.
+BLOCK_LINE_END_DATE = re.compile(r"[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}$")
 
 INDENT = "  "
 
@@ -72,6 +76,10 @@ def _scalar(value: Node, where: str) -> str:
 def _block(value: str, depth: int, where: str) -> list[str]:
     lines = value.split("\n")
     for number, line in enumerate(lines, 1):
+        if BLOCK_LINE_END_DATE.search(line):
+            raise _refuse(
+                where, f"line {number} of a multi-line string ends with a date (yaml.lua joins the next line)"
+            )
         if not BLOCK_LINE_RE.fullmatch(line):
             raise _refuse(
                 where,

@@ -173,6 +173,7 @@ def test_what_the_emitter_writes_reads_back_as_given(data: dict[str, Node]) -> N
         ({"a": "tab\there"}, "printable ASCII"),
         ({"a": "caf\u00e9"}, "printable ASCII"),
         ({"a": "{a\nb}"}, "brackets"),
+        ({"a": "since 2024-01-01\n12 days"}, "ends with a date"),
         ({"on": "x"}, "reads as a boolean"),
         ({"Users": "x"}, "lowercase word"),
         ({"a": []}, "empty sequence"),
