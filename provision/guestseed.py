@@ -4,20 +4,20 @@ vm-bhyve's `vm create -C -n …` writes the seed's meta-data and network-config 
 (the network-config must match the MAC it generates at create time: lib/vm-core
 core::create_cloud_init), but its user-data only gives `-k` keys to nuageinit's default
 user `freebsd`, created with password `freebsd` (libexec/nuageinit/nuageinit
-default_user).  So the user-data is ours, emitted by a serializer (JSON is YAML): the
-operator's key on root, no default user (nuageinit creates `freebsd` only when `users`
-is absent or lists "default"), password logins off, and root logins by key only.
+default_user).  So the user-data is ours, written by provision/cloudyaml.py in the YAML
+subset both nuageinit parsers read alike (docs/freebsd.md#nuageinit-yaml): the operator's
+key on root, no default user (nuageinit creates `freebsd` only when `users` is absent or
+lists "default"), password logins off, and root logins by key only.
 The host adds the guest's SSH host key to it (the module warden.provision.guest_seed), so the
 first connection can be checked against a key we made, never accepted blindly.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path, PurePosixPath
-from typing import Any
 
+from .cloudyaml import Node, dump
 from .models import Host
 from .problems import Location, Problem
 
@@ -120,22 +120,24 @@ def user_data(key: str, header: str = "") -> str:
     """The guest's user-data (libexec/nuageinit/nuageinit: users, ssh_pwauth, write_files).
 
     nuageinit wants `#cloud-config` on the first line (nuageinit(7)); HEADER's lines
-    follow as YAML comments, then the JSON body.
+    follow as YAML comments, then the block-style body (provision/cloudyaml.py).
 
     FreeBSD's sshd refuses root logins unless told otherwise (sshd_config(5)
     PermitRootLogin); the first value sshd reads wins and the stock file sets none, so an
-    appended line decides.  nuageinit runs before sshd starts (nuageinit(7)).
+    appended line decides.  nuageinit runs before sshd starts (nuageinit(7)).  The line
+    goes in without a final line break: neither parser can be given one the same way
+    (docs/freebsd.md#nuageinit-yaml); sshd reads an unterminated last line, and
+    nuageinit appends nothing to sshd_config after write_files (nuageinit: ssh_pwauth
+    runs before write_files).
     """
-    config: dict[str, Any] = {
+    config: dict[str, Node] = {
         "users": [{"name": "root", "ssh_authorized_keys": [key]}],
         "ssh_pwauth": False,
         "write_files": [
-            {"path": "/etc/ssh/sshd_config", "append": True, "content": "PermitRootLogin prohibit-password\n"}
+            {"path": "/etc/ssh/sshd_config", "append": True, "content": "PermitRootLogin prohibit-password"}
         ],
     }
-    comments = "".join(line if line.startswith("#") else f"# {line}" for line in header.splitlines(True))
-    comments += "\n" if comments and not comments.endswith("\n") else ""
-    return "#cloud-config\n" + comments + json.dumps(config, indent=1, sort_keys=True, ensure_ascii=True) + "\n"
+    return dump(config, header)
 
 
 def network_arg(ip: str, prefixlen: int, gateway: str, nameservers: tuple[str, ...], hostname: str) -> str:

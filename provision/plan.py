@@ -359,7 +359,7 @@ def plan_host(
     known = {g.name for g in previous.guests} if previous else set()
     plan.guests_added = [
         f"guest {g.name} to be created: image {g.image_file}, disk {g.disk}, memory {g.memory}, "
-        f"{g.cpus} cpu(s), address {g.uplink_ip}"
+        f"{g.cpus} cpu(s), address {g.uplink_ip}; started at boot after pf by rc.d/warden_guests"
         for g in manifest.guests
         if g.name not in known
     ]

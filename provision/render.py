@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from .envfile import EnvFile
 from .escape import UnsafeValue, comment, register
 from .guestseed import image_name, image_source, network_arg, ssh_key, user_data
-from .isolation import Policy, build_policy, guest_tap, sysctl_lines
+from .isolation import SYSCTLS, Policy, build_policy, guest_tap, sysctl_lines
 from .limits import host_rules
 from .manifest import MANIFEST_RELPATH, FileEntry, GuestSpec, JailSpec, Manifest, RcEdit
 from .models import CONTROLLER_ONLY, Agent, Fleet, Host, bridge_mac, jail_mac
@@ -62,6 +62,10 @@ VM_SWITCH = "warden"  # vm-bhyve manual switch bound to the host's bridge (docs/
 # the MAC vm create wrote) and nuageinit renames it so (docs/freebsd.md#vm-bhyve).
 GUEST_EXT_IF = "eth0"
 GUEST_SEED_DIR = "/usr/local/etc/warden/guests"  # our user-data per guest, root's (docs/freebsd.md#vm-bhyve)
+# Our guests start from this rc.d script, after pf and the bridge sysctls, never from
+# vm_list (rc.d/vm runs BEFORE pf): docs/freebsd.md#boot-order.  No agent is named with `_`.
+GUESTS_RC = "warden_guests"
+GUESTS_RC_REQUIRE = ("pf", "sysctl_lastload", "vm")
 GUEST_BRIDGE = "warden0"  # a guest is a host of its own: its own warden0 (docs/design.md#placement)
 GUEST_BRIDGE_CLONE = "bridge0"
 RESTART_DELAY = 5  # daemon(8) -R: seconds before a crashed agent is restarted (docs/freebsd.md#supervision-with-daemon)
@@ -337,8 +341,10 @@ def _rc_conf(layout: HostLayout) -> tuple[list[RcEdit], list[str]]:
     if layout.guests:
         # vm-bhyve setup: docs/freebsd.md#vm-bhyve
         edits += [RcEdit("set", "vm_enable", "YES"), RcEdit("set", "vm_dir", layout.vm_dir)]
-        # rc.d/vm starts only the guests listed in vm_list (lib/vm-core core::startall).
-        edits += [RcEdit("append", "vm_list", a.vm_name) for a in layout.guests]
+        # Not vm_list: rc.d/vm would start them before pf filters warden0; rc.d/warden_guests
+        # starts the guests listed here after it (docs/freebsd.md#boot-order).
+        edits.append(RcEdit("set", f"{GUESTS_RC}_enable", "YES"))
+        edits += [RcEdit("append", f"{GUESTS_RC}_list", a.vm_name) for a in layout.guests]
     edits += [RcEdit("set", f"{a.name}_enable", "YES") for a in layout.agents]  # rcvar: docs/freebsd.md#rcd-scripts
     # rc.d/static_arp (REQUIRE: netif, so after warden0 has its addresses) runs
     # `arp -S $static_arp_<pair>` for each pair: each jail's address is pinned to its MAC
@@ -637,6 +643,22 @@ def render_layout(layout: HostLayout, jenv: Any) -> tuple[Manifest, Files]:
             header=_header(_agent_origin(agent, layout)),
             guest=guest,
             bridge=layout.bridge,
+        )
+
+    if guests:
+        add(
+            FileEntry(
+                f"/usr/local/etc/rc.d/{GUESTS_RC}", "0755", purpose="rc.d service: starts the bhyve guests after pf"
+            ),
+            f"usr/local/etc/rc.d/{GUESTS_RC}.j2",
+            header=host_header,
+            name=GUESTS_RC,
+            rcvar=f"{GUESTS_RC}_enable",
+            list_var=f"{GUESTS_RC}_list",
+            requires=GUESTS_RC_REQUIRE,
+            desc="the bhyve guests of warden-provision, started once pf filters the bridge",
+            bridge=layout.bridge,
+            sysctls=SYSCTLS,
         )
 
     rc_conf, prefixes = _rc_conf(layout)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from .doctor import sections
 from .models import Agent, Host
+from .rcconf import read_vars
 
 
 @dataclass
@@ -57,6 +58,10 @@ def status_script(host: Host, agents: list[Agent], guests: list[Agent] | None = 
             )
     if guests:
         lines.append("section vms; vm list 2>/dev/null || true")
+        # who starts them at boot: rc.d/warden_guests, never vm_list (docs/freebsd.md#boot-order)
+        lines.append(
+            "section boot; grep -E '^(warden_guests_enable|warden_guests_list|vm_list)=' /etc/rc.conf 2>/dev/null"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -66,21 +71,35 @@ _VM_ROW = re.compile(r"^(\S+)\s.*?\s(No|Yes \[\d+\])\s+(Running \(\d+\)|Stopped|
 
 
 def evaluate_guests(guests: list[Agent], text: str) -> list[AgentStatus]:
-    """One row per bhyve agent: its VM's state and autostart from `vm list`."""
-    rows = {m.group(1): m for line in sections(text).get("vms", "").splitlines() if (m := _VM_ROW.match(line))}
+    """One row per bhyve agent: its VM's state from `vm list`, and who starts it at boot:
+    rc.d/warden_guests (warden_guests_list), or vm_list, whose rc.d/vm runs before pf has
+    loaded the rules (docs/freebsd.md#boot-order), so a guest there is an error.  vm list's
+    AUTO column only reflects vm_list (lib/vm-core core::list)."""
+    s = sections(text)
+    rows = {m.group(1): m for line in s.get("vms", "").splitlines() if (m := _VM_ROW.match(line))}
+    boot = read_vars(s.get("boot", ""))
+    # rc.subr checkyesno: yes/true/on/1, any case
+    enabled = boot.get("warden_guests_enable", "").lower() in ("yes", "true", "on", "1")
+    ours = boot.get("warden_guests_list", "").split() if enabled else []
+    early = boot.get("vm_list", "").split()
     out = []
     for a in guests:
         m = rows.get(a.vm_name)
         if m is None:
             out.append(AgentStatus(a.name, service=f"VM {a.vm_name}: not created", api="-", ok=False))
             continue
-        auto = "autostart" if m.group(2).startswith("Yes") else "no autostart"
+        if a.vm_name in early:
+            auto = "in vm_list: starts before pf, remove it (docs/freebsd.md#boot-order)"
+        elif a.vm_name in ours:
+            auto = "autostart after pf (warden_guests)"
+        else:
+            auto = "no autostart"
         out.append(
             AgentStatus(
                 a.name,
                 service=f"VM {a.vm_name}: {m.group(3)}, {auto}",
                 api="-",
-                ok=m.group(3).startswith("Running"),
+                ok=m.group(3).startswith("Running") and a.vm_name not in early,
             )
         )
     return out

@@ -100,8 +100,11 @@ def test_a_host_agent_and_a_bhyve_agent_are_provisioned_in_one_run(registry: Reg
     )
     assert ("vm", ["img", url]) in calls and create in calls
     assert calls.index(("vm", ["img", url])) < calls.index(create) < calls.index(("vm", ["start", "novavm"]))
-    # autostart: rc.d/vm starts what vm_list names
-    assert read_vars((host.root / "etc/rc.conf").read_text())["vm_list"] == "novavm"
+    # autostart after pf, never from vm_list (rc.d/vm runs BEFORE pf): docs/freebsd.md#boot-order
+    boot = read_vars((host.root / "etc/rc.conf").read_text())
+    assert "novavm" not in boot.get("vm_list", "").split()
+    assert boot["warden_guests_enable"] == "YES" and boot["warden_guests_list"] == "novavm"
+    assert (host.root / "usr/local/etc/rc.d/warden_guests").stat().st_mode & 0o777 == 0o755
     # the guest booted from the image, nuageinit gave the operator's key to root, no default user
     seeded = (host.client_key.with_suffix(".pub")).read_text().strip()
     assert guest.nuageinit["keys"] == {"root": [seeded]} and guest.nuageinit["default_user"] is False
@@ -116,6 +119,19 @@ def test_a_host_agent_and_a_bhyve_agent_are_provisioned_in_one_run(registry: Reg
     values = read_vars((guest.root / "etc/rc.conf").read_text())
     assert values["ifconfig_eth0"] == "inet 10.255.0.10/24" and values["defaultrouter"] == "10.255.0.1"
 
+    # A reboot as rc(8) runs it: the guest is down, rc.d/warden_guests starts it, and refuses
+    # to while pf is disabled (it would be on warden0 unfiltered).
+    assert host_cmd(host, "/usr/local/sbin/vm", "stop", "novavm").returncode == 0
+    assert wait_until(lambda: guest.netns is None)
+    assert host_cmd(host, "/sbin/pfctl", "-d").returncode == 0
+    refused = host_cmd(host, "/bin/sh", "/usr/local/etc/rc.d/warden_guests", "start")
+    assert refused.returncode == 1 and "pf is not enabled: not starting novavm" in refused.stderr, refused
+    assert not wait_until(lambda: guest.netns is not None, 3)
+    assert host_cmd(host, "/sbin/pfctl", "-e").returncode == 0
+    started = host_cmd(host, "/bin/sh", "/usr/local/etc/rc.d/warden_guests", "start")
+    assert started.returncode == 0, started
+    assert wait_until(lambda: guest.netns is not None)
+
     again = playbook(registry)
     assert again.returncode == 0, again.stdout[-5000:]
     assert recap(again, "fbsd1")["changed"] == 0 and recap(again, "novavm")["changed"] == 0, again.stdout[-5000:]
@@ -126,8 +142,17 @@ def test_a_host_agent_and_a_bhyve_agent_are_provisioned_in_one_run(registry: Reg
     assert gone.returncode == 0, gone.stdout[-5000:]
     assert ("vm", ["stop", "novavm"]) in [(c["cmd"], c["argv"]) for c in host.calls()]
     assert (host.root / "vm/novavm/disk0.img").exists()
-    assert read_vars((host.root / "etc/rc.conf").read_text()).get("vm_list", "") == ""
+    gone_vars = read_vars((host.root / "etc/rc.conf").read_text())
+    # removing the last item leaves warden_guests_list="" (sysrc `-=` sets the rest, docs/freebsd.md#sysrc)
+    assert gone_vars.get("warden_guests_list", "") == "" and "warden_guests_enable" not in gone_vars
+    assert not (host.root / "usr/local/etc/rc.d/warden_guests").exists()
     assert wait_until(lambda: guest.netns is None)
+
+
+def host_cmd(host: TestHost, *argv: str) -> subprocess.CompletedProcess[str]:
+    """ARGV as root on the test host, with rc's environment (PATH from /etc/rc)."""
+    env = {"PATH": "/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin", "HOME": "/"}
+    return subprocess.run(["chroot", str(host.root), *argv], capture_output=True, text=True, env=env, timeout=60)
 
 
 def test_the_second_hosts_guest_is_provisioned_too(registry: Registry, machines: Machines) -> None:

@@ -276,7 +276,7 @@ def test_doctor_says_when_jails_would_copy_a_resolver_they_cannot_reach(registry
     assert all(c.ok for c in evaluate(Host(name="fbsd1"), agents, unbound))  # the default gives -n resolvers
 
 
-def test_status_shows_a_bhyve_agents_vm_from_vm_list(registry: Registry, testhost: TestHost) -> None:
+def test_status_shows_a_bhyve_agents_vm_and_who_starts_it_at_boot(registry: Registry, testhost: TestHost) -> None:
     inventory(registry, testhost)
     registry.write_env(
         "nova", "AGENT_NAME=nova\nAGENT_SUBNET_BASE=10.0.9\nAGENT_PLACEMENT=bhyve\nWARDEN_VM_IP=10.255.0.10\n"
@@ -285,15 +285,21 @@ def test_status_shows_a_bhyve_agents_vm_from_vm_list(registry: Registry, testhos
     def vm(*args: str) -> None:
         subprocess.run(["chroot", str(testhost.root), "vm", *args], check=True, capture_output=True)
 
-    (testhost.root / "etc/rc.conf").write_text('vm_enable="YES"\nvm_dir="/vm"\nvm_list="novavm"\n')
+    rc_conf = 'vm_enable="YES"\nvm_dir="/vm"\nwarden_guests_enable="YES"\nwarden_guests_list="novavm"\n'
+    (testhost.root / "etc/rc.conf").write_text(rc_conf)
     missing = invoke(registry, "status")
     assert missing.returncode == 1 and "VM novavm: not created" in missing.stdout, missing.stdout
     vm("init")
     (testhost.root / "vm/.templates/default.conf").write_text('cpu=1\nmemory=256M\ndisk0_name="disk0.img"\n')
     vm("create", "-s", "1G", "novavm")
     stopped = invoke(registry, "status")
-    assert stopped.returncode == 1 and "VM novavm: Stopped, autostart" in stopped.stdout, stopped.stdout
+    assert stopped.returncode == 1 and "VM novavm: Stopped, autostart after pf" in stopped.stdout, stopped.stdout
     vm("start", "novavm")
     running = invoke(registry, "status")
     # the host's row from `vm list`; the guest itself is unknown here (no `Host novavm` in ssh_config)
     assert "VM novavm: Running (" in running.stdout and "│ novavm │ nova  │ unknown" in running.stdout, running.stdout
+    # in vm_list, rc.d/vm would start it before pf filters warden0 (docs/freebsd.md#boot-order)
+    (testhost.root / "etc/rc.conf").write_text(rc_conf + 'vm_list="novavm"\n')
+    early = invoke(registry, "status")
+    assert early.returncode == 1 and "VM novavm: Running" in early.stdout, early.stdout
+    assert "in vm_list: starts before pf" in early.stdout, early.stdout

@@ -347,7 +347,7 @@ def test_a_bhyve_guest_without_ssh_settings_is_listed_as_not_planned(
     # the guest the host would create (docs/freebsd.md#vm-bhyve): image, size, address
     assert (
         f"fbsd1: guest novavm to be created: image FreeBSD-{DEFAULT_RELEASE}-amd64-BASIC-CLOUDINIT-ufs.raw, "
-        "disk 20G, memory 2G, 2 cpu(s), address 10.255.0.10"
+        "disk 20G, memory 2G, 2 cpu(s), address 10.255.0.10; started at boot after pf by rc.d/warden_guests"
     ) in out
     status, _, err = plan("novavm")
     assert status == 1 and "error: novavm: cannot plan a bhyve guest on fbsd1" in err

@@ -5,6 +5,7 @@ The rendered shell scripts are run for real in tests/test_render_scripts.py.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import filecmp
 import io
@@ -386,10 +387,31 @@ def test_bhyve_agent_gets_a_guest_on_the_host_and_a_host_layout_of_its_own(examp
     conf = (example / "fbsd2/vm/.templates/warden-nova.conf").read_text()
     assert 'network0_switch="warden"' in conf and "memory=2G" in conf and "cpu=2" in conf
     assert 'loader="bhyveload"' in conf
-    # created from the release's cloud image with a seed, listed for autostart (docs/freebsd.md#vm-bhyve)
+    # created from the release's cloud image with a seed (docs/freebsd.md#vm-bhyve)
     assert host.guests[0].image_file == "FreeBSD-15.0-RELEASE-amd64-BASIC-CLOUDINIT-ufs.raw"
     assert host.guests[0].network.startswith("ip=10.255.0.10/24;gateway=10.255.0.1;")
-    assert {"name": "vm_list", "op": "append", "value": "novavm"} in [vars(e) for e in host.rc_conf]
+    # started at boot by rc.d/warden_guests after pf and the bridge sysctls, never from vm_list,
+    # which rc.d/vm starts BEFORE pf (docs/freebsd.md#boot-order)
+    edits = [vars(e) for e in host.rc_conf]
+    assert not [e for e in edits if e["name"] == "vm_list"]
+    assert {"name": "warden_guests_list", "op": "append", "value": "novavm"} in edits
+    assert {"name": "warden_guests_enable", "op": "set", "value": "YES"} in edits
+    script = (example / "fbsd2/usr/local/etc/rc.d/warden_guests").read_text()
+    assert "\n# PROVIDE: warden_guests\n# REQUIRE: LOGIN pf sysctl_lastload vm\n" in script
+    assert "\nstart_precmd=" in script and "/sbin/pfctl -s info" in script
+
+
+def test_a_guest_an_earlier_apply_put_in_vm_list_leaves_it_and_the_operators_stay(example: Path) -> None:
+    """Applies before rc.d/warden_guests appended the guests to vm_list, which rc.d/vm starts
+    before pf (docs/freebsd.md#boot-order): the next apply takes ours out, keeps the operator's."""
+    current = Manifest.load(example / "fbsd2")
+    old_edits = [e for e in current.rc_conf if not e.name.startswith("warden_guests_")]
+    previous = dataclasses.replace(current, rc_conf=[*old_edits, RcEdit("append", "vm_list", "novavm")])
+    live = rc_conf_result(previous, 'hostname="fbsd2"\nvm_list="mine novavm"\n')
+    assert read_vars(live)["vm_list"] == "mine novavm"
+    after = read_vars(rc_conf_result(current, live, previous))
+    assert after["vm_list"] == "mine"
+    assert after["warden_guests_enable"] == "YES" and after["warden_guests_list"] == "novavm"
 
 
 # -- rc.conf and pf.conf: hostfiles ------------------------------------------------------

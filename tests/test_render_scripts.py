@@ -59,7 +59,15 @@ def test_every_rendered_script_passes_sh_n_and_shellcheck(example: Path) -> None
     scripts = sorted(example.glob("*/usr/local/etc/rc.d/*")) + sorted(
         example.glob("*/usr/local/libexec/warden/run-*.sh")
     )
-    assert [s.name for s in scripts] == ["atlas", "hermes", "nova", "run-atlas.sh", "run-hermes.sh", "run-nova.sh"]
+    assert [s.name for s in scripts] == [
+        "atlas",
+        "hermes",
+        "warden_guests",
+        "nova",
+        "run-atlas.sh",
+        "run-hermes.sh",
+        "run-nova.sh",
+    ]
     for script in scripts:
         result = subprocess.run([DASH, "-n", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, (script, result.stderr)

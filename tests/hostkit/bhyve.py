@@ -5,8 +5,9 @@ leaves bhyve running in the background (lib/vm-core core::__start).  The Hypervi
 a host's records and boots each guest the way a FreeBSD BASIC-CLOUDINIT image would:
 
 - only from a disk that `vm create -i` wrote an image onto: an empty disk never brings up SSH;
-- nuageinit reads the seed vm-bhyve attached (the `cidata` cd9660 image, here JSON from the
-  makefs double) and applies it as libexec/nuageinit/nuageinit does: hostname, the
+- at the first boot only (nuageinit(7)), nuageinit reads the seed vm-bhyve attached (the
+  `cidata` cd9660 image, here JSON from the makefs double) and applies it as
+  libexec/nuageinit/nuageinit does: hostname, the
   network-config whose `match.macaddress` is the NIC's MAC (renamed by `set-name`), the
   users and their `ssh_authorized_keys` (the default user `freebsd` only when `users` is
   absent or lists "default"), `ssh_keys` as the host keys, `write_files`;
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -54,6 +56,7 @@ class GuestHost(TestHost):
 
     def __init__(self, workdir: Path) -> None:
         self.nuageinit: dict[str, Any] = {}
+        self._network: tuple[str | None, str | None] = (None, None)
         super().__init__(workdir)
 
     def _start(self) -> None:
@@ -66,7 +69,8 @@ class GuestHost(TestHost):
             stale.unlink()
         self.client_key = Path("/nonexistent")  # only the seeded key may log in
 
-    def boot(self, netns: str, seed: dict[str, str], mac: str, host_netns: str, bridge_addrs: list[str]) -> None:
+    def _nuageinit(self, seed: dict[str, str], mac: str) -> tuple[str | None, str | None]:
+        """The seed applied as libexec/nuageinit/nuageinit does; the NIC's address and gateway."""
         meta = yaml.safe_load(seed.get("meta-data", "")) or {}
         net = yaml.safe_load(seed.get("network-config", "")) or {}
         text = seed.get("user-data", "")
@@ -113,13 +117,17 @@ class GuestHost(TestHost):
         ssh = root / "etc/ssh"
         keys_in_seed = user.get("ssh_keys") or {}
         if "ed25519_private" in keys_in_seed:
-            (ssh / "ssh_host_ed25519_key").write_text(str(keys_in_seed["ed25519_private"]))
+            # nuageinit ssh_keys writes each value and a line break
+            (ssh / "ssh_host_ed25519_key").write_text(str(keys_in_seed["ed25519_private"]) + "\n")
             (ssh / "ssh_host_ed25519_key").chmod(0o600)
             (ssh / "ssh_host_ed25519_key.pub").write_text(str(keys_in_seed["ed25519_public"]) + "\n")
         else:  # rc.d/sshd makes the missing host keys at boot
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh / "ssh_host_ed25519_key")])
-        with sshd_config.open("a") as fh:
-            fh.write("PermitRootLogin no\n")  # FreeBSD's default; an earlier line wins (sshd_config(5))
+        # FreeBSD's compiled-in default when no line sets it (sshd_config(5)); written here as a
+        # last line of its own, after whatever write_files left (possibly an unterminated line).
+        if not re.search(r"(?m)^[ \t]*PermitRootLogin[ \t]", sshd_config.read_text()):
+            with sshd_config.open("a") as fh:
+                fh.write("\nPermitRootLogin no\n")
         # The doubles' view of the booted guest: the renamed NIC, and no python3 package.
         state = root / "var/db/warden-doubles/state.json"
         state.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +135,17 @@ class GuestHost(TestHost):
         if address:
             nics["eth0"] = {"inet": [address], "up": True, "members": [], "bridge": False}
         state.write_text(json.dumps({"interfaces": nics, "packages": ["bastille", "git", "tmux"]}))
+        return address, gateway
+
+    def boot(self, netns: str, seed: dict[str, str], mac: str, host_netns: str, bridge_addrs: list[str]) -> None:
+        # nuageinit runs at the first boot only (nuageinit(7); rc.d KEYWORD firstboot): a later
+        # boot keeps what it wrote, and the packages installed since.
+        done = self.root / "var/db/warden-doubles/firstboot-done"
+        if not done.exists():
+            self._network = self._nuageinit(seed, mac)
+            done.touch()
+        address, gateway = self._network
+        root = self.root
         # The NIC on the host's switch: a veth pair, host end on a bridge with warden0's addresses.
         add_netns(netns)
         if subprocess.run(["ip", "-n", host_netns, "link", "show", "warden0"], capture_output=True).returncode:

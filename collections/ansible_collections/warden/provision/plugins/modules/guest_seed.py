@@ -26,7 +26,9 @@ options:
     type: str
     required: true
   user_data:
-    description: Path on the host of our user-data (C(#cloud-config) then a JSON mapping).
+    description: >-
+      Path on the host of our user-data (C(#cloud-config), then a block-style YAML mapping
+      that both nuageinit YAML parsers read the same, provision/cloudyaml.py).
     type: str
     required: true
 author: warden-provision maintainers (!UNKNOWN)
@@ -47,14 +49,13 @@ host_key:
   returned: always
 """
 
-import json
 import os
 import shutil
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.warden.provision.plugins.module_utils.cloudyaml import UnsafeYaml, extend, ssh_host_key
 
-HEADER = "#cloud-config\n"
 PINNED = "warden-ssh_host_ed25519_key.pub"
 
 
@@ -90,11 +91,6 @@ def main() -> None:
         module.exit_json(changed=True, host_key="")
     with open(module.params["user_data"], encoding="utf-8") as fh:
         text = fh.read()
-    if not text.startswith(HEADER):
-        module.fail_json(msg=f"{module.params['user_data']} does not start with {HEADER.strip()}")
-    # our header comments, then the JSON body (provision/guestseed.py user_data)
-    body = "".join(line for line in text.splitlines(True) if not line.startswith("#"))
-    config = json.loads(body)
     work = tempfile.mkdtemp(prefix=".warden-seed.", dir=guest)  # mode 0700
     try:
         key = os.path.join(work, "ssh_host_ed25519_key")
@@ -106,11 +102,14 @@ def main() -> None:
         with open(key + ".pub", encoding="utf-8") as fh:
             public = fh.read().strip()
         # nuageinit ssh_keys: <algo>_private / <algo>_public become /etc/ssh/ssh_host_<algo>_key[.pub]
-        # (libexec/nuageinit/nuageinit ssh_keys).
-        config["ssh_keys"] = {"ed25519_private": private, "ed25519_public": public}
+        # (libexec/nuageinit/nuageinit ssh_keys), written in the YAML both its parsers read alike.
+        try:
+            seeded = extend(text, ssh_host_key("ed25519", private, public))
+        except UnsafeYaml as exc:
+            module.fail_json(msg=f"{module.params['user_data']}: {exc}; render the guest again (invoke render)")
         os.chmod(cloud_init, 0o700)
         user_data = os.path.join(cloud_init, "user-data")
-        write_private(user_data, HEADER + json.dumps(config, indent=1, sort_keys=True, ensure_ascii=True) + "\n")
+        write_private(user_data, seeded)
         seed = os.path.join(guest, "seed.iso")
         if os.path.lexists(seed):
             os.unlink(seed)

@@ -1,0 +1,1 @@
+../../../../../../provision/cloudyaml.py
