@@ -196,13 +196,15 @@ _FIXED_RC = {
     "vm_enable",
     "vm_dir",
     "defaultrouter",
+    "warden_guests_enable",  # render.GUESTS_RC: rc.d/warden_guests (docs/freebsd.md#boot-order)
 }
-_APPENDED_RC = {"cloned_interfaces", "static_arp_pairs", "vm_list"}
+_APPENDED_RC = {"cloned_interfaces", "static_arp_pairs", "vm_list", "warden_guests_list"}
 _RCTL = re.compile(r"(user|jail):([A-Za-z0-9]+):([a-z]+):(deny|log|devctl|throttle)=[0-9]{1,15}[kKmMgGtT]?")
 _ROOT_FILES = {
     "/etc/pf.warden.conf",
     "/etc/pf.warden-fallback.conf",
     "/usr/local/etc/newsyslog.conf.d/warden.conf",
+    "/usr/local/etc/rc.d/warden_guests",
 }
 
 
