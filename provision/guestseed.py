@@ -146,6 +146,20 @@ def network_arg(ip: str, prefixlen: int, gateway: str, nameservers: tuple[str, .
     return f"ip={ip}/{prefixlen};gateway={gateway};nameservers={','.join(nameservers)};hostname={hostname}"
 
 
+# A login name pf's `user` can name (escape.pf_user takes the same characters).
+JUMP_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+def jump_user(host: Host) -> str | None:
+    """Who opens the SSH connections to HOST's guests: playbooks/guests.yml jumps through the
+    host as its `ansible_user` (`ssh -W`), and sshd opens that forwarded connection in the
+    session's process, which runs as that user, so pf sees that user's socket (pf.conf(5)
+    user). None when the inventory does not set it: ssh then logs in with the controller's
+    login name, unknown here, and only root is granted (README "bhyve agents")."""
+    given = host.ansible_vars.get("ansible_user")
+    return given if isinstance(given, str) else None
+
+
 def guest_problems(hosts: list[Host], with_guests: set[str], home: Path | None = None) -> list[Problem]:
     """Every host with bhyve guests needs an image and a key (what `render` needs to seed them)."""
     out: list[Problem] = []
@@ -163,6 +177,19 @@ def guest_problems(hosts: list[Host], with_guests: set[str], home: Path | None =
                     f"warden_vm_dir {host.vm_dir!r} is not a plain absolute path",
                     "give vm-bhyve's vm_dir as a directory path such as /vm (a zfs: datastore is not supported)",
                     rule="guest-vm-dir",
+                )
+            )
+        user = jump_user(host)
+        if user is not None and not JUMP_USER_RE.fullmatch(user):
+            # the anchor grants the jump's user the guests' sshd by name (isolation.py)
+            out.append(
+                Problem(
+                    (_loc(host, "ansible_user"),),
+                    f"ansible_user of host {host.name} is {user!r}, not a plain login name: the guests "
+                    "are reached through this host as that user, and pf must name it",
+                    "set ansible_user on the host in inventory/hosts.yml to the login name Ansible uses "
+                    "(root, or your admin user with become)",
+                    rule="guest-jump-user",
                 )
             )
     return out

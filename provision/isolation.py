@@ -140,6 +140,7 @@ def build_policy(
     uplink: IPv4Network | None = None,
     host_networks: Sequence[IPv4Network] = (),
     jail_host_ports: Iterable[object] = (),
+    guest_jump_user: str | None = None,
 ) -> Policy:
     """The policy of one machine: its host agents, and on a host with bhyve guests their uplink."""
     nets = sorted(a.subnet for a in agents)
@@ -189,7 +190,13 @@ def build_policy(
                 why = f"{agent.name} uses the shared {jail.name}"
                 policy.process_grants.append(ProcessGrant((agent.name,), str(jail.ip), why))
     if guests and uplink is not None:
-        policy.process_grants.append(ProcessGrant(("root",), str(uplink), "root reaches the bhyve guests"))
+        # and the user Ansible jumps through this host as: sshd opens the forwarded
+        # connection to a guest in that user's session (guestseed.jump_user).
+        if guest_jump_user and guest_jump_user != "root":
+            why = f"root and {guest_jump_user} (ansible_user, the jump to the guests) reach the bhyve guests"
+            policy.process_grants.append(ProcessGrant(("root", guest_jump_user), str(uplink), why))
+        else:
+            policy.process_grants.append(ProcessGrant(("root",), str(uplink), "root reaches the bhyve guests"))
     # Jails: their own /24, the shared LLM jails, the linked agents.
     for agent in sorted(agents, key=lambda a: a.subnet):
         policy.jail_grants.append(Grant(str(agent.subnet), str(agent.subnet), f"{agent.name}'s jails reach each other"))

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from .envfile import EnvFile
 from .escape import UnsafeValue, comment, register
-from .guestseed import image_name, image_source, network_arg, ssh_key, user_data
+from .guestseed import image_name, image_source, jump_user, network_arg, ssh_key, user_data
 from .isolation import SYSCTLS, Policy, build_policy, guest_tap, sysctl_lines
 from .limits import host_rules
 from .manifest import MANIFEST_RELPATH, FileEntry, GuestSpec, JailSpec, Manifest, RcEdit
@@ -129,6 +129,8 @@ class HostLayout:
     guest_image: str = ""
     guest_key: str = ""
     guest_nameservers: tuple[str, ...] = ()
+    # The user that opens the SSH connections to the guests (guestseed.jump_user), besides root.
+    guest_jump_user: str | None = None
 
 
 @dataclass
@@ -165,6 +167,7 @@ def layouts(fleet: Fleet) -> list[HostLayout]:
                 host_networks=host.host_networks,
                 jail_host_ports=host.jail_host_ports,
                 ssh_ports=ssh_ports(host),
+                guest_jump_user=jump_user(host) if guests else None,
                 **_guest_sources(host) if guests else {},
             )
         )
@@ -384,6 +387,7 @@ def policy_of(layout: HostLayout) -> Policy:
         uplink=layout.vm_uplink if layout.guests else None,
         host_networks=layout.host_networks,
         jail_host_ports=layout.jail_host_ports,
+        guest_jump_user=layout.guest_jump_user,
     )
 
 

@@ -120,3 +120,29 @@ def test_a_zfs_vm_dir_is_refused_for_a_host_with_guests(tmp_path: Path) -> None:
     host = Host(name="fbsd1", vm_dir="zfs:zroot/vm")
     assert [p.rule for p in guest_problems([host], {"fbsd1"}, home=tmp_path)] == ["guest-vm-dir"]
     assert guest_problems([host], set(), home=tmp_path) == []  # no guests, no rule
+
+
+def test_the_anchor_grants_the_guests_sshd_to_the_user_ansible_jumps_as(registry: Registry, tmp_path: Path) -> None:
+    """playbooks/guests.yml reaches a guest with `ssh -W` through its host as the host's
+    ansible_user; sshd opens that connection in the user's session, so pf sees that user
+    (pf.conf(5) user) and a grant to root alone drops it."""
+    keypair(tmp_path / ".ssh")
+    registry.write_inventory(
+        "warden_hosts:\n  hosts:\n    fbsd1:\n      warden_ext_if: vtnet0\n      ansible_user: admin\n"
+        f"      warden_guest_ssh_key: {tmp_path / '.ssh' / 'id_ed25519.pub'}\n"
+    )
+    registry.write_env(
+        "nova", "AGENT_NAME=nova\nAGENT_SUBNET_BASE=10.0.9\nAGENT_PLACEMENT=bhyve\nWARDEN_VM_IP=10.255.0.10\n"
+    )
+    from provision.inventory import load_inventory
+
+    hosts, _ = load_inventory(registry.inventory)
+    render_fleet(load_fleet(registry.agents, hosts), registry.build)
+    anchor = (registry.build / "fbsd1/etc/pf.warden.conf").read_text()
+    assert 'to 10.255.0.0/24 user { "root" "admin" } keep state' in anchor
+
+    from provision.guestseed import guest_problems
+
+    host = Host(name="fbsd1", ansible_vars={"ansible_user": "{{ lookup('env', 'USER') }}"})
+    rules = [p.rule for p in guest_problems([host], {"fbsd1"}, home=tmp_path)]
+    assert rules == ["guest-jump-user"]
