@@ -220,22 +220,22 @@ def _check_path(path: str) -> None:
         raise _bad("file path", path)
 
 
+# Root's files named after an agent, a jail or a guest: (form, whose names fill it).
+_NAMED_ROOT_FILES = (
+    (re.compile(r"/usr/local/etc/rc\.d/([a-z0-9]+)"), "local"),
+    (re.compile(r"/usr/local/libexec/warden/run-([a-z0-9]+)\.sh"), "local"),
+    (re.compile(r"/usr/local/etc/warden/jails/([A-Za-z0-9]+)\.conf"), "jails"),
+    (re.compile(r"/usr/local/etc/warden/guests/([a-z0-9]+)vm/user-data"), "agents"),
+    (re.compile(r"/.+/\.templates/warden-([a-z0-9]+)\.conf"), "agents"),
+)
+
+
 def _root_file(path: str, agents: set[str], jails: set[str], local: set[str]) -> bool:
-    m = re.fullmatch(r"/usr/local/etc/rc\.d/([a-z0-9]+)", path)
-    if m:
-        return m.group(1) in local
-    m = re.fullmatch(r"/usr/local/libexec/warden/run-([a-z0-9]+)\.sh", path)
-    if m:
-        return m.group(1) in local
-    m = re.fullmatch(r"/usr/local/etc/warden/jails/([A-Za-z0-9]+)\.conf", path)
-    if m:
-        return m.group(1) in jails
-    m = re.fullmatch(r"/usr/local/etc/warden/guests/([a-z0-9]+)vm/user-data", path)
-    if m:
-        return m.group(1) in agents
-    m = re.fullmatch(r"/.+/\.templates/warden-([a-z0-9]+)\.conf", path)
-    if m:
-        return m.group(1) in agents
+    names = {"agents": agents, "jails": jails, "local": local}
+    for form, whose in _NAMED_ROOT_FILES:
+        m = form.fullmatch(path)
+        if m:
+            return m.group(1) in names[whose]
     return (
         path in _ROOT_FILES
         or re.fullmatch(r"/usr/local/bastille/templates/warden/[a-z]+/Bastillefile", path) is not None
