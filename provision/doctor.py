@@ -8,6 +8,7 @@ command an operator can paste (the docs/freebsd.md section in the comment where 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 
@@ -87,16 +88,23 @@ def sections(text: str) -> dict[str, str]:
     return {k: "\n".join(v).strip() for k, v in section_lines(text).items()}
 
 
-def host_addresses(ifconfig_text: str, skip: str) -> list[IPv4Interface]:
-    """inet addresses of every interface except SKIP (the warden bridge carries agents' gateways)."""
-    out, current = [], ""
+def _interface_lines(ifconfig_text: str) -> Iterator[tuple[str, str]]:
+    """(interface, line) for each indented line of `ifconfig` output, under its `IF: flags` header."""
+    current = ""
     for line in ifconfig_text.splitlines():
         m = re.match(r"^(\S+): flags", line)
         if m:
             current = m.group(1)
-            continue
+        else:
+            yield current, line
+
+
+def host_addresses(ifconfig_text: str, skip: str) -> list[IPv4Interface]:
+    """inet addresses of every interface except SKIP (the warden bridge carries agents' gateways)."""
+    out = []
+    for iface, line in _interface_lines(ifconfig_text):
         m = re.match(r"^\s+inet (\S+) netmask (0x[0-9a-f]+)", line)
-        if m and current != skip and current != "lo0":
+        if m and iface not in (skip, "lo0"):
             prefix = bin(int(m.group(2), 16)).count("1")
             out.append(IPv4Interface(f"{m.group(1)}/{prefix}"))
     return out
@@ -104,14 +112,9 @@ def host_addresses(ifconfig_text: str, skip: str) -> list[IPv4Interface]:
 
 def interface_ether(ifconfig_text: str, name: str) -> str:
     """The `ether` line of interface NAME in `ifconfig` output ("" when it is not there)."""
-    current = ""
-    for line in ifconfig_text.splitlines():
-        m = re.match(r"^(\S+): flags", line)
-        if m:
-            current = m.group(1)
-            continue
+    for iface, line in _interface_lines(ifconfig_text):
         m = re.match(r"^\s+ether (\S+)", line)
-        if m and current == name:
+        if m and iface == name:
             return m.group(1)
     return ""
 
